@@ -1,0 +1,87 @@
+//! Running a per-item kernel over a batch in parallel, deterministically.
+//!
+//! Items are grouped into chunks whose size depends only on the shapes, never on the
+//! number of threads; each chunk may own an accumulator (for gradients summed over a
+//! broadcast batch), and accumulators are combined in chunk order. So every result is
+//! bit-identical whatever `RAYON_NUM_THREADS` is.
+
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// A buffer of `rows` equal rows that parallel tasks write into, each row by one task.
+pub struct Rows<'a, T> {
+    ptr: *mut T,
+    rows: usize,
+    row: usize,
+    _buf: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: `Rows` hands out disjoint rows only (see `get`), so sharing it across threads
+// is like sharing disjoint `&mut` slices.
+unsafe impl<T: Send> Send for Rows<'_, T> {}
+unsafe impl<T: Send> Sync for Rows<'_, T> {}
+
+impl<'a, T> Rows<'a, T> {
+    pub fn new(buf: &'a mut [T], row: usize) -> Self {
+        let rows = buf.len().checked_div(row).unwrap_or(0);
+        Rows {
+            ptr: buf.as_mut_ptr(),
+            rows,
+            row,
+            _buf: PhantomData,
+        }
+    }
+
+    /// Row `b`.
+    ///
+    /// # Safety
+    /// No two live references to the same row may exist: each row is accessed by the one
+    /// task that owns item `b`.
+    #[allow(clippy::mut_from_ref)]
+    #[inline]
+    pub unsafe fn get(&self, b: usize) -> &'a mut [T] {
+        assert!(self.row == 0 || b < self.rows, "row {b} out of {}", self.rows);
+        std::slice::from_raw_parts_mut(self.ptr.add(b * self.row), self.row)
+    }
+}
+
+/// Number of items per chunk for a batch of `batch` items whose chunks each carry an
+/// accumulator of `acc_len` f64: at most 64 chunks and 256 MiB of accumulators.
+pub fn chunk_size(batch: usize, acc_len: usize) -> usize {
+    let max_chunks = if acc_len == 0 {
+        batch
+    } else {
+        (32usize << 20).div_ceil(acc_len).clamp(1, 64)
+    };
+    batch.div_ceil(max_chunks.clamp(1, batch.max(1))).max(1)
+}
+
+/// Runs `work(workspace, accumulator, items)` on every chunk of `0..batch` in parallel and
+/// returns the accumulators in chunk order. A workspace is made per worker by `ws`.
+pub fn run_chunks<W, A, FW, FA, F>(
+    batch: usize,
+    chunk: usize,
+    ws: FW,
+    acc: FA,
+    work: F,
+) -> Result<Vec<A>>
+where
+    A: Send,
+    FW: Fn() -> W + Sync + Send,
+    FA: Fn() -> A + Sync + Send,
+    F: Fn(&mut W, &mut A, Range<usize>) -> Result<()> + Sync + Send,
+{
+    let n = batch.div_ceil(chunk.max(1));
+    (0..n)
+        .into_par_iter()
+        .map_init(ws, |w, k| {
+            let mut a = acc();
+            work(w, &mut a, k * chunk..((k + 1) * chunk).min(batch))?;
+            Ok(a)
+        })
+        .collect()
+}

@@ -1,0 +1,293 @@
+//! Pairwise message kernels shared by the sum-product methods.
+//!
+//! A message from a `src` node to a `dst` node through a table `t[src label, dst label]` is
+//! `m[d] = log Σ_s exp(x[s] + t[s, d])`. Doing that in the log domain costs C² exponentials
+//! per message; instead we exponentiate the table once (shifted by its maximum) and the
+//! incoming beliefs once (shifted by theirs), and take a product in the probability domain.
+//! That is exact up to rounding as long as nothing that matters underflows, which we check:
+//! - a table whose finite entries span more than `RANGE` is handled in the log domain;
+//! - an output entry whose probability-domain sum falls below `TINY` (it was dominated by
+//!   terms that underflowed, or is −inf) is recomputed exactly in the log domain.
+//!
+//! So scores of any magnitude, and −inf (forbidden) entries, give exact results.
+
+use crate::logspace::{exp, exp_shifted, max};
+use crate::real::Real;
+
+/// Widest span of finite table entries handled in the probability domain.
+const RANGE: f64 = 500.0;
+/// Sums below this may have lost terms to underflow; recompute them in the log domain.
+const TINY: f64 = 1e-250;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// `ex = exp(raw - tmax)`.
+    Prob { tmax: f64 },
+    /// Entries span too much for the probability domain.
+    Log,
+}
+
+/// A `(C, C)` table oriented `[src, dst]`, in f64, with its exponentials when they are safe.
+#[derive(Clone, Debug)]
+pub struct Table {
+    c: usize,
+    pub raw: Vec<f64>,
+    ex: Vec<f64>,
+    kind: Kind,
+}
+
+impl Table {
+    pub fn new(c: usize) -> Table {
+        Table {
+            c,
+            raw: vec![0.0; c * c],
+            ex: vec![0.0; c * c],
+            kind: Kind::Log,
+        }
+    }
+
+    /// Loads a table stored `[first, second]`; `transpose` makes `src` the second index.
+    #[inline(always)]
+    pub fn load<T: Real>(&mut self, t: &[T], transpose: bool) {
+        let c = self.c;
+        if transpose {
+            for s in 0..c {
+                for d in 0..c {
+                    self.raw[s * c + d] = t[d * c + s].to_f64();
+                }
+            }
+        } else {
+            for (r, &v) in self.raw.iter_mut().zip(t) {
+                *r = v.to_f64();
+            }
+        }
+        self.prepare();
+    }
+
+    /// Loads `w * t` (a weighted shared table), oriented as in [`Table::load`].
+    #[inline(always)]
+    pub fn load_scaled(&mut self, t: &[f64], w: f64, transpose: bool) {
+        let c = self.c;
+        for s in 0..c {
+            for d in 0..c {
+                let v = if transpose { t[d * c + s] } else { t[s * c + d] };
+                // 0 * -inf is a forbidden pair still forbidden; keep -inf.
+                self.raw[s * c + d] = if v == f64::NEG_INFINITY { v } else { w * v };
+            }
+        }
+        self.prepare();
+    }
+
+    #[inline(always)]
+    fn prepare(&mut self) {
+        let (mut hi, mut lo) = (f64::NEG_INFINITY, f64::INFINITY);
+        for &v in &self.raw {
+            hi = hi.max(v);
+            if v > f64::NEG_INFINITY {
+                lo = lo.min(v);
+            }
+        }
+        if hi == f64::NEG_INFINITY || hi - lo > RANGE {
+            // All forbidden (every message entry is −inf) or too wide: the log path is exact.
+            self.kind = Kind::Log;
+            return;
+        }
+        self.ex.copy_from_slice(&self.raw);
+        exp_shifted(&mut self.ex, hi);
+        self.kind = Kind::Prob { tmax: hi };
+    }
+}
+
+/// Scratch buffers of length C.
+#[derive(Clone, Debug)]
+pub struct Scratch {
+    pub q_src: Vec<f64>,
+    pub q_dst: Vec<f64>,
+    pub acc: Vec<f64>,
+    pub row: Vec<f64>,
+}
+
+impl Scratch {
+    pub fn new(c: usize) -> Scratch {
+        Scratch {
+            q_src: vec![0.0; c],
+            q_dst: vec![0.0; c],
+            acc: vec![0.0; c],
+            row: vec![0.0; c],
+        }
+    }
+}
+
+/// Exact `log Σ_s exp(x[s] + raw[s, d])` for one `d`.
+#[inline(always)]
+fn lse_column(x: &[f64], raw: &[f64], c: usize, d: usize) -> f64 {
+    let mut m = f64::NEG_INFINITY;
+    for s in 0..c {
+        m = m.max(x[s] + raw[s * c + d]);
+    }
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    let mut acc = 0.0;
+    for s in 0..c {
+        acc += exp(x[s] + raw[s * c + d] - m);
+    }
+    m + acc.ln()
+}
+
+/// `out[d] = log Σ_s exp(x[s] + t[s, d])` (not normalised).
+#[inline(always)]
+pub fn message(x: &[f64], t: &Table, out: &mut [f64], sc: &mut Scratch) {
+    let c = t.c;
+    let mx = max(x);
+    match t.kind {
+        Kind::Prob { tmax } if mx > f64::NEG_INFINITY => {
+            let q = &mut sc.q_src;
+            q.copy_from_slice(x);
+            exp_shifted(q, mx);
+            let acc = &mut sc.acc;
+            acc.fill(0.0);
+            for s in 0..c {
+                let w = q[s];
+                if w != 0.0 {
+                    let row = &t.ex[s * c..(s + 1) * c];
+                    for (a, &r) in acc.iter_mut().zip(row) {
+                        *a += w * r;
+                    }
+                }
+            }
+            for d in 0..c {
+                out[d] = if acc[d] >= TINY {
+                    mx + tmax + acc[d].ln()
+                } else {
+                    lse_column(x, &t.raw, c, d)
+                };
+            }
+        }
+        _ => {
+            for (d, o) in out.iter_mut().enumerate() {
+                *o = lse_column(x, &t.raw, c, d);
+            }
+        }
+    }
+}
+
+/// For an edge with beliefs `x` at its `src` end (excluding the edge) and `y` at its `dst`
+/// end (excluding the edge), writes the normalised pair marginal
+/// `joint[s, d] ∝ exp(x[s] + t[s, d] + y[d])` and the message into `dst`,
+/// `msg[d] = log Σ_s exp(x[s] + t[s, d])` (not normalised).
+#[inline(always)]
+pub fn joint_and_message(
+    x: &[f64],
+    y: &[f64],
+    t: &Table,
+    joint: &mut [f64],
+    msg: &mut [f64],
+    sc: &mut Scratch,
+) {
+    let c = t.c;
+    let (mx, my) = (max(x), max(y));
+    if let (Kind::Prob { tmax }, true) = (t.kind, mx > f64::NEG_INFINITY && my > f64::NEG_INFINITY)
+    {
+        let qx = &mut sc.q_src;
+        qx.copy_from_slice(x);
+        exp_shifted(qx, mx);
+        let qy = &mut sc.q_dst;
+        qy.copy_from_slice(y);
+        exp_shifted(qy, my);
+        let acc = &mut sc.acc;
+        acc.fill(0.0);
+        for s in 0..c {
+            let w = qx[s];
+            let row = &t.ex[s * c..(s + 1) * c];
+            let jrow = &mut joint[s * c..(s + 1) * c];
+            for d in 0..c {
+                let v = w * row[d];
+                acc[d] += v;
+                jrow[d] = v * qy[d];
+            }
+        }
+        let mut z = 0.0;
+        for d in 0..c {
+            z += acc[d] * qy[d];
+            msg[d] = if acc[d] >= TINY {
+                mx + tmax + acc[d].ln()
+            } else {
+                lse_column(x, &t.raw, c, d)
+            };
+        }
+        if z >= TINY {
+            let inv = 1.0 / z;
+            for j in joint.iter_mut() {
+                *j *= inv;
+            }
+            return;
+        }
+    } else {
+        for (d, o) in msg.iter_mut().enumerate() {
+            *o = lse_column(x, &t.raw, c, d);
+        }
+    }
+    // Exact log-domain joint: the probability-domain product was unsafe.
+    for s in 0..c {
+        for d in 0..c {
+            joint[s * c + d] = x[s] + t.raw[s * c + d] + y[d];
+        }
+    }
+    let m = max(joint);
+    exp_shifted(joint, m);
+    let inv = 1.0 / joint.iter().sum::<f64>();
+    for j in joint.iter_mut() {
+        *j *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &[f64], t: &[f64], c: usize) -> Vec<f64> {
+        (0..c)
+            .map(|d| {
+                let terms: Vec<f64> = (0..c).map(|s| x[s] + t[s * c + d]).collect();
+                let m = terms.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                if m == f64::NEG_INFINITY {
+                    m
+                } else {
+                    m + terms.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn message_is_exact_for_wide_and_forbidden_tables() {
+        let c = 3;
+        let cases: Vec<(Vec<f64>, Vec<f64>)> = vec![
+            (vec![0.1, -0.3, 2.0], vec![0.5, -1.0, 0.2, 0.0, 1.5, -0.7, 0.3, 0.3, -2.0]),
+            // Huge spread in the table: log path.
+            (vec![0.0, 1.0, 2.0], vec![1e4, -1e4, 0.0, 3.0, 2.0, -5e3, 0.0, 0.0, 7.0]),
+            // The best source label can only reach label 0; label 2 is reachable only from
+            // a source label 1e3 below: the probability-domain sum underflows there.
+            (
+                vec![0.0, -1e3, f64::NEG_INFINITY],
+                vec![0.0, f64::NEG_INFINITY, f64::NEG_INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            ),
+        ];
+        let mut t = Table::new(c);
+        let mut sc = Scratch::new(c);
+        let mut out = vec![0.0; c];
+        for (x, raw) in cases {
+            t.load(&raw, false);
+            message(&x, &t, &mut out, &mut sc);
+            let want = naive(&x, &raw, c);
+            for d in 0..c {
+                if want[d] == f64::NEG_INFINITY {
+                    assert_eq!(out[d], want[d]);
+                } else {
+                    assert!((out[d] - want[d]).abs() < 1e-9 * (1.0 + want[d].abs()));
+                }
+            }
+        }
+    }
+}

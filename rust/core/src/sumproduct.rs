@@ -1,0 +1,177 @@
+//! Exact sum-product on a rooted forest for one batch item: an upward pass (leaves to
+//! roots) gives log Z and the messages every other answer needs; a downward pass gives
+//! node and edge marginals. Messages are kept normalised (maximum 0) and their shifts are
+//! summed into log Z in f64, so nothing grows with the length of a chain.
+
+use crate::error::{Error, Result};
+use crate::forest::{Forest, ROOT};
+use crate::logspace::{logsumexp, max, softmax};
+use crate::message::{joint_and_message, message, Scratch, Table};
+use crate::real::Real;
+use crate::scores::ItemEdges;
+
+/// Per-thread buffers, reused across the items a thread handles.
+pub struct Workspace {
+    c: usize,
+    /// Upward belief of each position (node scores + messages from children); after the
+    /// downward pass, the full belief (log, unnormalised).
+    pub bel: Vec<f64>,
+    /// Normalised message from each position to its parent.
+    pub up: Vec<f64>,
+    table: Table,
+    /// A table shared by every edge, prepared once per item in both orientations.
+    shared: [Table; 2],
+    sc: Scratch,
+    x: Vec<f64>,
+    msg: Vec<f64>,
+    joint: Vec<f64>,
+    joint_t: Vec<f64>,
+    marg: Vec<f64>,
+}
+
+impl Workspace {
+    pub fn new(n: usize, c: usize) -> Workspace {
+        Workspace {
+            c,
+            bel: vec![0.0; n * c],
+            up: vec![0.0; n * c],
+            table: Table::new(c),
+            shared: [Table::new(c), Table::new(c)],
+            sc: Scratch::new(c),
+            x: vec![0.0; c],
+            msg: vec![0.0; c],
+            joint: vec![0.0; c * c],
+            joint_t: vec![0.0; c * c],
+            marg: vec![0.0; c],
+        }
+    }
+}
+
+/// The table for the edge above position `p`, oriented `[src, dst]`. `to_parent` chooses
+/// `src` = child (upward) or `src` = parent (downward).
+#[inline(always)]
+fn edge_table<'w, T: Real>(
+    f: &Forest,
+    edges: &ItemEdges<'_, T>,
+    table: &'w mut Table,
+    shared: &'w [Table; 2],
+    p: usize,
+    to_parent: bool,
+) -> &'w Table {
+    // Stored [first, second]; child_first means first = child.
+    let transpose = f.child_first[p] != to_parent;
+    if edges.shared() {
+        &shared[transpose as usize]
+    } else {
+        table.load(edges.table(f.edge[p] as usize), transpose);
+        table
+    }
+}
+
+fn infeasible() -> Error {
+    Error::Infeasible(
+        "the scores forbid every labelling (all have score -inf), so log Z = -inf".into(),
+    )
+}
+
+/// Upward pass over positions `0..active`. Leaves `ws.bel` = upward beliefs and `ws.up` =
+/// normalised messages to parents; returns log Z.
+#[inline(always)]
+pub fn upward<T: Real>(
+    f: &Forest,
+    node: &[T],
+    edges: &ItemEdges<'_, T>,
+    active: usize,
+    ws: &mut Workspace,
+) -> Result<f64> {
+    let c = ws.c;
+    if edges.shared() && active > 1 {
+        let t = edges.table(0);
+        ws.shared[0].load(t, false);
+        ws.shared[1].load(t, true);
+    }
+    for p in 0..active {
+        let v = f.node[p] as usize;
+        for (b, &s) in ws.bel[p * c..(p + 1) * c].iter_mut().zip(&node[v * c..(v + 1) * c]) {
+            *b = s.to_f64();
+        }
+    }
+    let mut log_z = 0.0;
+    for p in (0..active).rev() {
+        let par = f.parent[p];
+        if par == ROOT {
+            let lz = logsumexp(&ws.bel[p * c..(p + 1) * c], &mut ws.x);
+            if lz == f64::NEG_INFINITY {
+                return Err(infeasible());
+            }
+            log_z += lz;
+            continue;
+        }
+        let t = edge_table(f, edges, &mut ws.table, &ws.shared, p, true);
+        let (head, tail) = ws.bel.split_at_mut(p * c);
+        let out = &mut ws.up[p * c..(p + 1) * c];
+        message(&tail[..c], t, out, &mut ws.sc);
+        let shift = max(out);
+        if shift == f64::NEG_INFINITY {
+            return Err(infeasible());
+        }
+        log_z += shift;
+        let pb = &mut head[par as usize * c..(par as usize + 1) * c];
+        for (b, o) in pb.iter_mut().zip(out.iter_mut()) {
+            *o -= shift;
+            *b += *o;
+        }
+    }
+    Ok(log_z)
+}
+
+/// Downward pass after [`upward`]: calls `node_sink(node, marginal)` for every active node
+/// and `edge_sink(edge, pair marginal)` for every active edge, the pair marginal oriented
+/// like the edge's table.
+#[inline(always)]
+pub fn downward<T: Real>(
+    f: &Forest,
+    edges: &ItemEdges<'_, T>,
+    active: usize,
+    ws: &mut Workspace,
+    mut node_sink: impl FnMut(usize, &[f64]),
+    mut edge_sink: impl FnMut(usize, &[f64]),
+) {
+    let c = ws.c;
+    for p in 0..active {
+        let par = f.parent[p];
+        if par != ROOT {
+            let par = par as usize;
+            // Belief at the parent without this edge's own message. Where that message is
+            // −inf the parent label is impossible through this edge whatever else holds.
+            for k in 0..c {
+                let u = ws.up[p * c + k];
+                ws.x[k] = if u == f64::NEG_INFINITY {
+                    u
+                } else {
+                    ws.bel[par * c + k] - u
+                };
+            }
+            let t = edge_table(f, edges, &mut ws.table, &ws.shared, p, false);
+            let y = &ws.bel[p * c..(p + 1) * c];
+            joint_and_message(&ws.x, y, t, &mut ws.joint, &mut ws.msg, &mut ws.sc);
+            let e = f.edge[p] as usize;
+            if f.child_first[p] {
+                for s in 0..c {
+                    for d in 0..c {
+                        ws.joint_t[d * c + s] = ws.joint[s * c + d];
+                    }
+                }
+                edge_sink(e, &ws.joint_t);
+            } else {
+                edge_sink(e, &ws.joint);
+            }
+            let shift = max(&ws.msg);
+            for (b, m) in ws.bel[p * c..(p + 1) * c].iter_mut().zip(&ws.msg) {
+                *b += m - shift;
+            }
+        }
+        softmax(&ws.bel[p * c..(p + 1) * c], &mut ws.marg);
+        node_sink(f.node[p] as usize, &ws.marg);
+    }
+}
