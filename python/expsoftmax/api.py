@@ -117,14 +117,32 @@ def loss_and_grad(
         marginals − gold indicators, i.e. the gradient of ``loss.sum()``. A gold labelling
         the scores forbid has loss ``+inf``.
     """
+    return _loss_and_grad(graph, s_n, s_e, y, method, lengths, options, None)
+
+
+def _loss_and_grad(
+    graph: Graph,
+    s_n: Any,
+    s_e: Any,
+    y: Any,
+    method: str,
+    lengths: Any,
+    options: dict[str, Any],
+    weights: Optional[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`loss_and_grad` with per-item weights on the gradient (``Σ w_b loss_b``)."""
     method = _resolve(graph, method, options)
     yl = labels(graph, y)
     sc = prepare(graph, s_n, s_e, extra_batch=(yl.shape[:-1],), lengths=lengths)
     yb = np.ascontiguousarray(
         np.broadcast_to(yl, sc.batch_shape + (graph.num_nodes,)), dtype=np.int64
     ).reshape(-1)
+    if weights is not None:
+        weights = np.ascontiguousarray(
+            np.broadcast_to(weights, sc.batch_shape), dtype=np.float64
+        ).reshape(-1)
     loss, gn, ge = _core.exact_loss_and_grad(
-        graph._core, sc.s_n, sc.s_e, sc.dims, yb, sc.lengths
+        graph._core, sc.s_n, sc.s_e, sc.dims, yb, sc.lengths, weights
     )
     c = sc.classes
     lead_n = (1,) if sc.node_batch == 1 else sc.batch_shape

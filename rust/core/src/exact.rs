@@ -155,10 +155,25 @@ fn gold_score<T: Real>(
     s
 }
 
-/// Loss and gradients for gold labels `y` `(B, I)`.
-pub fn loss_and_grad<T: Real>(pb: &Problem<'_, T>, y: &[i64]) -> Result<LossGrad<T>> {
+/// Loss and gradients for gold labels `y` `(B, I)`. The gradients are those of
+/// `Σ_b w_b loss_b` with `w = weights` (all ones when `None`): a backward pass with an
+/// arbitrary upstream gradient needs the weights inside the sum over a broadcast batch.
+pub fn loss_and_grad<T: Real>(
+    pb: &Problem<'_, T>,
+    y: &[i64],
+    weights: Option<&[f64]>,
+) -> Result<LossGrad<T>> {
     let f = pb.graph.forest()?;
     check_labels(pb, y)?;
+    if let Some(w) = weights {
+        if w.len() != pb.batch {
+            return Err(Error::Shape(format!(
+                "weights have {} entries but the batch has {} items",
+                w.len(),
+                pb.batch
+            )));
+        }
+    }
     let (n, c, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.batch);
     let cc = c * c;
     let edges = pb.graph.edges();
@@ -214,6 +229,11 @@ pub fn loss_and_grad<T: Real>(pb: &Problem<'_, T>, y: &[i64]) -> Result<LossGrad
                     // SAFETY: item b is handled by this task only.
                     let lrow = unsafe { lr.get(b) };
                     lrow[0] = T::from_f64(z - s);
+                    if let Some(w) = weights {
+                        let wb = w[b];
+                        gnode.iter_mut().for_each(|g| *g *= wb);
+                        gedge.iter_mut().for_each(|g| *g *= wb);
+                    }
                     if node_shared {
                         an.iter_mut().zip(gnode.iter()).for_each(|(a, &g)| *a += g);
                     } else {

@@ -203,7 +203,8 @@ fn exact_marginals<'py>(
 /// Exact loss and gradients for gold labels `y` (flat `(B * I,)` int64).
 /// Returns flat `(loss, grad_n, grad_e)`.
 #[pyfunction]
-#[pyo3(signature = (graph, s_n, s_e, dims, y, lengths=None))]
+#[pyo3(signature = (graph, s_n, s_e, dims, y, lengths=None, weights=None))]
+#[allow(clippy::too_many_arguments)]
 fn exact_loss_and_grad<'py>(
     py: Python<'py>,
     graph: &GraphCore,
@@ -212,14 +213,16 @@ fn exact_loss_and_grad<'py>(
     dims: Dims,
     y: PyReadonlyArray1<'py, i64>,
     lengths: Option<PyReadonlyArray1<'py, i64>>,
+    weights: Option<PyReadonlyArray1<'py, f64>>,
 ) -> PyResult<Py<PyAny>> {
     let lengths = lengths_vec(lengths)?;
     let y = slice(&y, "y")?;
+    let weights = weights.as_ref().map(|w| slice(w, "weights")).transpose()?;
     let g = &*graph.inner;
     by_dtype!(s_n, s_e, |sn, se| {
         let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
         let r = enter(py, || {
-            exact::loss_and_grad(&problem(g, sn, se, dims, lengths.as_deref())?, y)
+            exact::loss_and_grad(&problem(g, sn, se, dims, lengths.as_deref())?, y, weights)
         })?;
         Ok((
             PyArray1::from_vec(py, r.loss),
