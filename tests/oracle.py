@@ -18,7 +18,9 @@ def labellings(n: int, c: int) -> np.ndarray:
 def scores_of(graph: es.Graph, s_n: np.ndarray, s_e: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """s(y) for each row of ys (K, I), in float64; s_e (E or 1, C, C)."""
     s_n = np.asarray(s_n, dtype=np.float64)
-    s_e = np.broadcast_to(np.asarray(s_e, dtype=np.float64), (graph.num_edges,) + s_n.shape[-1:] * 2)
+    s_e = np.broadcast_to(
+        np.asarray(s_e, dtype=np.float64), (graph.num_edges,) + s_n.shape[-1:] * 2
+    )
     n = graph.num_nodes
     with np.errstate(invalid="ignore"):
         total = s_n[np.arange(n), ys].sum(axis=1)

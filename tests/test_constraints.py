@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from oracle import brute_force, random_forest, scores_of
 
 import expsoftmax as es
+from oracle import brute_force, random_forest, scores_of
 
 NEG = -np.inf
 

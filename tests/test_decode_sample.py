@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from oracle import brute_force, random_forest, scores_of
 
 import expsoftmax as es
+from oracle import brute_force, random_forest, scores_of
 
 
 def test_map_equals_brute_force_argmax():
@@ -77,8 +77,11 @@ def test_same_seed_same_samples_whatever_the_thread_count():
     outs = set()
     for threads in ("1", "2", "3"):
         env = dict(os.environ, RAYON_NUM_THREADS=threads)
-        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                                text=True, check=True).stdout)
+        outs.add(
+            subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+            ).stdout
+        )
     assert len(outs) == 1
     g = es.Graph.chain(5)
     s_n = np.random.default_rng(1).normal(size=(5, 3))

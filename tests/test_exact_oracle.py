@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from oracle import brute_force, random_forest, scores_of
 
 import expsoftmax as es
+from oracle import brute_force, random_forest, scores_of
 
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 

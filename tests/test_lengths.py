@@ -31,7 +31,7 @@ def test_padded_batch_equals_each_sequence_alone():
         assert abs(r.log_z[b] - rb.log_z) < 1e-12
         np.testing.assert_allclose(r.node_marginals[b, :L], rb.node_marginals, atol=1e-12)
         assert (r.node_marginals[b, L:] == 0).all()
-        assert (r.edge_marginals[b, max(L - 1, 0):] == 0).all()
+        assert (r.edge_marginals[b, max(L - 1, 0) :] == 0).all()
         lb, gnb, geb = es.loss_and_grad(gl, s_n[b, :L], t, y[b, :L])
         assert abs(loss[b] - lb) < 1e-12
         np.testing.assert_allclose(gn[b, :L], gnb, atol=1e-12)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from oracle import brute_force, chain_log_z, random_forest
 
 import expsoftmax as es
+from oracle import brute_force, chain_log_z, random_forest
 
 
 def test_gradient_matches_central_finite_differences():
@@ -74,6 +74,8 @@ def test_chain_of_1e5_nodes_keeps_full_accuracy():
     # float32 inputs: log Z to float32 rounding of a ~1.7e5 value, marginals to 1e-5.
     r32 = es.infer(g, s_n.astype(np.float32), t.astype(np.float32))
     assert abs(float(r32.log_z) - want) <= 2e-6 * abs(want)
-    ref32 = es.infer(g, s_n.astype(np.float32).astype(np.float64), t.astype(np.float32).astype(np.float64))
+    ref32 = es.infer(
+        g, s_n.astype(np.float32).astype(np.float64), t.astype(np.float32).astype(np.float64)
+    )
     assert np.abs(r32.node_marginals - ref32.node_marginals).max() < 1e-5
     assert np.abs(r32.edge_marginals - ref32.edge_marginals).max() < 1e-5

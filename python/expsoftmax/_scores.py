@@ -85,7 +85,9 @@ def prepare(
         se = se[None]
     n, c = sn.shape[-2:]
     if n != graph.num_nodes:
-        raise ShapeError(f"s_n has {n} nodes (shape {sn.shape}) but the graph has {graph.num_nodes}")
+        raise ShapeError(
+            f"s_n has {n} nodes (shape {sn.shape}) but the graph has {graph.num_nodes}"
+        )
     if c == 0:
         raise ShapeError("s_n has C = 0 classes; need at least one")
     if se.shape[-2:] != (c, c):
@@ -107,8 +109,11 @@ def prepare(
         batch_shape = tuple(np.broadcast_shapes(*shapes))
     except ValueError:
         raise ShapeError(
-            "batch shapes do not broadcast: s_n " + str(sn.shape[:-2]) + ", s_e "
-            + str(se.shape[:-3]) + "".join(f", {s}" for s in shapes[2:])
+            "batch shapes do not broadcast: s_n "
+            + str(sn.shape[:-2])
+            + ", s_e "
+            + str(se.shape[:-3])
+            + "".join(f", {s}" for s in shapes[2:])
         ) from None
     batch = int(np.prod(batch_shape, dtype=np.int64))
     dtype = np.result_type(sn.dtype, se.dtype)

@@ -25,6 +25,8 @@ LOOPY_METHODS = ("bp", "trw", "mean_field", "gibbs")
 
 
 def _resolve(graph: Graph, method: str, options: dict[str, Any]) -> str:
+    if not isinstance(graph, Graph):
+        raise TypeError(f"graph must be an expsoftmax.Graph, got {type(graph).__name__}")
     if not isinstance(method, str):
         raise OptionError(f"method must be a string, got {type(method).__name__}")
     if method == "auto":
@@ -198,7 +200,5 @@ def sample(
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
     sc = prepare(graph, s_n, s_e, lengths=lengths)
-    y = _core.exact_sample(
-        graph._core, sc.s_n, sc.s_e, sc.dims, ns, seed % (1 << 64), sc.lengths
-    )
+    y = _core.exact_sample(graph._core, sc.s_n, sc.s_e, sc.dims, ns, seed % (1 << 64), sc.lengths)
     return y.reshape((ns,) + sc.batch_shape + (graph.num_nodes,))

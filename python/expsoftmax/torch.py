@@ -60,8 +60,12 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
         else:
             gn, ge = _loss_and_grad(*ctx.args, weights=gw)[1:]
         need_n, need_e = ctx.needs_input_grad[:2]
-        out_n = torch.from_numpy(np.ascontiguousarray(gn)).to(device=dn, dtype=tn) if need_n else None
-        out_e = torch.from_numpy(np.ascontiguousarray(ge)).to(device=de, dtype=te) if need_e else None
+        out_n = (
+            torch.from_numpy(np.ascontiguousarray(gn)).to(device=dn, dtype=tn) if need_n else None
+        )
+        out_e = (
+            torch.from_numpy(np.ascontiguousarray(ge)).to(device=de, dtype=te) if need_e else None
+        )
         return out_n, out_e, None, None, None, None, None
 
 

@@ -44,7 +44,11 @@ impl<'a, T> Rows<'a, T> {
     #[allow(clippy::mut_from_ref)]
     #[inline]
     pub unsafe fn get(&self, b: usize) -> &'a mut [T] {
-        assert!(self.row == 0 || b < self.rows, "row {b} out of {}", self.rows);
+        assert!(
+            self.row == 0 || b < self.rows,
+            "row {b} out of {}",
+            self.rows
+        );
         std::slice::from_raw_parts_mut(self.ptr.add(b * self.row), self.row)
     }
 }

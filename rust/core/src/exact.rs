@@ -54,7 +54,12 @@ fn item_error(e: Error, b: usize, batch: usize) -> Error {
 
 pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Result<Marginals<T>> {
     let f = pb.graph.forest()?;
-    let (n, c, e, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.graph.num_edges(), pb.batch);
+    let (n, c, e, bsz) = (
+        pb.graph.num_nodes(),
+        pb.classes(),
+        pb.graph.num_edges(),
+        pb.batch,
+    );
     let mut log_z = vec![T::from_f64(0.0); bsz];
     let mut node = vec![T::from_f64(0.0); bsz * n * c];
     let mut edge = want_edges.then(|| vec![T::from_f64(0.0); bsz * e * c * c]);
@@ -98,11 +103,7 @@ pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Result<Margi
             },
         )?;
     }
-    Ok(Marginals {
-        log_z,
-        node,
-        edge,
-    })
+    Ok(Marginals { log_z, node, edge })
 }
 
 /// Checks gold labels `(B, I)` on the active positions of each item.
@@ -133,12 +134,7 @@ pub fn check_labels<T: Real>(pb: &Problem<'_, T>, y: &[i64]) -> Result<()> {
 }
 
 /// Score `s(y)` of labelling `y` (by node id) on the active part of one item.
-fn gold_score<T: Real>(
-    f: &Forest,
-    pb: &Problem<'_, T>,
-    b: usize,
-    y: &[i64],
-) -> f64 {
+fn gold_score<T: Real>(f: &Forest, pb: &Problem<'_, T>, b: usize, y: &[i64]) -> f64 {
     let (c, act) = (pb.classes(), pb.active(b));
     let (ns, es) = (pb.node.item(b), pb.edge.item(b));
     let edges = pb.graph.edges();
@@ -238,13 +234,17 @@ pub fn loss_and_grad<T: Real>(
                         an.iter_mut().zip(gnode.iter()).for_each(|(a, &g)| *a += g);
                     } else {
                         let row = unsafe { nr.get(b) };
-                        row.iter_mut().zip(gnode.iter()).for_each(|(o, &g)| *o = T::from_f64(g));
+                        row.iter_mut()
+                            .zip(gnode.iter())
+                            .for_each(|(o, &g)| *o = T::from_f64(g));
                     }
                     if edge_shared {
                         ae.iter_mut().zip(gedge.iter()).for_each(|(a, &g)| *a += g);
                     } else {
                         let row = unsafe { er.get(b) };
-                        row.iter_mut().zip(gedge.iter()).for_each(|(o, &g)| *o = T::from_f64(g));
+                        row.iter_mut()
+                            .zip(gedge.iter())
+                            .for_each(|(o, &g)| *o = T::from_f64(g));
                     }
                 }
                 Ok(())
@@ -259,10 +259,14 @@ pub fn loss_and_grad<T: Real>(
             te.iter_mut().zip(ae).for_each(|(t, &a)| *t += a);
         }
         if node_shared {
-            gn.iter_mut().zip(&tn).for_each(|(o, &t)| *o = T::from_f64(t));
+            gn.iter_mut()
+                .zip(&tn)
+                .for_each(|(o, &t)| *o = T::from_f64(t));
         }
         if edge_shared {
-            ge.iter_mut().zip(&te).for_each(|(o, &t)| *o = T::from_f64(t));
+            ge.iter_mut()
+                .zip(&te)
+                .for_each(|(o, &t)| *o = T::from_f64(t));
         }
     }
     Ok(LossGrad {
@@ -305,37 +309,33 @@ pub fn sample<T: Real>(pb: &Problem<'_, T>, num_samples: usize, seed: u64) -> Re
     let (n, c, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.batch);
     // Filtering once per item, kept for all its samples.
     let mut bels: Vec<Vec<f64>> = (0..bsz).map(|_| Vec::new()).collect();
-    bels.par_iter_mut()
-        .enumerate()
-        .try_for_each_init(
-            || Workspace::new(n, c),
-            |ws, (b, out)| {
-                upward(f, pb.node.item(b), &pb.edge.item(b), pb.active(b), ws)
-                    .map_err(|er| item_error(er, b, bsz))?;
-                *out = ws.bel[..pb.active(b) * c].to_vec();
-                Ok::<(), Error>(())
-            },
-        )?;
+    bels.par_iter_mut().enumerate().try_for_each_init(
+        || Workspace::new(n, c),
+        |ws, (b, out)| {
+            upward(f, pb.node.item(b), &pb.edge.item(b), pb.active(b), ws)
+                .map_err(|er| item_error(er, b, bsz))?;
+            *out = ws.bel[..pb.active(b) * c].to_vec();
+            Ok::<(), Error>(())
+        },
+    )?;
     let mut out = vec![-1i64; num_samples * bsz * n];
-    out.par_chunks_mut(n)
-        .enumerate()
-        .for_each_init(
-            || (vec![0.0; c], vec![0u32; n]),
-            |(w, lab), (k, row)| {
-                let (s, b) = (k / bsz, k % bsz);
-                let mut rng = Rng::stream(seed, &[b as u64, s as u64]);
-                sample_item(
-                    f,
-                    &pb.edge.item(b),
-                    pb.active(b),
-                    &bels[b],
-                    c,
-                    &mut rng,
-                    w,
-                    lab,
-                    row,
-                );
-            },
-        );
+    out.par_chunks_mut(n).enumerate().for_each_init(
+        || (vec![0.0; c], vec![0u32; n]),
+        |(w, lab), (k, row)| {
+            let (s, b) = (k / bsz, k % bsz);
+            let mut rng = Rng::stream(seed, &[b as u64, s as u64]);
+            sample_item(
+                f,
+                &pb.edge.item(b),
+                pb.active(b),
+                &bels[b],
+                c,
+                &mut rng,
+                w,
+                lab,
+                row,
+            );
+        },
+    );
     Ok(out)
 }

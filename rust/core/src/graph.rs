@@ -135,13 +135,17 @@ mod tests {
     fn detects_cycles_and_chains() {
         assert!(Graph::chain(5).unwrap().is_forest());
         assert!(Graph::chain(5).unwrap().is_chain());
-        assert!(!Graph::new(3, vec![[0, 1], [1, 2], [2, 0]]).unwrap().is_forest());
+        assert!(!Graph::new(3, vec![[0, 1], [1, 2], [2, 0]])
+            .unwrap()
+            .is_forest());
         // Parallel edges form a cycle of length two.
         assert!(!Graph::new(2, vec![[0, 1], [1, 0]]).unwrap().is_forest());
         let g = Graph::new(4, vec![[1, 0], [2, 3]]).unwrap();
         assert!(g.is_forest() && !g.is_chain());
         assert!(matches!(
-            Graph::new(3, vec![[0, 1], [1, 2], [2, 0]]).unwrap().forest(),
+            Graph::new(3, vec![[0, 1], [1, 2], [2, 0]])
+                .unwrap()
+                .forest(),
             Err(Error::NotForest(_))
         ));
     }

@@ -4,8 +4,9 @@
 //! the bulk of the work of every sum-product method, so we keep our own branch-free one.
 
 const LOG2E: f64 = std::f64::consts::LOG2_E;
-const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
-const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+/// ln 2 split in two (fdlibm's bit patterns): `n * LN2_HI` is exact for |n| < 2^11.
+const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 /// 1.5 * 2^52: adding it rounds to an integer held in the low mantissa bits.
 const MAGIC: f64 = 6_755_399_441_055_744.0;
 /// Below this the result is flushed to exactly 0 (e^-708 ≈ 3e-308 is the normal range's end).
@@ -105,6 +106,9 @@ mod tests {
         let v = logsumexp(&[1e4, 1e4, f64::NEG_INFINITY], &mut tmp);
         assert!((v - (1e4 + 2f64.ln())).abs() < 1e-9);
         let mut tmp = [0.0; 2];
-        assert_eq!(logsumexp(&[f64::NEG_INFINITY; 2], &mut tmp), f64::NEG_INFINITY);
+        assert_eq!(
+            logsumexp(&[f64::NEG_INFINITY; 2], &mut tmp),
+            f64::NEG_INFINITY
+        );
     }
 }

@@ -51,7 +51,10 @@ pub fn map_item<T: Real>(
     let c = ws.c;
     for p in 0..active {
         let v = f.node[p] as usize;
-        for (b, &s) in ws.bel[p * c..(p + 1) * c].iter_mut().zip(&node[v * c..(v + 1) * c]) {
+        for (b, &s) in ws.bel[p * c..(p + 1) * c]
+            .iter_mut()
+            .zip(&node[v * c..(v + 1) * c])
+        {
             *b = s.to_f64();
         }
     }

@@ -70,7 +70,11 @@ impl Table {
         let c = self.c;
         for s in 0..c {
             for d in 0..c {
-                let v = if transpose { t[d * c + s] } else { t[s * c + d] };
+                let v = if transpose {
+                    t[d * c + s]
+                } else {
+                    t[s * c + d]
+                };
                 // 0 * -inf is a forbidden pair still forbidden; keep -inf.
                 self.raw[s * c + d] = if v == f64::NEG_INFINITY { v } else { w * v };
             }
@@ -264,14 +268,30 @@ mod tests {
     fn message_is_exact_for_wide_and_forbidden_tables() {
         let c = 3;
         let cases: Vec<(Vec<f64>, Vec<f64>)> = vec![
-            (vec![0.1, -0.3, 2.0], vec![0.5, -1.0, 0.2, 0.0, 1.5, -0.7, 0.3, 0.3, -2.0]),
+            (
+                vec![0.1, -0.3, 2.0],
+                vec![0.5, -1.0, 0.2, 0.0, 1.5, -0.7, 0.3, 0.3, -2.0],
+            ),
             // Huge spread in the table: log path.
-            (vec![0.0, 1.0, 2.0], vec![1e4, -1e4, 0.0, 3.0, 2.0, -5e3, 0.0, 0.0, 7.0]),
+            (
+                vec![0.0, 1.0, 2.0],
+                vec![1e4, -1e4, 0.0, 3.0, 2.0, -5e3, 0.0, 0.0, 7.0],
+            ),
             // The best source label can only reach label 0; label 2 is reachable only from
             // a source label 1e3 below: the probability-domain sum underflows there.
             (
                 vec![0.0, -1e3, f64::NEG_INFINITY],
-                vec![0.0, f64::NEG_INFINITY, f64::NEG_INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                vec![
+                    0.0,
+                    f64::NEG_INFINITY,
+                    f64::NEG_INFINITY,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                ],
             ),
         ];
         let mut t = Table::new(c);

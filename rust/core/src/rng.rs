@@ -83,7 +83,10 @@ mod tests {
     fn streams_differ_and_repeat() {
         let a: Vec<u64> = (0..4).map(|_| Rng::stream(7, &[1, 2]).next_u64()).collect();
         assert!(a.iter().all(|&x| x == a[0]));
-        assert_ne!(Rng::stream(7, &[1, 2]).next_u64(), Rng::stream(7, &[2, 1]).next_u64());
+        assert_ne!(
+            Rng::stream(7, &[1, 2]).next_u64(),
+            Rng::stream(7, &[2, 1]).next_u64()
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::scores::ItemEdges;
 
 /// Draws one labelling of positions `0..active` given the upward beliefs `bel` left by
 /// [`crate::sumproduct::upward`], writing labels by node id. `w` is scratch of length C.
+#[allow(clippy::too_many_arguments)]
 pub fn sample_item<T: Real>(
     f: &Forest,
     edges: &ItemEdges<'_, T>,

@@ -105,7 +105,9 @@ impl<'a, T: Real> Problem<'a, T> {
     ) -> Result<Self> {
         let (i, c) = (graph.num_nodes(), node.classes);
         if c == 0 {
-            return Err(Error::Shape("number of classes C is 0; need at least one".into()));
+            return Err(Error::Shape(
+                "number of classes C is 0; need at least one".into(),
+            ));
         }
         if node.nodes != i {
             return Err(Error::Shape(format!(
@@ -134,10 +136,14 @@ impl<'a, T: Real> Problem<'a, T> {
             }
         }
         if node.data.len() != node.batch * i * c {
-            return Err(Error::Shape("s_n buffer size does not match its shape".into()));
+            return Err(Error::Shape(
+                "s_n buffer size does not match its shape".into(),
+            ));
         }
         if edge.data.len() != edge.batch * edge.edges * c * c {
-            return Err(Error::Shape("s_e buffer size does not match its shape".into()));
+            return Err(Error::Shape(
+                "s_e buffer size does not match its shape".into(),
+            ));
         }
         check_scores("s_n", node.data)?;
         check_scores("s_e", edge.data)?;
@@ -176,8 +182,7 @@ impl<'a, T: Real> Problem<'a, T> {
     /// Number of leading forest positions that are real for item `b`.
     #[inline]
     pub fn active(&self, b: usize) -> usize {
-        self.lengths
-            .map_or(self.graph.num_nodes(), |l| l[b])
+        self.lengths.map_or(self.graph.num_nodes(), |l| l[b])
     }
 }
 
@@ -189,11 +194,13 @@ fn check_scores<T: Real>(name: &str, data: &[T]) -> Result<()> {
         .par_chunks(CHUNK)
         .enumerate()
         .find_map_first(|(k, chunk)| {
-            chunk.iter().position(|x| {
-                let x = x.to_f64();
-                x.is_nan() || x == f64::INFINITY
-            })
-            .map(|p| k * CHUNK + p)
+            chunk
+                .iter()
+                .position(|x| {
+                    let x = x.to_f64();
+                    x.is_nan() || x == f64::INFINITY
+                })
+                .map(|p| k * CHUNK + p)
         });
     match bad {
         Some(idx) => {

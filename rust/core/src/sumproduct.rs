@@ -92,7 +92,10 @@ pub fn upward<T: Real>(
     }
     for p in 0..active {
         let v = f.node[p] as usize;
-        for (b, &s) in ws.bel[p * c..(p + 1) * c].iter_mut().zip(&node[v * c..(v + 1) * c]) {
+        for (b, &s) in ws.bel[p * c..(p + 1) * c]
+            .iter_mut()
+            .zip(&node[v * c..(v + 1) * c])
+        {
             *b = s.to_f64();
         }
     }

@@ -17,7 +17,11 @@ fn random_case(rng: &mut Rng, n: usize, c: usize, scale: f64, forbid: f64) -> Ca
     for v in 1..n {
         if rng.uniform() < 0.8 {
             let p = (rng.uniform() * v as f64) as u32;
-            edges.push(if rng.uniform() < 0.5 { [p, v as u32] } else { [v as u32, p] });
+            edges.push(if rng.uniform() < 0.5 {
+                [p, v as u32]
+            } else {
+                [v as u32, p]
+            });
         }
     }
     for k in (1..edges.len()).rev() {
@@ -31,9 +35,20 @@ fn random_case(rng: &mut Rng, n: usize, c: usize, scale: f64, forbid: f64) -> Ca
     let e = edges.len();
     let sn = (0..n * c).map(|_| gauss(rng)).collect();
     let se = (0..e * c * c)
-        .map(|_| if rng.uniform() < forbid { f64::NEG_INFINITY } else { gauss(rng) })
+        .map(|_| {
+            if rng.uniform() < forbid {
+                f64::NEG_INFINITY
+            } else {
+                gauss(rng)
+            }
+        })
         .collect();
-    Case { graph: Graph::new(n, edges).unwrap(), c, sn, se }
+    Case {
+        graph: Graph::new(n, edges).unwrap(),
+        c,
+        sn,
+        se,
+    }
 }
 
 /// log Z, node marginals, edge marginals and the best labelling by enumeration.
@@ -95,8 +110,18 @@ fn problem(case: &Case) -> Problem<'_, f64> {
     let (n, c, e) = (case.graph.num_nodes(), case.c, case.graph.num_edges());
     Problem::new(
         &case.graph,
-        NodeScores { data: &case.sn, batch: 1, nodes: n, classes: c },
-        EdgeScores { data: &case.se, batch: 1, edges: e, classes: c },
+        NodeScores {
+            data: &case.sn,
+            batch: 1,
+            nodes: n,
+            classes: c,
+        },
+        EdgeScores {
+            data: &case.se,
+            batch: 1,
+            edges: e,
+            classes: c,
+        },
         1,
         None,
     )
@@ -119,20 +144,31 @@ fn marginals_and_map_match_enumeration() {
         let pb = problem(&case);
         match exact::marginals(&pb, true) {
             Ok(m) => {
-                assert!((m.log_z[0] - lz).abs() < 1e-10, "trial {trial}: {} vs {lz}", m.log_z[0]);
+                assert!(
+                    (m.log_z[0] - lz).abs() < 1e-10,
+                    "trial {trial}: {} vs {lz}",
+                    m.log_z[0]
+                );
                 assert!(close(&m.node, &nm, 1e-10), "trial {trial}: node marginals");
-                assert!(close(m.edge.as_ref().unwrap(), &em, 1e-10), "trial {trial}: edges");
+                assert!(
+                    close(m.edge.as_ref().unwrap(), &em, 1e-10),
+                    "trial {trial}: edges"
+                );
                 let y = exact::decode(&pb).unwrap();
                 // The MAP score equals the brute-force maximum (labellings may tie).
                 let score = |y: &[i64]| {
                     let mut s: f64 = (0..n).map(|v| case.sn[v * c + y[v] as usize]).sum();
                     for (e, &[i, j]) in case.graph.edges().iter().enumerate() {
-                        s += case.se[e * c * c + y[i as usize] as usize * c + y[j as usize] as usize];
+                        s += case.se
+                            [e * c * c + y[i as usize] as usize * c + y[j as usize] as usize];
                     }
                     s
                 };
                 let (_, _, _, best) = enumerate(&case);
-                assert!((score(&y) - score(&best)).abs() < 1e-10, "trial {trial}: MAP");
+                assert!(
+                    (score(&y) - score(&best)).abs() < 1e-10,
+                    "trial {trial}: MAP"
+                );
             }
             Err(e) => {
                 assert_eq!(lz, f64::NEG_INFINITY, "trial {trial}: unexpected {e}");
@@ -151,7 +187,10 @@ fn huge_scores_stay_exact() {
             continue;
         }
         let m = exact::marginals(&problem(&case), false).unwrap();
-        assert!((m.log_z[0] - lz).abs() < 1e-9 * lz.abs().max(1.0), "trial {trial}");
+        assert!(
+            (m.log_z[0] - lz).abs() < 1e-9 * lz.abs().max(1.0),
+            "trial {trial}"
+        );
         assert!(close(&m.node, &nm, 1e-9), "trial {trial}");
     }
 }

@@ -14,7 +14,12 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-create_exception!(_core, ShapeError, PyValueError, "Array shapes that do not fit together.");
+create_exception!(
+    _core,
+    ShapeError,
+    PyValueError,
+    "Array shapes that do not fit together."
+);
 create_exception!(
     _core,
     NotForestError,
@@ -73,7 +78,9 @@ impl GraphCore {
                 "num_nodes must be non-negative, got {num_nodes}"
             )));
         }
-        let flat = edges.as_slice().map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let flat = edges
+            .as_slice()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         if flat.len() % 2 != 0 {
             return Err(ShapeError::new_err("edges must have shape (E, 2)"));
         }
@@ -126,7 +133,9 @@ fn lengths_vec(lengths: Option<PyReadonlyArray1<'_, i64>>) -> PyResult<Option<Ve
     let Some(l) = lengths else { return Ok(None) };
     let s = slice(&l, "lengths")?;
     if let Some((b, v)) = s.iter().enumerate().find(|(_, &v)| v < 0) {
-        return Err(PyValueError::new_err(format!("lengths[{b}] = {v} is negative")));
+        return Err(PyValueError::new_err(format!(
+            "lengths[{b}] = {v} is negative"
+        )));
     }
     Ok(Some(s.iter().map(|&v| v as usize).collect()))
 }
@@ -140,8 +149,18 @@ fn problem<'a, T: Real>(
 ) -> Result<Problem<'a, T>, Error> {
     Problem::new(
         g,
-        NodeScores { data: sn, batch: nb, nodes: g.num_nodes(), classes: c },
-        EdgeScores { data: se, batch: eb, edges: ee, classes: c },
+        NodeScores {
+            data: sn,
+            batch: nb,
+            nodes: g.num_nodes(),
+            classes: c,
+        },
+        EdgeScores {
+            data: se,
+            batch: eb,
+            edges: ee,
+            classes: c,
+        },
         batch,
         lengths,
     )
@@ -188,7 +207,9 @@ fn exact_marginals<'py>(
         let m = enter(py, || {
             exact::marginals(&problem(g, sn, se, dims, lengths.as_deref())?, want_edges)
         })?;
-        let edge = m.edge.map(|v| PyArray1::from_vec(py, v).into_any().unbind());
+        let edge = m
+            .edge
+            .map(|v| PyArray1::from_vec(py, v).into_any().unbind());
         Ok((
             PyArray1::from_vec(py, m.log_z),
             PyArray1::from_vec(py, m.node),
@@ -250,7 +271,9 @@ fn exact_decode<'py>(
     let g = &*graph.inner;
     by_dtype!(s_n, s_e, |sn, se| {
         let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
-        let y = enter(py, || exact::decode(&problem(g, sn, se, dims, lengths.as_deref())?))?;
+        let y = enter(py, || {
+            exact::decode(&problem(g, sn, se, dims, lengths.as_deref())?)
+        })?;
         Ok(PyArray1::from_vec(py, y))
     })
 }
@@ -274,7 +297,11 @@ fn exact_sample<'py>(
     by_dtype!(s_n, s_e, |sn, se| {
         let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
         let y = enter(py, || {
-            exact::sample(&problem(g, sn, se, dims, lengths.as_deref())?, num_samples, seed)
+            exact::sample(
+                &problem(g, sn, se, dims, lengths.as_deref())?,
+                num_samples,
+                seed,
+            )
         })?;
         Ok(PyArray1::from_vec(py, y))
     })

@@ -1,0 +1,115 @@
+"""Bad input gets a clear exception that names the problem; nothing crashes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import expsoftmax as es
+
+G = es.Graph.chain(4)
+SN = np.zeros((4, 3))
+SE = np.zeros((3, 3, 3))
+
+
+@pytest.mark.parametrize(
+    "s_n, s_e, match",
+    [
+        (np.zeros((5, 3)), SE, "nodes"),
+        (np.zeros((4, 3)), np.zeros((3, 2, 2)), r"\(C, C\)"),
+        (np.zeros((4, 3)), np.zeros((2, 3, 3)), "edge tables"),
+        (np.zeros(4), SE, r"\(\.\.\., I, C\)"),
+        (np.zeros((4, 0)), np.zeros((3, 0, 0)), "C = 0"),
+        (np.zeros((2, 4, 3)), np.zeros((3, 3, 3, 3)), "broadcast"),
+    ],
+)
+def test_shape_errors(s_n, s_e, match):
+    with pytest.raises(es.ShapeError, match=match):
+        es.infer(G, s_n, s_e)
+    assert issubclass(es.ShapeError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((4, 3), np.int64),
+        np.zeros((4, 3), np.float16),
+        np.zeros((4, 3), bool),
+        np.zeros((4, 3), complex),
+    ],
+)
+def test_wrong_dtype(bad):
+    with pytest.raises(TypeError, match="float32 or float64"):
+        es.infer(G, bad, SE)
+    with pytest.raises(ValueError, match="s_e must be float32 or float64"):
+        es.infer(G, SN, bad[:3, :3].reshape(1, 3, 3).astype(bad.dtype))
+
+
+@pytest.mark.parametrize("value, what", [(np.nan, "NaN"), (np.inf, r"\+inf")])
+def test_nan_and_plus_inf_scores(value, what):
+    s_n = SN.copy()
+    s_n[2, 1] = value
+    with pytest.raises(ValueError, match=f"s_n contains {what}"):
+        es.infer(G, s_n, SE)
+    s_e = SE.copy()
+    s_e[1, 0, 2] = value
+    with pytest.raises(ValueError, match=f"s_e contains {what}"):
+        es.loss_and_grad(G, SN, s_e, [0, 0, 0, 0])
+
+
+def test_labels():
+    with pytest.raises(ValueError, match=r"y\[0, 2\] = 3 is outside \[0, 3\)"):
+        es.loss_and_grad(G, SN, SE, [0, 1, 3, 0])
+    with pytest.raises(ValueError, match="outside"):
+        es.loss_and_grad(G, SN, SE, [0, -1, 0, 0])
+    with pytest.raises(TypeError, match="integers"):
+        es.loss_and_grad(G, SN, SE, [0.0, 1.0, 2.0, 0.0])
+    with pytest.raises(TypeError, match="integers"):
+        es.loss_and_grad(G, SN, SE, np.array([True, False, True, False]))
+    with pytest.raises(es.ShapeError, match="y must have shape"):
+        es.loss_and_grad(G, SN, SE, [0, 1, 2])
+    with pytest.raises(es.ShapeError):
+        es.loss_and_grad(G, np.zeros((2, 4, 3)), SE, np.zeros((3, 4), np.int64))
+
+
+def test_bad_graphs():
+    with pytest.raises(ValueError, match="outside"):
+        es.Graph(3, [[0, 3]])
+    with pytest.raises(ValueError, match="outside"):
+        es.Graph(3, [[-1, 0]])
+    with pytest.raises(ValueError, match="self-loop"):
+        es.Graph(3, [[1, 1]])
+    with pytest.raises(ValueError, match="at least one node"):
+        es.Graph(0, [])
+    with pytest.raises(es.ShapeError, match=r"\(E, 2\)"):
+        es.Graph(3, [[0, 1, 2]])
+    with pytest.raises(TypeError, match="integer"):
+        es.Graph(3, [[0.0, 1.0]])
+    with pytest.raises(TypeError, match="integer"):
+        es.Graph(2.5, [[0, 1]])
+    with pytest.raises(ValueError, match="cycle"):
+        es.Graph.tree([1, 0])
+    with pytest.raises(ValueError, match="parents"):
+        es.Graph.tree([-1, 7])
+
+
+def test_exact_on_a_loopy_graph_names_the_loopy_methods():
+    g = es.Graph.grid(2, 2)
+    s_n, s_e = np.zeros((4, 2)), np.zeros((4, 2, 2))
+    with pytest.raises(ValueError, match="not a forest|has a cycle") as info:
+        es.infer(g, s_n, s_e, method="exact")
+    assert "bp" in str(info.value) and "gibbs" in str(info.value)
+    assert isinstance(info.value, es.NotForestError)
+
+
+def test_unknown_method_and_option():
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        es.infer(G, SN, SE, method="nope")
+    with pytest.raises(TypeError, match="unknown option"):
+        es.infer(G, SN, SE, method="exact", max_iter=3)
+    with pytest.raises(ValueError, match="unknown option"):
+        es.decode(G, SN, SE, tol=1e-3)
+    with pytest.raises(ValueError, match="num_samples"):
+        es.sample(G, SN, SE, -1, seed=0)
+    with pytest.raises(TypeError, match="Graph"):
+        es.infer("not a graph", SN, SE)

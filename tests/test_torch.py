@@ -1,0 +1,114 @@
+"""The PyTorch loss: values, gradients (gradcheck), reductions, dtypes, modules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import expsoftmax as es  # noqa: E402
+from expsoftmax.torch import ExpSoftmaxLoss, exp_softmax_loss  # noqa: E402
+
+
+def _inputs(dtype, shared, batch=(3,), n=5, c=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    s_n = torch.randn(*batch, n, c, dtype=dtype, generator=gen, requires_grad=True)
+    e_shape = (1, c, c) if shared else (*batch, n - 1, c, c)
+    s_e = torch.randn(*e_shape, dtype=dtype, generator=gen, requires_grad=True)
+    y = torch.randint(0, c, (*batch, n), generator=gen)
+    return s_n, s_e, y
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_gradcheck(shared, reduction):
+    g = es.Graph.chain(5)
+    s_n, s_e, y = _inputs(torch.float64, shared)
+    assert torch.autograd.gradcheck(
+        lambda a, b: exp_softmax_loss(a, b, y, g, reduction=reduction), (s_n, s_e)
+    )
+
+
+def test_gradcheck_on_a_tree_with_batch_shape():
+    g = es.Graph.tree([-1, 0, 0, 1, 1])
+    gen = torch.Generator().manual_seed(1)
+    s_n = torch.randn(2, 2, 5, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    s_e = torch.randn(2, 1, 4, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = torch.randint(0, 3, (2, 2, 5), generator=gen)
+    assert torch.autograd.gradcheck(
+        lambda a, b: exp_softmax_loss(a, b, y, g, reduction="none"), (s_n, s_e)
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_values_and_gradients_equal_the_numpy_api(dtype):
+    g = es.Graph.chain(5)
+    s_n, s_e, y = _inputs(dtype, shared=True)
+    loss = exp_softmax_loss(s_n, s_e, y, g, reduction="mean")
+    loss.backward()
+    ref_loss, gn, ge = es.loss_and_grad(g, s_n.detach().numpy(), s_e.detach().numpy(), y.numpy())
+    assert loss.dtype == dtype and s_n.grad.dtype == dtype and s_e.grad.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    assert abs(loss.item() - ref_loss.mean()) < tol * 10
+    np.testing.assert_allclose(s_n.grad.numpy(), gn / 3, atol=tol)
+    np.testing.assert_allclose(s_e.grad.numpy(), ge / 3, atol=tol)
+
+
+def test_reductions_and_module():
+    g = es.Graph.chain(5)
+    s_n, s_e, y = _inputs(torch.float64, shared=False, batch=(2, 3))
+    none = exp_softmax_loss(s_n, s_e, y, g, reduction="none")
+    assert none.shape == (2, 3)
+    assert torch.allclose(exp_softmax_loss(s_n, s_e, y, g, reduction="sum"), none.sum())
+    assert torch.allclose(exp_softmax_loss(s_n, s_e, y, g), none.mean())
+    mod = ExpSoftmaxLoss(g, reduction="sum")
+    assert isinstance(mod, torch.nn.Module)
+    assert torch.allclose(mod(s_n, s_e, y), none.sum())
+    with pytest.raises(ValueError, match="reduction"):
+        exp_softmax_loss(s_n, s_e, y, g, reduction="avg")
+    with pytest.raises(ValueError, match="unknown option"):
+        exp_softmax_loss(s_n, s_e, y, g, bogus=1)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        exp_softmax_loss(s_n.half(), s_e, y, g)
+
+
+def test_lengths_in_torch_zero_gradient_on_padding():
+    g = es.Graph.chain(6)
+    s_n, s_e, y = _inputs(torch.float64, shared=True, batch=(3,), n=6)
+    lengths = torch.tensor([6, 2, 4])
+    loss = exp_softmax_loss(s_n, s_e, y, g, reduction="sum", lengths=lengths)
+    loss.backward()
+    assert (s_n.grad[1, 2:] == 0).all() and (s_n.grad[2, 4:] == 0).all()
+    assert torch.autograd.gradcheck(
+        lambda a, b: exp_softmax_loss(a, b, y, g, reduction="none", lengths=lengths),
+        (s_n.detach().requires_grad_(), s_e.detach().requires_grad_()),
+    )
+
+
+def test_training_step_reduces_the_loss():
+    """A few SGD steps on the scores lower the loss, as the gradient promises."""
+    g = es.Graph.chain(8)
+    s_n, s_e, y = _inputs(torch.float32, shared=True, batch=(4,), n=8, c=4)
+    opt = torch.optim.SGD([s_n, s_e], lr=0.5)
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        loss = exp_softmax_loss(s_n, s_e, y, g)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_forbidden_transitions_keep_gradients_finite():
+    g = es.Graph.chain(4)
+    t = torch.zeros(1, 3, 3, dtype=torch.float64)
+    t[0, 0, 2] = -float("inf")
+    t.requires_grad_()
+    s_n = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([[0, 1, 2, 2], [0, 0, 2, 1]])  # item 1 uses the forbidden 0 -> 2
+    loss = exp_softmax_loss(s_n, t, y, g, reduction="none")
+    assert torch.isfinite(loss[0]) and loss[1] == float("inf")
+    loss[0].backward()
+    assert torch.isfinite(s_n.grad).all() and not torch.isnan(t.grad).any()
