@@ -56,7 +56,9 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
         if gw.size and np.all(gw == gw.flat[0]):
             # Upstream gradient the same for every item (reduction "sum"/"mean"): the
             # forward pass's summed gradient, scaled.
-            gn, ge = (x * gw.flat[0] for x in ctx.grads)
+            # A Python float keeps the gradients' dtype (no float64 copy), and 1.0 is skipped.
+            scale = float(gw.flat[0])
+            gn, ge = (x if scale == 1.0 else x * scale for x in ctx.grads)
         else:
             gn, ge = _loss_and_grad(*ctx.args, weights=gw)[1:]
         need_n, need_e = ctx.needs_input_grad[:2]
