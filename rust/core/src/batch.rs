@@ -53,6 +53,50 @@ impl<'a, T> Rows<'a, T> {
     }
 }
 
+/// True when the CPU has AVX2 (checked once; the answer is cached by std).
+#[inline(always)]
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines `pub fn $name` that runs the `#[inline(always)]` function `$body` compiled for
+/// AVX2 when the CPU has it, and for baseline x86-64 otherwise. Wheels target baseline
+/// x86-64, whose SSE2 vectors are half as wide; runtime dispatch keeps one wheel fast.
+/// Every kernel `$body` reaches must be `#[inline(always)]` to land in the AVX2 copy.
+#[macro_export]
+macro_rules! simd_dispatch {
+    (
+        $(#[$meta:meta])*
+        pub fn $name:ident < $($g:ident : $bound:path),* > ( $($arg:ident : $ty:ty),* $(,)? ) -> $ret:ty
+        => $body:path
+    ) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name<$($g: $bound),*>($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2<$($g: $bound),*>($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                if $crate::batch::has_avx2() {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 /// Number of items per chunk for a batch of `batch` items whose chunks each carry an
 /// accumulator of `acc_len` f64: at most 64 chunks and 256 MiB of accumulators.
 pub fn chunk_size(batch: usize, acc_len: usize) -> usize {

@@ -12,7 +12,49 @@ use crate::real::Real;
 use crate::rng::Rng;
 use crate::sampling::sample_item;
 use crate::scores::Problem;
-use crate::sumproduct::{downward, upward, Workspace};
+use crate::sumproduct::{downward, upward, EdgeSink, Workspace};
+
+/// Pair marginals converted to the output precision, one row per edge (or dropped).
+struct ToRows<'a, T> {
+    scratch: &'a mut [f64],
+    rows: Option<&'a mut [T]>,
+}
+
+impl<T: Real> EdgeSink for ToRows<'_, T> {
+    const ACCUMULATE: bool = false;
+    #[inline(always)]
+    fn slot(&mut self, _e: usize) -> &mut [f64] {
+        self.scratch
+    }
+    #[inline(always)]
+    fn commit(&mut self, e: usize) {
+        if let Some(rows) = self.rows.as_deref_mut() {
+            let cc = self.scratch.len();
+            for (o, &x) in rows[e * cc..(e + 1) * cc]
+                .iter_mut()
+                .zip(self.scratch.iter())
+            {
+                *o = T::from_f64(x);
+            }
+        }
+    }
+}
+
+/// Pair marginals summed into per-edge slots, or into one slot for a shared table.
+struct Accumulate<'a> {
+    buf: &'a mut [f64],
+    shared: bool,
+    cc: usize,
+}
+
+impl EdgeSink for Accumulate<'_> {
+    const ACCUMULATE: bool = true;
+    #[inline(always)]
+    fn slot(&mut self, e: usize) -> &mut [f64] {
+        let k = if self.shared { 0 } else { e };
+        &mut self.buf[k * self.cc..(k + 1) * self.cc]
+    }
+}
 
 /// log Z and marginals of every batch item.
 #[derive(Debug, Clone)]
@@ -70,16 +112,19 @@ pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Result<Margi
         run_chunks(
             bsz,
             1,
-            || Workspace::new(n, c),
+            || (Workspace::new(n, c), vec![0.0; c * c]),
             || (),
-            |ws, _, items| {
+            |(ws, scratch), _, items| {
                 for b in items {
                     let (ns, es, act) = (pb.node.item(b), pb.edge.item(b), pb.active(b));
                     let z = upward(f, ns, &es, act, ws).map_err(|er| item_error(er, b, bsz))?;
                     // SAFETY: item b is handled by this task only.
                     let (zrow, nrow) = unsafe { (lz.get(b), nd.get(b)) };
                     zrow[0] = T::from_f64(z);
-                    let mut erow = ed.as_ref().map(|r| unsafe { r.get(b) });
+                    let mut sink = ToRows {
+                        scratch,
+                        rows: ed.as_ref().map(|r| unsafe { r.get(b) }),
+                    };
                     downward(
                         f,
                         &es,
@@ -90,13 +135,7 @@ pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Result<Margi
                                 *o = T::from_f64(x);
                             }
                         },
-                        |k, j| {
-                            if let Some(er) = erow.as_mut() {
-                                for (o, &x) in er[k * c * c..(k + 1) * c * c].iter_mut().zip(j) {
-                                    *o = T::from_f64(x);
-                                }
-                            }
-                        },
+                        &mut sink,
                     );
                 }
                 Ok(())
@@ -200,7 +239,11 @@ pub fn loss_and_grad<T: Real>(
                     // Per-item gradients in f64, then added to the right place.
                     gnode.fill(0.0);
                     gedge.fill(0.0);
-                    let egrad = &mut *gedge;
+                    let mut sink = Accumulate {
+                        buf: gedge,
+                        shared: ee == 1,
+                        cc,
+                    };
                     downward(
                         f,
                         &es,
@@ -211,16 +254,15 @@ pub fn loss_and_grad<T: Real>(
                             g.copy_from_slice(m);
                             g[yb[v] as usize] -= 1.0;
                         },
-                        |k, j| {
-                            let slot = if ee == 1 { 0 } else { k };
-                            let g = &mut egrad[slot * cc..(slot + 1) * cc];
-                            for (o, &x) in g.iter_mut().zip(j) {
-                                *o += x;
-                            }
-                            let [i, jn] = edges[k];
-                            g[yb[i as usize] as usize * c + yb[jn as usize] as usize] -= 1.0;
-                        },
+                        &mut sink,
                     );
+                    for p in active_edges(f, act) {
+                        let k = f.edge[p] as usize;
+                        let slot = if ee == 1 { 0 } else { k };
+                        let [i, j] = edges[k];
+                        gedge[slot * cc + yb[i as usize] as usize * c + yb[j as usize] as usize] -=
+                            1.0;
+                    }
                     let s = gold_score(f, pb, b, yb);
                     // SAFETY: item b is handled by this task only.
                     let lrow = unsafe { lr.get(b) };

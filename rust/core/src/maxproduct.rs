@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::forest::{Forest, ROOT};
 use crate::real::Real;
 use crate::scores::ItemEdges;
+use crate::simd_dispatch;
 
 pub struct MapWorkspace {
     c: usize,
@@ -14,6 +15,8 @@ pub struct MapWorkspace {
     back: Vec<u32>,
     best: Vec<f64>,
     raw: Vec<f64>,
+    /// Which table `raw` holds (address, orientation), to reuse a shared table.
+    loaded: Option<(usize, bool)>,
 }
 
 impl MapWorkspace {
@@ -24,10 +27,12 @@ impl MapWorkspace {
             back: vec![0; n * c],
             best: vec![0.0; c],
             raw: vec![0.0; c * c],
+            loaded: None,
         }
     }
 }
 
+#[inline(always)]
 fn argmax(xs: &[f64]) -> (usize, f64) {
     let mut best = (0, f64::NEG_INFINITY);
     for (k, &x) in xs.iter().enumerate() {
@@ -38,9 +43,21 @@ fn argmax(xs: &[f64]) -> (usize, f64) {
     best
 }
 
-/// Writes the MAP labels of positions `0..active` into `labels` (indexed by node id) and
-/// returns the MAP score.
-pub fn map_item<T: Real>(
+simd_dispatch! {
+    /// Writes the MAP labels of positions `0..active` into `labels` (indexed by node id)
+    /// and returns the MAP score.
+    pub fn map_item<T: Real>(
+        f: &Forest,
+        node: &[T],
+        edges: &ItemEdges<'_, T>,
+        active: usize,
+        ws: &mut MapWorkspace,
+        labels: &mut [i64],
+    ) -> Result<f64> => map_item_body
+}
+
+#[inline(always)]
+fn map_item_body<T: Real>(
     f: &Forest,
     node: &[T],
     edges: &ItemEdges<'_, T>,
@@ -72,29 +89,35 @@ pub fn map_item<T: Real>(
             total += m;
             continue;
         }
-        // raw[s, d]: s = label here, d = parent label.
+        // raw[s, d]: s = label here, d = parent label. A table shared by every edge is
+        // loaded once per orientation.
         let t = edges.table(f.edge[p] as usize);
-        for s in 0..c {
-            for d in 0..c {
-                ws.raw[s * c + d] = if f.child_first[p] {
-                    t[s * c + d]
-                } else {
-                    t[d * c + s]
+        let key = (t.as_ptr() as usize, f.child_first[p]);
+        if !edges.shared() || ws.loaded != Some(key) {
+            for s in 0..c {
+                for d in 0..c {
+                    ws.raw[s * c + d] = if f.child_first[p] {
+                        t[s * c + d]
+                    } else {
+                        t[d * c + s]
+                    }
+                    .to_f64();
                 }
-                .to_f64();
             }
+            ws.loaded = Some(key);
         }
         ws.best.fill(f64::NEG_INFINITY);
         let back = &mut ws.back[p * c..(p + 1) * c];
         back.fill(0);
         for s in 0..c {
             let b = ws.bel[p * c + s];
-            for d in 0..c {
-                let v = b + ws.raw[s * c + d];
-                if v > ws.best[d] {
-                    ws.best[d] = v;
-                    back[d] = s as u32;
-                }
+            let row = &ws.raw[s * c..(s + 1) * c];
+            // Branch-free select so the loop vectorises; strict > keeps the smallest label.
+            for ((best, bk), &r) in ws.best.iter_mut().zip(back.iter_mut()).zip(row) {
+                let v = b + r;
+                let gt = v > *best;
+                *best = if gt { v } else { *best };
+                *bk = if gt { s as u32 } else { *bk };
             }
         }
         // Normalise so beliefs stay O(score range) on long chains.

@@ -11,7 +11,7 @@
 //!
 //! So scores of any magnitude, and −inf (forbidden) entries, give exact results.
 
-use crate::logspace::{exp, exp_shifted, max};
+use crate::logspace::{exp, exp_shifted, ln_pos, max};
 use crate::real::Real;
 
 /// Widest span of finite table entries handled in the probability domain.
@@ -102,13 +102,13 @@ impl Table {
     }
 }
 
-/// Scratch buffers of length C.
+/// Scratch buffers (length C, and one C x C).
 #[derive(Clone, Debug)]
 pub struct Scratch {
     pub q_src: Vec<f64>,
     pub q_dst: Vec<f64>,
     pub acc: Vec<f64>,
-    pub row: Vec<f64>,
+    pub pair: Vec<f64>,
 }
 
 impl Scratch {
@@ -117,7 +117,7 @@ impl Scratch {
             q_src: vec![0.0; c],
             q_dst: vec![0.0; c],
             acc: vec![0.0; c],
-            row: vec![0.0; c],
+            pair: vec![0.0; c * c],
         }
     }
 }
@@ -139,34 +139,52 @@ fn lse_column(x: &[f64], raw: &[f64], c: usize, d: usize) -> f64 {
     m + acc.ln()
 }
 
-/// `out[d] = log Σ_s exp(x[s] + t[s, d])` (not normalised).
+/// `acc[d] = Σ_s q[s] ex[s, d]`: the probability-domain message, row by row so the inner
+/// loop is a contiguous multiply-add.
 #[inline(always)]
-pub fn message(x: &[f64], t: &Table, out: &mut [f64], sc: &mut Scratch) {
+fn vecmat(q: &[f64], ex: &[f64], acc: &mut [f64]) {
+    let c = acc.len();
+    acc.fill(0.0);
+    for s in 0..c {
+        let w = q[s];
+        if w != 0.0 {
+            for (a, &r) in acc.iter_mut().zip(&ex[s * c..(s + 1) * c]) {
+                *a += w * r;
+            }
+        }
+    }
+}
+
+/// `out[d] = shift + ln acc[d]`, recomputed exactly where `acc[d]` is too small to trust.
+#[inline(always)]
+fn log_message(acc: &[f64], shift: f64, x: &[f64], raw: &[f64], out: &mut [f64]) {
+    let c = acc.len();
+    let mut suspect = false;
+    for (o, &a) in out.iter_mut().zip(acc) {
+        suspect |= a < TINY;
+        *o = shift + ln_pos(a.max(TINY));
+    }
+    if suspect {
+        for d in 0..c {
+            if acc[d] < TINY {
+                out[d] = lse_column(x, raw, c, d);
+            }
+        }
+    }
+}
+
+/// `out[d] = log Σ_s exp(x[s] + t[s, d])` (not normalised). Also leaves
+/// `q = exp(x - max x)` (all zero when every `x` is −inf), which the caller may keep.
+#[inline(always)]
+pub fn message(x: &[f64], t: &Table, out: &mut [f64], q: &mut [f64], sc: &mut Scratch) {
     let c = t.c;
     let mx = max(x);
+    q.copy_from_slice(x);
+    exp_shifted(q, if mx > f64::NEG_INFINITY { mx } else { 0.0 });
     match t.kind {
         Kind::Prob { tmax } if mx > f64::NEG_INFINITY => {
-            let q = &mut sc.q_src;
-            q.copy_from_slice(x);
-            exp_shifted(q, mx);
-            let acc = &mut sc.acc;
-            acc.fill(0.0);
-            for s in 0..c {
-                let w = q[s];
-                if w != 0.0 {
-                    let row = &t.ex[s * c..(s + 1) * c];
-                    for (a, &r) in acc.iter_mut().zip(row) {
-                        *a += w * r;
-                    }
-                }
-            }
-            for d in 0..c {
-                out[d] = if acc[d] >= TINY {
-                    mx + tmax + acc[d].ln()
-                } else {
-                    lse_column(x, &t.raw, c, d)
-                };
-            }
+            vecmat(q, &t.ex, &mut sc.acc);
+            log_message(&sc.acc, mx + tmax, x, &t.raw, out);
         }
         _ => {
             for (d, o) in out.iter_mut().enumerate() {
@@ -176,19 +194,43 @@ pub fn message(x: &[f64], t: &Table, out: &mut [f64], sc: &mut Scratch) {
     }
 }
 
+/// Writes (or, with `accumulate`, adds) `v` at `[s, d]` of `out`, or at `[d, s]` when
+/// `transpose`.
+#[inline(always)]
+fn put(out: &mut [f64], c: usize, s: usize, d: usize, v: f64, transpose: bool, accumulate: bool) {
+    let k = if transpose { d * c + s } else { s * c + d };
+    if accumulate {
+        out[k] += v;
+    } else {
+        out[k] = v;
+    }
+}
+
+/// Below this normaliser the node marginal is recomputed in the log domain.
+const SAFE_Z: f64 = 1e-200;
+
 /// For an edge with beliefs `x` at its `src` end (excluding the edge) and `y` at its `dst`
-/// end (excluding the edge), writes the normalised pair marginal
-/// `joint[s, d] ∝ exp(x[s] + t[s, d] + y[d])` and the message into `dst`,
-/// `msg[d] = log Σ_s exp(x[s] + t[s, d])` (not normalised).
+/// end (excluding the edge), with `qy = exp(y - max y)` given:
+/// - writes the normalised pair marginal `p[s, d] ∝ exp(x[s] + t[s, d] + y[d])` into `out`
+///   (oriented `[d, s]` when `transpose`; added to what is there when `accumulate`);
+/// - writes the message into `dst`, `msg[d] = log Σ_s exp(x[s] + t[s, d])`, not normalised;
+/// - writes the marginal of `dst`, `Σ_s p[s, d]`, into `marg` and returns true, or returns
+///   false when that is not safe in the probability domain (then the caller computes it
+///   from `y + msg`).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn joint_and_message(
     x: &[f64],
     y: &[f64],
+    qy: &[f64],
     t: &Table,
-    joint: &mut [f64],
+    out: &mut [f64],
+    transpose: bool,
+    accumulate: bool,
     msg: &mut [f64],
+    marg: &mut [f64],
     sc: &mut Scratch,
-) {
+) -> bool {
     let c = t.c;
     let (mx, my) = (max(x), max(y));
     if let (Kind::Prob { tmax }, true) = (t.kind, mx > f64::NEG_INFINITY && my > f64::NEG_INFINITY)
@@ -196,54 +238,57 @@ pub fn joint_and_message(
         let qx = &mut sc.q_src;
         qx.copy_from_slice(x);
         exp_shifted(qx, mx);
-        let qy = &mut sc.q_dst;
-        qy.copy_from_slice(y);
-        exp_shifted(qy, my);
-        let acc = &mut sc.acc;
-        acc.fill(0.0);
-        for s in 0..c {
-            let w = qx[s];
-            let row = &t.ex[s * c..(s + 1) * c];
-            let jrow = &mut joint[s * c..(s + 1) * c];
-            for d in 0..c {
-                let v = w * row[d];
-                acc[d] += v;
-                jrow[d] = v * qy[d];
-            }
-        }
-        let mut z = 0.0;
-        for d in 0..c {
-            z += acc[d] * qy[d];
-            msg[d] = if acc[d] >= TINY {
-                mx + tmax + acc[d].ln()
-            } else {
-                lse_column(x, &t.raw, c, d)
-            };
-        }
+        vecmat(qx, &t.ex, &mut sc.acc);
+        log_message(&sc.acc, mx + tmax, x, &t.raw, msg);
+        let z: f64 = sc.acc.iter().zip(qy.iter()).map(|(a, q)| a * q).sum();
         if z >= TINY {
             let inv = 1.0 / z;
-            for j in joint.iter_mut() {
-                *j *= inv;
+            for s in 0..c {
+                let w = qx[s] * inv;
+                let row = &t.ex[s * c..(s + 1) * c];
+                if transpose {
+                    for d in 0..c {
+                        put(out, c, s, d, w * row[d] * qy[d], true, accumulate);
+                    }
+                } else {
+                    // Contiguous rows: the loop the compiler vectorises.
+                    let orow = &mut out[s * c..(s + 1) * c];
+                    for ((o, &r), &q) in orow.iter_mut().zip(row).zip(qy.iter()) {
+                        let v = w * r * q;
+                        *o = if accumulate { *o + v } else { v };
+                    }
+                }
             }
-            return;
+            if z >= SAFE_Z {
+                // Terms lost to underflow are below 1e-300 each: negligible against z.
+                for ((m, &a), &q) in marg.iter_mut().zip(sc.acc.iter()).zip(qy) {
+                    *m = a * q * inv;
+                }
+                return true;
+            }
+            return false;
         }
     } else {
         for (d, o) in msg.iter_mut().enumerate() {
             *o = lse_column(x, &t.raw, c, d);
         }
     }
-    // Exact log-domain joint: the probability-domain product was unsafe.
+    // Exact log-domain pair marginal: the probability-domain product was unsafe.
+    let p = &mut sc.pair;
     for s in 0..c {
         for d in 0..c {
-            joint[s * c + d] = x[s] + t.raw[s * c + d] + y[d];
+            p[s * c + d] = x[s] + t.raw[s * c + d] + y[d];
         }
     }
-    let m = max(joint);
-    exp_shifted(joint, m);
-    let inv = 1.0 / joint.iter().sum::<f64>();
-    for j in joint.iter_mut() {
-        *j *= inv;
+    let m = max(p);
+    exp_shifted(p, m);
+    let inv = 1.0 / p.iter().sum::<f64>();
+    for s in 0..c {
+        for d in 0..c {
+            put(out, c, s, d, p[s * c + d] * inv, transpose, accumulate);
+        }
     }
+    false
 }
 
 #[cfg(test)]
@@ -297,9 +342,10 @@ mod tests {
         let mut t = Table::new(c);
         let mut sc = Scratch::new(c);
         let mut out = vec![0.0; c];
+        let mut q = vec![0.0; c];
         for (x, raw) in cases {
             t.load(&raw, false);
-            message(&x, &t, &mut out, &mut sc);
+            message(&x, &t, &mut out, &mut q, &mut sc);
             let want = naive(&x, &raw, c);
             for d in 0..c {
                 if want[d] == f64::NEG_INFINITY {

@@ -9,6 +9,7 @@ use crate::logspace::{logsumexp, max, softmax};
 use crate::message::{joint_and_message, message, Scratch, Table};
 use crate::real::Real;
 use crate::scores::ItemEdges;
+use crate::simd_dispatch;
 
 /// Per-thread buffers, reused across the items a thread handles.
 pub struct Workspace {
@@ -18,14 +19,17 @@ pub struct Workspace {
     pub bel: Vec<f64>,
     /// Normalised message from each position to its parent.
     pub up: Vec<f64>,
+    /// `exp(upward belief − its max)` of each position, kept for the downward pass.
+    qup: Vec<f64>,
     table: Table,
-    /// A table shared by every edge, prepared once per item in both orientations.
+    /// A table shared by every edge, prepared in both orientations; `shared_at` is the
+    /// address it was loaded from, so items sharing it (a batch-wide transition matrix)
+    /// reuse it instead of preparing it again.
     shared: [Table; 2],
+    shared_at: usize,
     sc: Scratch,
     x: Vec<f64>,
     msg: Vec<f64>,
-    joint: Vec<f64>,
-    joint_t: Vec<f64>,
     marg: Vec<f64>,
 }
 
@@ -35,13 +39,13 @@ impl Workspace {
             c,
             bel: vec![0.0; n * c],
             up: vec![0.0; n * c],
+            qup: vec![0.0; n * c],
             table: Table::new(c),
             shared: [Table::new(c), Table::new(c)],
+            shared_at: 0,
             sc: Scratch::new(c),
             x: vec![0.0; c],
             msg: vec![0.0; c],
-            joint: vec![0.0; c * c],
-            joint_t: vec![0.0; c * c],
             marg: vec![0.0; c],
         }
     }
@@ -74,10 +78,33 @@ fn infeasible() -> Error {
     )
 }
 
-/// Upward pass over positions `0..active`. Leaves `ws.bel` = upward beliefs and `ws.up` =
-/// normalised messages to parents; returns log Z.
+simd_dispatch! {
+    /// Upward pass over positions `0..active`. Leaves `ws.bel` = upward beliefs and `ws.up`
+    /// = normalised messages to parents; returns log Z.
+    pub fn upward<T: Real>(
+        f: &Forest,
+        node: &[T],
+        edges: &ItemEdges<'_, T>,
+        active: usize,
+        ws: &mut Workspace,
+    ) -> Result<f64> => upward_body
+}
+
+simd_dispatch! {
+    /// Downward pass after [`upward`]: calls `node_sink(node, marginal)` for every active
+    /// node and fills `edges_out` with the pair marginal of every active edge.
+    pub fn downward<T: Real, S: EdgeSink>(
+        f: &Forest,
+        edges: &ItemEdges<'_, T>,
+        active: usize,
+        ws: &mut Workspace,
+        node_sink: impl FnMut(usize, &[f64]),
+        edges_out: &mut S,
+    ) -> () => downward_body
+}
+
 #[inline(always)]
-pub fn upward<T: Real>(
+fn upward_body<T: Real>(
     f: &Forest,
     node: &[T],
     edges: &ItemEdges<'_, T>,
@@ -87,8 +114,11 @@ pub fn upward<T: Real>(
     let c = ws.c;
     if edges.shared() && active > 1 {
         let t = edges.table(0);
-        ws.shared[0].load(t, false);
-        ws.shared[1].load(t, true);
+        if ws.shared_at != t.as_ptr() as usize {
+            ws.shared[0].load(t, false);
+            ws.shared[1].load(t, true);
+            ws.shared_at = t.as_ptr() as usize;
+        }
     }
     for p in 0..active {
         let v = f.node[p] as usize;
@@ -113,7 +143,13 @@ pub fn upward<T: Real>(
         let t = edge_table(f, edges, &mut ws.table, &ws.shared, p, true);
         let (head, tail) = ws.bel.split_at_mut(p * c);
         let out = &mut ws.up[p * c..(p + 1) * c];
-        message(&tail[..c], t, out, &mut ws.sc);
+        message(
+            &tail[..c],
+            t,
+            out,
+            &mut ws.qup[p * c..(p + 1) * c],
+            &mut ws.sc,
+        );
         let shift = max(out);
         if shift == f64::NEG_INFINITY {
             return Err(infeasible());
@@ -128,17 +164,25 @@ pub fn upward<T: Real>(
     Ok(log_z)
 }
 
-/// Downward pass after [`upward`]: calls `node_sink(node, marginal)` for every active node
-/// and `edge_sink(edge, pair marginal)` for every active edge, the pair marginal oriented
-/// like the edge's table.
+/// Where the downward pass puts each edge's pair marginal.
+pub trait EdgeSink {
+    /// Add to the slot (gradients summed over edges) rather than overwrite it.
+    const ACCUMULATE: bool;
+    /// The `C x C` slot for edge `e`, oriented like the edge's table.
+    fn slot(&mut self, e: usize) -> &mut [f64];
+    /// Called once the slot of edge `e` holds its value.
+    #[inline(always)]
+    fn commit(&mut self, _e: usize) {}
+}
+
 #[inline(always)]
-pub fn downward<T: Real>(
+fn downward_body<T: Real, S: EdgeSink>(
     f: &Forest,
     edges: &ItemEdges<'_, T>,
     active: usize,
     ws: &mut Workspace,
     mut node_sink: impl FnMut(usize, &[f64]),
-    mut edge_sink: impl FnMut(usize, &[f64]),
+    edges_out: &mut S,
 ) {
     let c = ws.c;
     for p in 0..active {
@@ -157,24 +201,30 @@ pub fn downward<T: Real>(
             }
             let t = edge_table(f, edges, &mut ws.table, &ws.shared, p, false);
             let y = &ws.bel[p * c..(p + 1) * c];
-            joint_and_message(&ws.x, y, t, &mut ws.joint, &mut ws.msg, &mut ws.sc);
             let e = f.edge[p] as usize;
-            if f.child_first[p] {
-                for s in 0..c {
-                    for d in 0..c {
-                        ws.joint_t[d * c + s] = ws.joint[s * c + d];
-                    }
-                }
-                edge_sink(e, &ws.joint_t);
-            } else {
-                edge_sink(e, &ws.joint);
-            }
+            let have_marg = joint_and_message(
+                &ws.x,
+                y,
+                &ws.qup[p * c..(p + 1) * c],
+                t,
+                edges_out.slot(e),
+                f.child_first[p],
+                S::ACCUMULATE,
+                &mut ws.msg,
+                &mut ws.marg,
+                &mut ws.sc,
+            );
+            edges_out.commit(e);
             let shift = max(&ws.msg);
             for (b, m) in ws.bel[p * c..(p + 1) * c].iter_mut().zip(&ws.msg) {
                 *b += m - shift;
             }
+            if !have_marg {
+                softmax(&ws.bel[p * c..(p + 1) * c], &mut ws.marg);
+            }
+        } else {
+            softmax(&ws.bel[p * c..(p + 1) * c], &mut ws.marg);
         }
-        softmax(&ws.bel[p * c..(p + 1) * c], &mut ws.marg);
         node_sink(f.node[p] as usize, &ws.marg);
     }
 }
