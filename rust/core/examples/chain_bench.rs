@@ -11,7 +11,7 @@ fn main() {
     let a: Vec<String> = std::env::args().collect();
     let arg = |i: usize, d: usize| a.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let (b, t, c) = (arg(1, 128), arg(2, 32), arg(3, 50));
-    let shared = a.get(4).map_or(true, |s| s != "edge");
+    let shared = a.get(4).is_none_or(|s| s != "edge");
     let reps = arg(5, 20);
     let g = Graph::chain(t).unwrap();
     let mut rng = Rng::stream(0, &[]);
