@@ -34,12 +34,7 @@ fn main() {
             nodes: t,
             classes: c,
         },
-        EdgeScores {
-            data: &se,
-            batch: eb,
-            edges: ee,
-            classes: c,
-        },
+        EdgeScores::tables(&se, eb, ee, c),
         b,
         None,
     )

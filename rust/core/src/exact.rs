@@ -185,7 +185,7 @@ fn gold_score<T: Real>(f: &Forest, pb: &Problem<'_, T>, b: usize, y: &[i64]) -> 
     for p in active_edges(f, act) {
         let k = f.edge[p] as usize;
         let [i, j] = edges[k];
-        s += es.table(k)[y[i as usize] as usize * c + y[j as usize] as usize].to_f64();
+        s += es.value(k, y[i as usize] as usize, y[j as usize] as usize);
     }
     s
 }

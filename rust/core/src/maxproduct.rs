@@ -91,19 +91,9 @@ fn map_item_body<T: Real>(
         }
         // raw[s, d]: s = label here, d = parent label. A table shared by every edge is
         // loaded once per orientation.
-        let t = edges.table(f.edge[p] as usize);
-        let key = (t.as_ptr() as usize, f.child_first[p]);
+        let key = (edges.shared_key(), f.child_first[p]);
         if !edges.shared() || ws.loaded != Some(key) {
-            for s in 0..c {
-                for d in 0..c {
-                    ws.raw[s * c + d] = if f.child_first[p] {
-                        t[s * c + d]
-                    } else {
-                        t[d * c + s]
-                    }
-                    .to_f64();
-                }
-            }
+            edges.raw(f.edge[p] as usize, !f.child_first[p], &mut ws.raw);
             ws.loaded = Some(key);
         }
         ws.best.fill(f64::NEG_INFINITY);

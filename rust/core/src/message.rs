@@ -64,19 +64,15 @@ impl Table {
         self.prepare();
     }
 
-    /// Loads `w * t` (a weighted shared table), oriented as in [`Table::load`].
+    /// Loads `w * t`, oriented as in [`Table::load`]; a −inf (forbidden) entry stays −inf
+    /// whatever `w` is.
     #[inline(always)]
-    pub fn load_scaled(&mut self, t: &[f64], w: f64, transpose: bool) {
+    pub fn load_scaled<T: Real>(&mut self, t: &[T], w: f64, transpose: bool) {
         let c = self.c;
         for s in 0..c {
             for d in 0..c {
-                let v = if transpose {
-                    t[d * c + s]
-                } else {
-                    t[s * c + d]
-                };
-                // 0 * -inf is a forbidden pair still forbidden; keep -inf.
-                self.raw[s * c + d] = if v == f64::NEG_INFINITY { v } else { w * v };
+                let v = if transpose { t[d * c + s] } else { t[s * c + d] };
+                self.raw[s * c + d] = crate::scores::scaled(w, v.to_f64());
             }
         }
         self.prepare();

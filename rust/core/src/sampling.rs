@@ -27,15 +27,15 @@ pub fn sample_item<T: Real>(
         if par == ROOT {
             w.copy_from_slice(b);
         } else {
-            let t = edges.table(f.edge[p] as usize);
+            let e = f.edge[p] as usize;
             let yp = lab[par as usize] as usize;
             for a in 0..c {
                 let s = if f.child_first[p] {
-                    t[a * c + yp]
+                    edges.value(e, a, yp)
                 } else {
-                    t[yp * c + a]
+                    edges.value(e, yp, a)
                 };
-                w[a] = b[a] + s.to_f64();
+                w[a] = b[a] + s;
             }
         }
         let m = w.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));

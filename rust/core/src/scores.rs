@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::graph::Graph;
+use crate::message::Table;
 use crate::real::Real;
 
 /// Node scores, shape `(batch, nodes, classes)` with `batch` 1 or B.
@@ -20,14 +21,160 @@ pub struct NodeScores<'a, T> {
     pub classes: usize,
 }
 
-/// Edge scores, shape `(batch, edges, classes, classes)` with `batch` 1 or B and `edges`
-/// 1 or E.
+/// Edge scores: tables `(batch, edges, classes, classes)` with `batch` 1 or B and `edges`
+/// 1 or E; or, with `weight` set, edge `e` of item `b` has the table
+/// `weight[b, e] * data[b]` (a per-edge weight times one `(C, C)` table, the
+/// contrast-sensitive Potts form of segmentation CRFs), never materialised per edge.
 #[derive(Clone, Copy, Debug)]
 pub struct EdgeScores<'a, T> {
     pub data: &'a [T],
     pub batch: usize,
     pub edges: usize,
     pub classes: usize,
+    /// Per-edge weights `(weight_batch, E)` (then `edges` is 1).
+    pub weight: Option<&'a [T]>,
+    pub weight_batch: usize,
+}
+
+impl<'a, T: Real> EdgeScores<'a, T> {
+    /// Full or shared tables.
+    pub fn tables(data: &'a [T], batch: usize, edges: usize, classes: usize) -> Self {
+        EdgeScores {
+            data,
+            batch,
+            edges,
+            classes,
+            weight: None,
+            weight_batch: 1,
+        }
+    }
+
+    /// `weight (weight_batch, E)` times one table per item `(table_batch, C, C)`.
+    pub fn weighted(
+        weight: &'a [T],
+        weight_batch: usize,
+        table: &'a [T],
+        table_batch: usize,
+        classes: usize,
+    ) -> Self {
+        EdgeScores {
+            data: table,
+            batch: table_batch,
+            edges: 1,
+            classes,
+            weight: Some(weight),
+            weight_batch,
+        }
+    }
+
+    /// The edge scores of batch item `b`.
+    #[inline]
+    pub fn item(&self, b: usize) -> ItemEdges<'a, T> {
+        let cc = self.classes * self.classes;
+        let n = self.edges * cc;
+        let bt = if self.batch == 1 { 0 } else { b };
+        let weight = self.weight.map(|w| {
+            let ne = w.len() / self.weight_batch.max(1);
+            let bw = if self.weight_batch == 1 { 0 } else { b };
+            &w[bw * ne..(bw + 1) * ne]
+        });
+        ItemEdges {
+            data: &self.data[bt * n..(bt + 1) * n],
+            shared: self.edges == 1,
+            c: self.classes,
+            cc,
+            weight,
+        }
+    }
+
+    /// True when one table serves every edge (no per-edge weights).
+    pub fn shared_over_edges(&self) -> bool {
+        self.edges == 1 && self.weight.is_none()
+    }
+}
+
+/// The edge scores of one batch item.
+#[derive(Clone, Copy, Debug)]
+pub struct ItemEdges<'a, T> {
+    data: &'a [T],
+    shared: bool,
+    c: usize,
+    cc: usize,
+    weight: Option<&'a [T]>,
+}
+
+/// `w * t` where a forbidden (−inf) pair stays forbidden whatever the weight.
+#[inline(always)]
+pub fn scaled(w: f64, t: f64) -> f64 {
+    if t == f64::NEG_INFINITY {
+        t
+    } else {
+        w * t
+    }
+}
+
+impl<'a, T: Real> ItemEdges<'a, T> {
+    /// The stored `(C, C)` table of edge `e` (before any weight).
+    #[inline(always)]
+    fn stored(&self, e: usize) -> &'a [T] {
+        let e = if self.shared { 0 } else { e };
+        &self.data[e * self.cc..(e + 1) * self.cc]
+    }
+
+    /// True when one unweighted table serves every edge.
+    #[inline(always)]
+    pub fn shared(&self) -> bool {
+        self.shared && self.weight.is_none()
+    }
+
+    /// Identifies the shared table (its address), to reuse preparations across items.
+    #[inline(always)]
+    pub fn shared_key(&self) -> usize {
+        self.data.as_ptr() as usize
+    }
+
+    /// The weight of edge `e` (1 without weights).
+    #[inline(always)]
+    pub fn weight(&self, e: usize) -> f64 {
+        self.weight.map_or(1.0, |w| w[e].to_f64())
+    }
+
+    /// Score of labels `(a, b)` on edge `e` (a at its first node).
+    #[inline(always)]
+    pub fn value(&self, e: usize, a: usize, b: usize) -> f64 {
+        let t = self.stored(e)[a * self.c + b].to_f64();
+        match self.weight {
+            Some(w) => scaled(w[e].to_f64(), t),
+            None => t,
+        }
+    }
+
+    /// Loads `scale` times edge `e`'s table into `out`, oriented `[first, second]` or,
+    /// with `transpose`, `[second, first]`.
+    #[inline(always)]
+    pub fn load(&self, e: usize, transpose: bool, scale: f64, out: &mut Table) {
+        let t = self.stored(e);
+        let w = self.weight(e) * scale;
+        if w == 1.0 {
+            out.load(t, transpose);
+        } else {
+            out.load_scaled(t, w, transpose);
+        }
+    }
+
+    /// Writes edge `e`'s table as f64 into `out` (`C x C`), oriented as in [`Self::load`].
+    #[inline(always)]
+    pub fn raw(&self, e: usize, transpose: bool, out: &mut [f64]) {
+        let t = self.stored(e);
+        let w = self.weight(e);
+        let c = self.c;
+        for s in 0..c {
+            for d in 0..c {
+                let v = if transpose { t[d * c + s] } else { t[s * c + d] };
+                out[s * c + d] = scaled(w, v.to_f64());
+            }
+        }
+    }
 }
 
 impl<'a, T: Real> NodeScores<'a, T> {
@@ -37,47 +184,6 @@ impl<'a, T: Real> NodeScores<'a, T> {
         let n = self.nodes * self.classes;
         let b = if self.batch == 1 { 0 } else { b };
         &self.data[b * n..(b + 1) * n]
-    }
-}
-
-impl<'a, T: Real> EdgeScores<'a, T> {
-    /// The `(edges, classes, classes)` block of batch item `b` (`edges` may be 1).
-    #[inline]
-    pub fn item(&self, b: usize) -> ItemEdges<'a, T> {
-        let cc = self.classes * self.classes;
-        let n = self.edges * cc;
-        let b = if self.batch == 1 { 0 } else { b };
-        ItemEdges {
-            data: &self.data[b * n..(b + 1) * n],
-            shared: self.edges == 1,
-            cc,
-        }
-    }
-
-    /// True when one table serves every edge.
-    pub fn shared_over_edges(&self) -> bool {
-        self.edges == 1
-    }
-}
-
-/// The edge tables of one batch item.
-#[derive(Clone, Copy, Debug)]
-pub struct ItemEdges<'a, T> {
-    data: &'a [T],
-    shared: bool,
-    cc: usize,
-}
-
-impl<'a, T: Real> ItemEdges<'a, T> {
-    /// The `(classes, classes)` table of edge `e`, row = label of the edge's first node.
-    #[inline]
-    pub fn table(&self, e: usize) -> &'a [T] {
-        let e = if self.shared { 0 } else { e };
-        &self.data[e * self.cc..(e + 1) * self.cc]
-    }
-
-    pub fn shared(&self) -> bool {
-        self.shared
     }
 }
 

@@ -67,7 +67,7 @@ fn edge_table<'w, T: Real>(
     if edges.shared() {
         &shared[transpose as usize]
     } else {
-        table.load(edges.table(f.edge[p] as usize), transpose);
+        edges.load(f.edge[p] as usize, transpose, 1.0, table);
         table
     }
 }
@@ -113,11 +113,10 @@ fn upward_body<T: Real>(
 ) -> Result<f64> {
     let c = ws.c;
     if edges.shared() && active > 1 {
-        let t = edges.table(0);
-        if ws.shared_at != t.as_ptr() as usize {
-            ws.shared[0].load(t, false);
-            ws.shared[1].load(t, true);
-            ws.shared_at = t.as_ptr() as usize;
+        if ws.shared_at != edges.shared_key() {
+            edges.load(0, false, 1.0, &mut ws.shared[0]);
+            edges.load(0, true, 1.0, &mut ws.shared[1]);
+            ws.shared_at = edges.shared_key();
         }
     }
     for p in 0..active {

@@ -116,12 +116,7 @@ fn problem(case: &Case) -> Problem<'_, f64> {
             nodes: n,
             classes: c,
         },
-        EdgeScores {
-            data: &case.se,
-            batch: 1,
-            edges: e,
-            classes: c,
-        },
+        EdgeScores::tables(&case.se, 1, e, c),
         1,
         None,
     )

@@ -155,12 +155,7 @@ fn problem<'a, T: Real>(
             nodes: g.num_nodes(),
             classes: c,
         },
-        EdgeScores {
-            data: se,
-            batch: eb,
-            edges: ee,
-            classes: c,
-        },
+        EdgeScores::tables(se, eb, ee, c),
         batch,
         lengths,
     )
