@@ -5,6 +5,7 @@
 
 use std::sync::OnceLock;
 
+use crate::adjacency::Adjacency;
 use crate::error::{Error, Result};
 use crate::forest::Forest;
 
@@ -15,6 +16,7 @@ pub struct Graph {
     is_forest: bool,
     is_chain: bool,
     forest: OnceLock<Forest>,
+    adjacency: OnceLock<Adjacency>,
 }
 
 impl Graph {
@@ -54,6 +56,7 @@ impl Graph {
             is_forest,
             is_chain,
             forest: OnceLock::new(),
+            adjacency: OnceLock::new(),
         })
     }
 
@@ -84,6 +87,11 @@ impl Graph {
     /// lengths (a prefix of the nodes) make sense.
     pub fn is_chain(&self) -> bool {
         self.is_chain
+    }
+
+    /// Adjacency lists and colouring for loopy message passing (built on first use).
+    pub fn adjacency(&self) -> &Adjacency {
+        self.adjacency.get_or_init(|| Adjacency::new(self))
     }
 
     /// The rooted forest, or a `NotForest` error naming the loopy methods.

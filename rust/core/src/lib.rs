@@ -9,6 +9,7 @@
 // Numeric kernels index several arrays in lockstep; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
 
+pub mod adjacency;
 pub mod batch;
 pub mod error;
 pub mod exact;
@@ -17,6 +18,7 @@ pub mod graph;
 pub mod logspace;
 pub mod maxproduct;
 pub mod message;
+pub mod objective;
 pub mod real;
 pub mod rng;
 pub mod sampling;

@@ -87,6 +87,14 @@ impl<'a, T: Real> EdgeScores<'a, T> {
         }
     }
 
+    /// The stored tables of item `b` (for weighted scores, the one `(C, C)` table).
+    #[inline]
+    pub fn stored_item(&self, b: usize) -> &'a [T] {
+        let n = self.edges * self.classes * self.classes;
+        let bt = if self.batch == 1 { 0 } else { b };
+        &self.data[bt * n..(bt + 1) * n]
+    }
+
     /// True when one table serves every edge (no per-edge weights).
     pub fn shared_over_edges(&self) -> bool {
         self.edges == 1 && self.weight.is_none()

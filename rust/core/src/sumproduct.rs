@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::forest::{Forest, ROOT};
 use crate::logspace::{logsumexp, max, softmax};
 use crate::message::{joint_and_message, message, Scratch, Table};
+use crate::objective::EdgeSink;
 use crate::real::Real;
 use crate::scores::ItemEdges;
 use crate::simd_dispatch;
@@ -98,7 +99,7 @@ simd_dispatch! {
         edges: &ItemEdges<'_, T>,
         active: usize,
         ws: &mut Workspace,
-        node_sink: impl FnMut(usize, &[f64]),
+        node_sink: &mut dyn FnMut(usize, &[f64]),
         edges_out: &mut S,
     ) -> () => downward_body
 }
@@ -163,24 +164,13 @@ fn upward_body<T: Real>(
     Ok(log_z)
 }
 
-/// Where the downward pass puts each edge's pair marginal.
-pub trait EdgeSink {
-    /// Add to the slot (gradients summed over edges) rather than overwrite it.
-    const ACCUMULATE: bool;
-    /// The `C x C` slot for edge `e`, oriented like the edge's table.
-    fn slot(&mut self, e: usize) -> &mut [f64];
-    /// Called once the slot of edge `e` holds its value.
-    #[inline(always)]
-    fn commit(&mut self, _e: usize) {}
-}
-
 #[inline(always)]
 fn downward_body<T: Real, S: EdgeSink>(
     f: &Forest,
     edges: &ItemEdges<'_, T>,
     active: usize,
     ws: &mut Workspace,
-    mut node_sink: impl FnMut(usize, &[f64]),
+    node_sink: &mut dyn FnMut(usize, &[f64]),
     edges_out: &mut S,
 ) {
     let c = ws.c;

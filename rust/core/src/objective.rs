@@ -1,0 +1,441 @@
+//! What every inference method delivers, and the batch drivers built on it.
+//!
+//! A method implements [`Inference`]: for one batch item it returns log Z (exact or an
+//! estimate) and hands node and pair marginals (or beliefs) to sinks. The drivers here turn
+//! that into batched marginals, or into the loss `log Z − s(y)` with its gradients
+//! `marginals − gold` laid out like the scores (summed over broadcast axes), for every
+//! edge-score form. So a new method is one `Inference` impl, not a copy of this plumbing.
+
+use rayon::prelude::*;
+
+use crate::batch::{chunk_size, run_chunks, Rows};
+use crate::error::{Error, Result};
+use crate::real::Real;
+use crate::scores::{ItemEdges, Problem};
+
+/// Per-item facts besides the marginals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ItemInfo {
+    pub log_z: f64,
+    pub iterations: u32,
+    pub converged: bool,
+    pub max_change: f64,
+}
+
+impl ItemInfo {
+    /// An exact answer: one pass, converged.
+    pub fn exact(log_z: f64) -> ItemInfo {
+        ItemInfo {
+            log_z,
+            iterations: 1,
+            converged: true,
+            max_change: 0.0,
+        }
+    }
+}
+
+/// Where a method puts each edge's pair marginal.
+pub trait EdgeSink {
+    /// Add to the slot (gradients summed over edges) rather than overwrite it.
+    const ACCUMULATE: bool;
+    /// The `C x C` slot for edge `e`, oriented like the edge's table.
+    fn slot(&mut self, e: usize) -> &mut [f64];
+    /// Called once the slot of edge `e` holds its value.
+    #[inline(always)]
+    fn commit(&mut self, _e: usize) {}
+}
+
+/// An inference method, as the drivers see it.
+pub trait Inference<T: Real>: Sync {
+    type Ws: Send;
+    /// Per-thread scratch.
+    fn workspace(&self, pb: &Problem<'_, T>) -> Self::Ws;
+    /// log Z of item `b`; node marginals go to `node_sink(node, marginal)` and pair
+    /// marginals to `edges` (only for the item's active nodes and edges).
+    fn item<S: EdgeSink>(
+        &self,
+        pb: &Problem<'_, T>,
+        ws: &mut Self::Ws,
+        b: usize,
+        node_sink: &mut dyn FnMut(usize, &[f64]),
+        edges: &mut S,
+    ) -> Result<ItemInfo>;
+}
+
+/// log Z and marginals of every batch item.
+#[derive(Debug, Clone)]
+pub struct Marginals<T> {
+    /// `(B,)`
+    pub log_z: Vec<T>,
+    /// `(B, I, C)`; zero at padded nodes.
+    pub node: Vec<T>,
+    /// `(B, E, C, C)` when asked for; zero at padded edges.
+    pub edge: Option<Vec<T>>,
+    pub iterations: Vec<u32>,
+    pub converged: Vec<bool>,
+    pub max_change: Vec<f64>,
+}
+
+/// Loss `log Z − s(y)` and its gradients with respect to the scores as given.
+#[derive(Debug, Clone)]
+pub struct LossGrad<T> {
+    /// `(B,)`
+    pub loss: Vec<T>,
+    /// Shaped like the node scores `(B_n, I, C)`: summed over items when `B_n = 1`.
+    pub grad_node: Vec<T>,
+    /// Shaped like the edge tables `(B_e, E_e, C, C)`: summed over broadcast axes. For
+    /// weighted edge scores, the gradient of the shared table `(B_e, C, C)`.
+    pub grad_edge: Vec<T>,
+    /// For weighted edge scores, the gradient of the weights `(B_w, E)`.
+    pub grad_weight: Option<Vec<T>>,
+    pub iterations: Vec<u32>,
+    pub converged: Vec<bool>,
+    pub max_change: Vec<f64>,
+}
+
+/// Pair marginals converted to the output precision, one row per edge (or dropped).
+struct ToRows<'a, T> {
+    scratch: &'a mut [f64],
+    rows: Option<&'a mut [T]>,
+}
+
+impl<T: Real> EdgeSink for ToRows<'_, T> {
+    const ACCUMULATE: bool = false;
+    #[inline(always)]
+    fn slot(&mut self, _e: usize) -> &mut [f64] {
+        self.scratch
+    }
+    #[inline(always)]
+    fn commit(&mut self, e: usize) {
+        if let Some(rows) = self.rows.as_deref_mut() {
+            let cc = self.scratch.len();
+            for (o, &x) in rows[e * cc..(e + 1) * cc].iter_mut().zip(self.scratch.iter()) {
+                *o = T::from_f64(x);
+            }
+        }
+    }
+}
+
+/// Pair marginals summed into per-edge slots, or into one slot for a shared table.
+struct Accumulate<'a> {
+    buf: &'a mut [f64],
+    shared: bool,
+    cc: usize,
+}
+
+impl EdgeSink for Accumulate<'_> {
+    const ACCUMULATE: bool = true;
+    #[inline(always)]
+    fn slot(&mut self, e: usize) -> &mut [f64] {
+        let k = if self.shared { 0 } else { e };
+        &mut self.buf[k * self.cc..(k + 1) * self.cc]
+    }
+}
+
+/// Gradients of weighted edge scores `w_e * table`: `∂/∂w_e = <table, p_e>` and
+/// `∂/∂table = Σ_e w_e p_e` (gold indicators are subtracted afterwards).
+struct WeightedGrad<'a, 'b, T> {
+    scratch: &'a mut [f64],
+    table: &'a [f64],
+    edges: ItemEdges<'b, T>,
+    grad_weight: &'a mut [f64],
+    grad_table: &'a mut [f64],
+}
+
+impl<T: Real> EdgeSink for WeightedGrad<'_, '_, T> {
+    const ACCUMULATE: bool = false;
+    #[inline(always)]
+    fn slot(&mut self, _e: usize) -> &mut [f64] {
+        self.scratch
+    }
+    #[inline(always)]
+    fn commit(&mut self, e: usize) {
+        let w = self.edges.weight(e);
+        let mut dot = 0.0;
+        for ((g, &p), &t) in self.grad_table.iter_mut().zip(self.scratch.iter()).zip(self.table) {
+            *g += w * p;
+            // A forbidden pair has marginal 0: it adds nothing to the weight's gradient.
+            if p != 0.0 {
+                dot += p * t;
+            }
+        }
+        self.grad_weight[e] += dot;
+    }
+}
+
+fn item_error(e: Error, b: usize, batch: usize) -> Error {
+    match e {
+        Error::Infeasible(m) if batch > 1 => Error::Infeasible(format!("batch item {b}: {m}")),
+        other => other,
+    }
+}
+
+/// Batched log Z and marginals by `method`.
+pub fn marginals<T: Real, M: Inference<T>>(
+    pb: &Problem<'_, T>,
+    method: &M,
+    want_edges: bool,
+) -> Result<Marginals<T>> {
+    let (n, c, e, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.graph.num_edges(), pb.batch);
+    let mut log_z = vec![T::from_f64(0.0); bsz];
+    let mut node = vec![T::from_f64(0.0); bsz * n * c];
+    let mut edge = want_edges.then(|| vec![T::from_f64(0.0); bsz * e * c * c]);
+    let mut info = vec![ItemInfo::exact(0.0); bsz];
+    {
+        let lz = Rows::new(&mut log_z, 1);
+        let nd = Rows::new(&mut node, n * c);
+        let ed = edge.as_mut().map(|v| Rows::new(v, e * c * c));
+        let inf = Rows::new(&mut info, 1);
+        run_chunks(
+            bsz,
+            1,
+            || (method.workspace(pb), vec![0.0; c * c]),
+            || (),
+            |(ws, scratch), _, items| {
+                for b in items {
+                    // SAFETY: item b is handled by this task only.
+                    let (zrow, nrow, irow) = unsafe { (lz.get(b), nd.get(b), inf.get(b)) };
+                    let mut sink = ToRows {
+                        scratch,
+                        rows: ed.as_ref().map(|r| unsafe { r.get(b) }),
+                    };
+                    let mut node_sink = |v: usize, m: &[f64]| {
+                        for (o, &x) in nrow[v * c..(v + 1) * c].iter_mut().zip(m) {
+                            *o = T::from_f64(x);
+                        }
+                    };
+                    let it = method
+                        .item(pb, ws, b, &mut node_sink, &mut sink)
+                        .map_err(|er| item_error(er, b, bsz))?;
+                    zrow[0] = T::from_f64(it.log_z);
+                    irow[0] = it;
+                }
+                Ok(())
+            },
+        )?;
+    }
+    Ok(Marginals {
+        log_z,
+        node,
+        edge,
+        iterations: info.iter().map(|i| i.iterations).collect(),
+        converged: info.iter().map(|i| i.converged).collect(),
+        max_change: info.iter().map(|i| i.max_change).collect(),
+    })
+}
+
+/// Checks gold labels `(B, I)` on the active nodes of each item.
+pub fn check_labels<T: Real>(pb: &Problem<'_, T>, y: &[i64]) -> Result<()> {
+    let (n, c) = (pb.graph.num_nodes(), pb.classes() as i64);
+    if y.len() != pb.batch * n {
+        return Err(Error::Shape(format!(
+            "y has {} entries; expected batch {} x {n} nodes",
+            y.len(),
+            pb.batch
+        )));
+    }
+    let bad = (0..pb.batch).into_par_iter().find_map_first(|b| {
+        let row = &y[b * n..(b + 1) * n];
+        row[..pb.active(b)]
+            .iter()
+            .position(|&l| l < 0 || l >= c)
+            .map(|i| (b, i, row[i]))
+    });
+    match bad {
+        Some((b, i, l)) => Err(Error::Value(format!(
+            "label y[{b}, {i}] = {l} is outside [0, {c})"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Whether edge `(i, j)` is among item `b`'s active edges (both ends active).
+#[inline]
+fn edge_active(pb_active: usize, i: u32, j: u32) -> bool {
+    (i as usize) < pb_active && (j as usize) < pb_active
+}
+
+/// Score `s(y)` of labelling `y` on the active part of item `b`.
+fn gold_score<T: Real>(pb: &Problem<'_, T>, b: usize, y: &[i64]) -> f64 {
+    let (c, act) = (pb.classes(), pb.active(b));
+    let (ns, es) = (pb.node.item(b), pb.edge.item(b));
+    let mut s: f64 = (0..act).map(|v| ns[v * c + y[v] as usize].to_f64()).sum();
+    for (k, &[i, j]) in pb.graph.edges().iter().enumerate() {
+        if edge_active(act, i, j) {
+            s += es.value(k, y[i as usize] as usize, y[j as usize] as usize);
+        }
+    }
+    s
+}
+
+/// Adds `src` (f64) into `dst` as a per-item row, or into the chunk accumulator.
+#[inline]
+fn emit<T: Real>(src: &[f64], per_item: Option<&mut [T]>, acc: &mut [f64]) {
+    match per_item {
+        Some(row) => row.iter_mut().zip(src).for_each(|(o, &g)| *o = T::from_f64(g)),
+        None => acc.iter_mut().zip(src).for_each(|(a, &g)| *a += g),
+    }
+}
+
+/// Loss and gradients for gold labels `y` `(B, I)` by `method`. The gradients are those of
+/// `Σ_b w_b loss_b` with `w = weights` (all ones when `None`): a backward pass with an
+/// arbitrary upstream gradient needs the weights inside the sum over a broadcast batch.
+pub fn loss_and_grad<T: Real, M: Inference<T>>(
+    pb: &Problem<'_, T>,
+    method: &M,
+    y: &[i64],
+    weights: Option<&[f64]>,
+) -> Result<LossGrad<T>> {
+    check_labels(pb, y)?;
+    if let Some(w) = weights {
+        if w.len() != pb.batch {
+            return Err(Error::Shape(format!(
+                "weights have {} entries but the batch has {} items",
+                w.len(),
+                pb.batch
+            )));
+        }
+    }
+    let (n, c, ne, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.graph.num_edges(), pb.batch);
+    let cc = c * c;
+    let edges = pb.graph.edges();
+    let weighted = pb.edge.weight.is_some();
+    // Per-item gradient sizes, and whether each input is shared across the batch.
+    let ge_len = if weighted { cc } else { pb.edge.edges * cc };
+    let gw_len = if weighted { ne } else { 0 };
+    let node_shared = pb.node.batch == 1 && bsz > 1;
+    let edge_shared = pb.edge.batch == 1 && bsz > 1;
+    let weight_shared = weighted && pb.edge.weight_batch == 1 && bsz > 1;
+    let acc_n = if node_shared { n * c } else { 0 };
+    let acc_e = if edge_shared { ge_len } else { 0 };
+    let acc_w = if weight_shared { gw_len } else { 0 };
+    let chunk = chunk_size(bsz, acc_n + acc_e + acc_w);
+
+    let mut loss = vec![T::from_f64(0.0); bsz];
+    let mut gn = vec![T::from_f64(0.0); pb.node.batch * n * c];
+    let mut ge = vec![T::from_f64(0.0); pb.edge.batch * ge_len];
+    let mut gw = vec![T::from_f64(0.0); if weighted { pb.edge.weight_batch * ne } else { 0 }];
+    let mut info = vec![ItemInfo::exact(0.0); bsz];
+    let accs = {
+        let lr = Rows::new(&mut loss, 1);
+        let ir = Rows::new(&mut info, 1);
+        let nr = Rows::new(&mut gn, n * c);
+        let er = Rows::new(&mut ge, ge_len);
+        let wr = Rows::new(&mut gw, gw_len);
+        run_chunks(
+            bsz,
+            chunk,
+            || {
+                (
+                    method.workspace(pb),
+                    vec![0.0; n * c],
+                    vec![0.0; ge_len],
+                    vec![0.0; gw_len],
+                    vec![0.0; cc],
+                    vec![0.0; cc],
+                )
+            },
+            || (vec![0.0f64; acc_n], vec![0.0f64; acc_e], vec![0.0f64; acc_w]),
+            |(ws, gnode, gedge, gweight, scratch, table), (an, ae, aw), items| {
+                for b in items {
+                    let yb = &y[b * n..(b + 1) * n];
+                    let es = pb.edge.item(b);
+                    let act = pb.active(b);
+                    gnode.fill(0.0);
+                    gedge.fill(0.0);
+                    gweight.fill(0.0);
+                    let mut node_sink = |v: usize, m: &[f64]| {
+                        let g = &mut gnode[v * c..(v + 1) * c];
+                        g.copy_from_slice(m);
+                        g[yb[v] as usize] -= 1.0;
+                    };
+                    let it = if weighted {
+                        // The stored table without its weight.
+                        for (t, &s) in table.iter_mut().zip(pb.edge.stored_item(b)) {
+                            *t = s.to_f64();
+                        }
+                        let mut sink = WeightedGrad {
+                            scratch,
+                            table,
+                            edges: es,
+                            grad_weight: gweight,
+                            grad_table: gedge,
+                        };
+                        method.item(pb, ws, b, &mut node_sink, &mut sink)
+                    } else {
+                        let mut sink = Accumulate {
+                            buf: gedge,
+                            shared: pb.edge.edges == 1,
+                            cc,
+                        };
+                        method.item(pb, ws, b, &mut node_sink, &mut sink)
+                    }
+                    .map_err(|er| item_error(er, b, bsz))?;
+                    // Gold indicators of the edges.
+                    for (k, &[i, j]) in edges.iter().enumerate() {
+                        if !edge_active(act, i, j) {
+                            continue;
+                        }
+                        let (a, bb) = (yb[i as usize] as usize, yb[j as usize] as usize);
+                        if weighted {
+                            gedge[a * c + bb] -= es.weight(k);
+                            let t = table[a * c + bb];
+                            if t > f64::NEG_INFINITY {
+                                gweight[k] -= t;
+                            }
+                        } else {
+                            let slot = if pb.edge.edges == 1 { 0 } else { k };
+                            gedge[slot * cc + a * c + bb] -= 1.0;
+                        }
+                    }
+                    let s = gold_score(pb, b, yb);
+                    // SAFETY: item b is handled by this task only.
+                    unsafe {
+                        lr.get(b)[0] = T::from_f64(it.log_z - s);
+                        ir.get(b)[0] = it;
+                    }
+                    if let Some(w) = weights {
+                        let wb = w[b];
+                        for g in gnode.iter_mut().chain(gedge.iter_mut()).chain(gweight.iter_mut()) {
+                            *g *= wb;
+                        }
+                    }
+                    unsafe {
+                        emit(gnode, (!node_shared).then(|| nr.get(b)), an);
+                        emit(gedge, (!edge_shared).then(|| er.get(b)), ae);
+                        if weighted {
+                            emit(gweight, (!weight_shared).then(|| wr.get(b)), aw);
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?
+    };
+    // Combine the chunk accumulators in chunk order (deterministic).
+    let fold = |pick: &dyn Fn(&(Vec<f64>, Vec<f64>, Vec<f64>)) -> &Vec<f64>, out: &mut [T]| {
+        let mut total = vec![0.0f64; out.len()];
+        for a in &accs {
+            total.iter_mut().zip(pick(a)).for_each(|(t, &x)| *t += x);
+        }
+        out.iter_mut().zip(&total).for_each(|(o, &t)| *o = T::from_f64(t));
+    };
+    if node_shared {
+        fold(&|a| &a.0, &mut gn);
+    }
+    if edge_shared {
+        fold(&|a| &a.1, &mut ge);
+    }
+    if weight_shared {
+        fold(&|a| &a.2, &mut gw);
+    }
+    Ok(LossGrad {
+        loss,
+        grad_node: gn,
+        grad_edge: ge,
+        grad_weight: weighted.then_some(gw),
+        iterations: info.iter().map(|i| i.iterations).collect(),
+        converged: info.iter().map(|i| i.converged).collect(),
+        max_change: info.iter().map(|i| i.max_change).collect(),
+    })
+}
