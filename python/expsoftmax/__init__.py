@@ -1,14 +1,17 @@
 """expsoftmax: the exponential softmax over every labelling of a graph.
 
 ``P(y) = exp(s(y)) / Z`` with ``s(y) = Σ_i s_n[i, y_i] + Σ_(i,j) s_e[(i,j), y_i, y_j]``.
-Exact on forests (chains, trees); see :func:`infer`, :func:`loss_and_grad`,
+Exact on forests (chains, trees); loopy BP, tree-reweighted BP and mean field on graphs
+with cycles (pixel grids); see :func:`infer`, :func:`loss_and_grad`,
 :func:`decode`, :func:`sample`. The PyTorch loss lives in :mod:`expsoftmax.torch`
 (imported on demand, so this package works without torch).
 """
 
 from __future__ import annotations
 
-from .api import METHODS, decode, infer, loss_and_grad, sample
+from ._methods import METHODS, ConvergenceWarning
+from ._scores import WeightedEdges
+from .api import decode, infer, loss_and_grad, sample
 from .errors import DTypeError, InfeasibleError, NotForestError, OptionError, ShapeError
 from .graph import Graph
 from .result import InferenceResult
@@ -17,6 +20,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "ConvergenceWarning",
+    "WeightedEdges",
     "DTypeError",
     "Graph",
     "InferenceResult",

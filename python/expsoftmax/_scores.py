@@ -9,7 +9,7 @@ broadcasts only partially (e.g. ``(4, 1)`` against ``(4, 3)``) is materialised.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -17,6 +17,16 @@ from .errors import DTypeError, ShapeError
 from .graph import Graph
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class WeightedEdges(NamedTuple):
+    """Edge scores ``weight[..., e] * table[..., a, b]``: one ``(C, C)`` table scaled per
+    edge (the contrast-sensitive Potts form of segmentation CRFs), never materialised as
+    ``(E, C, C)``. Pass it (or a plain ``(weight, table)`` tuple) as ``s_e``; gradients come
+    back in the same form. A ``-inf`` table entry stays forbidden whatever the weight."""
+
+    weight: Any
+    table: Any
 
 
 @dataclass(frozen=True)
@@ -35,10 +45,24 @@ class Scores:
     s_n_shape: tuple[int, ...]  # as given
     s_e_shape: tuple[int, ...]  # as given
     lengths: Optional[np.ndarray]
+    weight: Optional[np.ndarray] = None  # flat (weight_batch * E,) for WeightedEdges
+    weight_batch: int = 1
+    weight_shape: Optional[tuple[int, ...]] = None
 
     @property
-    def dims(self) -> tuple[int, int, int, int, int]:
-        return (self.batch, self.node_batch, self.edge_batch, self.edge_tables, self.classes)
+    def dims(self) -> tuple[int, int, int, int, int, int]:
+        return (
+            self.batch,
+            self.node_batch,
+            self.edge_batch,
+            self.edge_tables,
+            self.classes,
+            self.weight_batch,
+        )
+
+    @property
+    def weighted(self) -> bool:
+        return self.weight is not None
 
 
 def _float_array(x: Any, name: str) -> np.ndarray:
@@ -76,7 +100,21 @@ def prepare(
     if not isinstance(graph, Graph):
         raise TypeError(f"graph must be an expsoftmax.Graph, got {type(graph).__name__}")
     sn = _float_array(s_n, "s_n")
-    se = _float_array(s_e, "s_e")
+    wt = None
+    if isinstance(s_e, tuple):
+        if len(s_e) != 2:
+            raise ShapeError("weighted edge scores must be a (weight, table) pair")
+        wt = _float_array(s_e[0], "edge weight")
+        se = _float_array(s_e[1], "edge table")
+        if wt.ndim < 1 or wt.shape[-1] != graph.num_edges:
+            raise ShapeError(
+                f"edge weight must have shape (..., E) with E = {graph.num_edges}, got {wt.shape}"
+            )
+        if se.ndim < 2:
+            raise ShapeError(f"edge table must have shape (..., C, C), got {se.shape}")
+        se = se[..., None, :, :]  # one table, shared by every edge
+    else:
+        se = _float_array(s_e, "s_e")
     if sn.ndim < 2:
         raise ShapeError(f"s_n must have shape (..., I, C), got {sn.shape}")
     if se.ndim < 2:
@@ -99,6 +137,8 @@ def prepare(
             f"{graph.num_edges} edges: give {graph.num_edges}, or 1 table shared by all"
         )
     shapes = [sn.shape[:-2], se.shape[:-3], *extra_batch]
+    if wt is not None:
+        shapes.append(wt.shape[:-1])
     lens = None
     if lengths is not None:
         lens = np.asarray(lengths)
@@ -116,7 +156,7 @@ def prepare(
             + "".join(f", {s}" for s in shapes[2:])
         ) from None
     batch = int(np.prod(batch_shape, dtype=np.int64))
-    dtype = np.result_type(sn.dtype, se.dtype)
+    dtype = np.result_type(sn.dtype, se.dtype, *(() if wt is None else (wt.dtype,)))
     sn_flat, nb = _batch_layout(sn.astype(dtype, copy=False), 2, batch_shape, batch)
     se_flat, eb = _batch_layout(se.astype(dtype, copy=False), 3, batch_shape, batch)
     if lens is not None:
@@ -127,7 +167,13 @@ def prepare(
                 "lengths are only supported on chain graphs (Graph.chain(n), edges (i, i+1))"
             )
         lens = np.ascontiguousarray(np.broadcast_to(lens, batch_shape), dtype=np.int64).reshape(-1)
+    w_flat, wb = (None, 1)
+    if wt is not None:
+        w_flat, wb = _batch_layout(wt.astype(dtype, copy=False), 1, batch_shape, batch)
     return Scores(
+        weight=w_flat,
+        weight_batch=wb,
+        weight_shape=None if wt is None else tuple(np.shape(s_e[0])),
         batch_shape=batch_shape,
         batch=batch,
         dtype=np.dtype(dtype),
@@ -138,7 +184,7 @@ def prepare(
         edge_tables=e_tables,
         classes=c,
         s_n_shape=tuple(np.shape(s_n)),
-        s_e_shape=tuple(np.shape(s_e)),
+        s_e_shape=tuple(np.shape(s_e[1] if wt is not None else s_e)),
         lengths=lens,
     )
 

@@ -1,60 +1,38 @@
 """The numpy API: ``infer``, ``loss_and_grad``, ``decode`` and ``sample``.
 
-Each validates and lays out its inputs (``_scores``), picks a method, calls the core once
-(the GIL is released there) and shapes the flat results. No per-node Python loops.
+Each validates and lays out its inputs (``_scores``), resolves the method and its options
+(``_methods``), calls the core once (the GIL is released there) and shapes the flat
+results. No per-node Python loops.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import numpy as np
 
 from . import _core
-from ._scores import Scores, labels, prepare, sum_to_shape
-from .errors import NotForestError, OptionError
+from ._methods import ConvergenceWarning, Resolved, resolve
+from ._scores import Scores, WeightedEdges, labels, prepare, sum_to_shape
 from .graph import Graph
 from .result import InferenceResult
 
-#: Methods and the option names each accepts (keyword arguments).
-METHODS: dict[str, frozenset[str]] = {
-    "exact": frozenset(),
-}
 
-LOOPY_METHODS = ("bp", "trw", "mean_field", "gibbs")
-
-
-def _resolve(graph: Graph, method: str, options: dict[str, Any]) -> str:
-    if not isinstance(graph, Graph):
-        raise TypeError(f"graph must be an expsoftmax.Graph, got {type(graph).__name__}")
-    if not isinstance(method, str):
-        raise OptionError(f"method must be a string, got {type(method).__name__}")
-    if method == "auto":
-        if graph.is_forest:
-            method = "exact"
-        else:
-            raise NotForestError(
-                "the graph has a cycle and no loopy method is available in this build; "
-                f"the loopy methods are {', '.join(LOOPY_METHODS)}"
-            )
-    if method not in METHODS:
-        known = ", ".join(["auto", *METHODS])
-        raise OptionError(f"unknown method {method!r}; known methods: {known}")
-    unknown = sorted(set(options) - METHODS[method])
-    if unknown:
-        allowed = ", ".join(sorted(METHODS[method])) or "none"
-        raise OptionError(
-            f"unknown option(s) {', '.join(unknown)} for method {method!r} (accepted: {allowed})"
+def _warn_unconverged(r: Resolved, converged: np.ndarray, max_change: np.ndarray) -> None:
+    if r.loopy and not bool(np.all(converged)):
+        bad = int(np.size(converged) - np.count_nonzero(converged))
+        warnings.warn(
+            f"method={r.method!r} did not converge for {bad} of {np.size(converged)} item(s) "
+            f"within max_iter={r.options['max_iter']} (largest final change "
+            f"{float(np.max(max_change)):.3g} > tol={r.options['tol']}); results are from the "
+            "last iteration. Raise max_iter, add damping, or try another schedule.",
+            ConvergenceWarning,
+            stacklevel=3,
         )
-    if method == "exact" and not graph.is_forest:
-        raise NotForestError(
-            "method='exact' needs a forest, but the graph has a cycle; use a loopy method: "
-            + ", ".join(f"method={m!r}" for m in LOOPY_METHODS)
-        )
-    return method
 
 
-def _shape_out(flat: np.ndarray, sc: Scores, tail: tuple[int, ...]) -> np.ndarray:
+def _shape(flat: np.ndarray, sc: Scores, tail: tuple[int, ...] = ()) -> np.ndarray:
     return flat.reshape(sc.batch_shape + tail)
 
 
@@ -73,27 +51,35 @@ def infer(
         graph: the graph.
         s_n: node scores ``(..., I, C)``, float32 or float64.
         s_e: edge scores ``(..., E, C, C)``; the edge axis may be 1 (one shared table) and
-            batch axes broadcast with those of ``s_n``. ``-inf`` forbids a label pair.
-        method: ``"auto"`` (exact on forests) or ``"exact"``.
-        lengths: for chains, ``(...)`` number of real nodes per item; the rest is padding.
+            batch axes broadcast with those of ``s_n``. Or :class:`WeightedEdges`
+            ``(weight (..., E), table (..., C, C))``. ``-inf`` forbids a label or pair.
+        method: ``"auto"`` (exact on forests, ``"bp"`` otherwise), ``"exact"``, ``"bp"``
+            (loopy BP, Bethe log Z), ``"trw"`` (tree-reweighted BP, upper bound on log Z)
+            or ``"mean_field"`` (lower bound).
+        lengths: for chains with exact inference, ``(...)`` real lengths (rest is padding).
+        **options: for the loopy methods ``max_iter`` (100), ``tol`` (1e-6), ``damping``
+            (0.0), ``schedule`` (``"checkerboard"`` or ``"parallel"``); for ``"trw"`` also
+            ``edge_appearance`` (float or ``(E,)``; default from spanning trees).
 
     Returns:
-        :class:`InferenceResult`, arrays in the scores' dtype.
+        :class:`InferenceResult`, arrays in the scores' dtype. Loopy methods that do not
+        converge emit a :class:`ConvergenceWarning` and report ``converged=False``.
     """
-    method = _resolve(graph, method, options)
+    r = resolve(graph, method, options, "infer")
     sc = prepare(graph, s_n, s_e, lengths=lengths)
-    log_z, node, edge = _core.exact_marginals(
-        graph._core, sc.s_n, sc.s_e, sc.dims, sc.lengths, True
+    log_z, node, edge, iters, conv, change = _core.marginals(
+        graph._core, sc.s_n, sc.s_e, sc.dims, sc.weight, sc.lengths, True, r.core_args(graph)
     )
-    c, e = sc.classes, graph.num_edges
+    _warn_unconverged(r, conv, change)
+    c = sc.classes
     return InferenceResult(
-        log_z=_shape_out(log_z, sc, ()),
-        node_marginals=_shape_out(node, sc, (graph.num_nodes, c)),
-        edge_marginals=_shape_out(edge, sc, (e, c, c)),
-        converged=np.ones(sc.batch_shape, dtype=bool),
-        iterations=np.ones(sc.batch_shape, dtype=np.int64),
-        max_change=np.zeros(sc.batch_shape, dtype=sc.dtype),
-        method=method,
+        log_z=_shape(log_z, sc),
+        node_marginals=_shape(node, sc, (graph.num_nodes, c)),
+        edge_marginals=_shape(edge, sc, (graph.num_edges, c, c)),
+        converged=_shape(conv, sc),
+        iterations=_shape(iters.astype(np.int64), sc),
+        max_change=_shape(change.astype(sc.dtype), sc),
+        method=r.method,
     )
 
 
@@ -106,18 +92,20 @@ def loss_and_grad(
     *,
     lengths: Any = None,
     **options: Any,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, Any]:
     """The loss ``log Z − s(y)`` per item and its gradients.
 
     Args:
         y: gold labels ``(..., I)``, integers in ``[0, C)`` (padded positions ignored).
-        Other arguments as in :func:`infer`.
+        Other arguments as in :func:`infer`; with a loopy method log Z is its estimate
+        (Bethe, TRW bound, mean-field bound) and the gradient uses its beliefs.
 
     Returns:
         ``(loss, grad_n, grad_e)``: ``loss`` ``(...)``; ``grad_n`` shaped like ``s_n`` and
-        ``grad_e`` shaped like ``s_e`` (summed over axes that were broadcast), each equal to
-        marginals − gold indicators, i.e. the gradient of ``loss.sum()``. A gold labelling
-        the scores forbid has loss ``+inf``.
+        ``grad_e`` shaped like ``s_e`` (summed over axes that were broadcast; a
+        :class:`WeightedEdges` for weighted scores), each equal to marginals − gold
+        indicators, i.e. the gradient of ``loss.sum()``. A gold labelling the scores forbid
+        has loss ``+inf``.
     """
     return _loss_and_grad(graph, s_n, s_e, y, method, lengths, options, None)
 
@@ -131,9 +119,9 @@ def _loss_and_grad(
     lengths: Any,
     options: dict[str, Any],
     weights: Optional[np.ndarray],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, Any]:
     """:func:`loss_and_grad` with per-item weights on the gradient (``Σ w_b loss_b``)."""
-    method = _resolve(graph, method, options)
+    r = resolve(graph, method, options, "loss_and_grad")
     yl = labels(graph, y)
     sc = prepare(graph, s_n, s_e, extra_batch=(yl.shape[:-1],), lengths=lengths)
     yb = np.ascontiguousarray(
@@ -143,17 +131,34 @@ def _loss_and_grad(
         weights = np.ascontiguousarray(
             np.broadcast_to(weights, sc.batch_shape), dtype=np.float64
         ).reshape(-1)
-    loss, gn, ge = _core.exact_loss_and_grad(
-        graph._core, sc.s_n, sc.s_e, sc.dims, yb, sc.lengths, weights
+    loss, gn, ge, gw, _, conv, change = _core.loss_and_grad(
+        graph._core,
+        sc.s_n,
+        sc.s_e,
+        sc.dims,
+        yb,
+        sc.weight,
+        sc.lengths,
+        weights,
+        r.core_args(graph),
     )
+    _warn_unconverged(r, conv, change)
     c = sc.classes
-    lead_n = (1,) if sc.node_batch == 1 else sc.batch_shape
-    gn = gn.reshape(lead_n + (graph.num_nodes, c))
-    gn = gn.reshape(sc.s_n_shape) if sc.node_batch == 1 else sum_to_shape(gn, sc.s_n_shape)
-    eshape = (sc.edge_tables, c, c)
-    ge = ge.reshape(((1,) if sc.edge_batch == 1 else sc.batch_shape) + eshape)
-    ge = ge.reshape(sc.s_e_shape) if sc.edge_batch == 1 else sum_to_shape(ge, sc.s_e_shape)
-    return loss.reshape(sc.batch_shape), gn, ge
+    gn = _fold(gn, sc.node_batch, sc, (graph.num_nodes, c), sc.s_n_shape)
+    if sc.weighted:
+        gt = _fold(ge, sc.edge_batch, sc, (c, c), sc.s_e_shape)
+        gw = _fold(gw, sc.weight_batch, sc, (graph.num_edges,), sc.weight_shape)
+        return _shape(loss, sc), gn, WeightedEdges(gw, gt)
+    ge = _fold(ge, sc.edge_batch, sc, (sc.edge_tables, c, c), sc.s_e_shape)
+    return _shape(loss, sc), gn, ge
+
+
+def _fold(g: np.ndarray, own_batch: int, sc: Scores, tail: tuple, shape: Any) -> np.ndarray:
+    """Shapes a flat gradient like its input: the core already summed over a batch axis the
+    input did not have (``own_batch == 1``); other broadcast axes are summed here."""
+    if own_batch == 1:
+        return g.reshape(shape)
+    return sum_to_shape(g.reshape(sc.batch_shape + tail), shape)
 
 
 def decode(
@@ -165,11 +170,26 @@ def decode(
     lengths: Any = None,
     **options: Any,
 ) -> np.ndarray:
-    """The MAP labelling ``argmax_y s(y)``, int64 ``(..., I)`` (ties: smallest labels;
-    padded chain positions are -1)."""
-    method = _resolve(graph, method, options)
+    """The MAP labelling ``argmax_y s(y)``, int64 ``(..., I)``.
+
+    Exact (max-product) on forests; ``method="bp"`` (the default on loopy graphs) runs
+    max-product BP and takes each node's best label, an approximation on loopy graphs.
+    ``"trw"`` and ``"mean_field"`` take the argmax of their approximate marginals. Ties go
+    to the smallest label; padded chain positions are -1.
+    """
+    r = resolve(graph, method, options, "decode")
     sc = prepare(graph, s_n, s_e, lengths=lengths)
-    y = _core.exact_decode(graph._core, sc.s_n, sc.s_e, sc.dims, sc.lengths)
+    if r.method in ("trw", "mean_field"):
+        _, node, _, _, conv, change = _core.marginals(
+            graph._core, sc.s_n, sc.s_e, sc.dims, sc.weight, None, False, r.core_args(graph)
+        )
+        _warn_unconverged(r, conv, change)
+        y = np.argmax(node.reshape(-1, graph.num_nodes, sc.classes), axis=-1).astype(np.int64)
+        return y.reshape(sc.batch_shape + (graph.num_nodes,))
+    y, _, conv, change = _core.decode(
+        graph._core, sc.s_n, sc.s_e, sc.dims, sc.weight, sc.lengths, r.core_args(graph)
+    )
+    _warn_unconverged(r, conv, change)
     return y.reshape(sc.batch_shape + (graph.num_nodes,))
 
 
@@ -184,13 +204,13 @@ def sample(
     lengths: Any = None,
     **options: Any,
 ) -> np.ndarray:
-    """Exact samples from ``P``: int64 ``(num_samples, ..., I)``.
+    """Samples from ``P``: int64 ``(num_samples, ..., I)`` (exact on forests).
 
     Sample ``s`` of batch item ``b`` depends only on ``(seed, b, s)``, so the same seed
     gives the same samples whatever the number of threads. ``seed=None`` draws fresh
     entropy. Padded chain positions are -1.
     """
-    method = _resolve(graph, method, options)
+    r = resolve(graph, method, options, "sample")
     ns = int(num_samples)
     if ns < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
@@ -200,5 +220,8 @@ def sample(
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
     sc = prepare(graph, s_n, s_e, lengths=lengths)
-    y = _core.exact_sample(graph._core, sc.s_n, sc.s_e, sc.dims, ns, seed % (1 << 64), sc.lengths)
+    del r
+    y = _core.exact_sample(
+        graph._core, sc.s_n, sc.s_e, sc.dims, ns, seed % (1 << 64), sc.weight, sc.lengths
+    )
     return y.reshape((ns,) + sc.batch_shape + (graph.num_nodes,))

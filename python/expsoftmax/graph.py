@@ -27,7 +27,7 @@ class Graph:
     inference) are built once, on first use.
     """
 
-    __slots__ = ("_num_nodes", "_edges", "_core", "_grid")
+    __slots__ = ("_num_nodes", "_edges", "_core", "_grid", "_cache")
 
     def __init__(self, num_nodes: int, edges: Any) -> None:
         try:
@@ -50,6 +50,8 @@ class Graph:
         object.__setattr__(self, "_edges", e)
         object.__setattr__(self, "_core", core)
         object.__setattr__(self, "_grid", None)
+        # Derived data (e.g. TRW edge appearance probabilities), computed on demand.
+        object.__setattr__(self, "_cache", {})
 
     # ---- constructors -------------------------------------------------------------------
     @classmethod
@@ -118,6 +120,17 @@ class Graph:
         """True for the canonical chain (edges ``(i, i+1)``), which accepts ``lengths``."""
         return bool(self._core.is_chain)
 
+    def default_edge_appearance(self) -> np.ndarray:
+        """Edge appearance probabilities of a mixture of spanning trees (float64, ``(E,)``):
+        every edge in ``(0, 1]`` and inside the spanning-tree polytope, so TRW's log Z is an
+        upper bound. Grids use the two "combs" (all rows plus the first column, all columns
+        plus the first row), each with weight 1/2; other graphs use spanning forests chosen
+        greedily to cover every edge (Kruskal on coverage counts, ties broken by a fixed
+        seed), averaged."""
+        if "rho" not in self._cache:
+            self._cache["rho"] = _spanning_tree_mixture(self)
+        return self._cache["rho"]
+
     @property
     def grid_shape(self) -> tuple[int, int] | None:
         """``(height, width)`` for graphs made by :meth:`grid`, else ``None``."""
@@ -143,3 +156,40 @@ class Graph:
     def __repr__(self) -> str:
         kind = f", grid {self._grid[0]}x{self._grid[1]}" if self._grid else ""
         return f"Graph(num_nodes={self._num_nodes}, num_edges={self.num_edges}{kind})"
+
+
+def _spanning_tree_mixture(g: Graph) -> np.ndarray:
+    e = g.num_edges
+    if e == 0:
+        return np.zeros(0)
+    if g.is_forest:
+        return np.ones(e)
+    if g.grid_shape is not None:
+        h, w = g.grid_shape
+        n_h = h * (w - 1)
+        rho = np.full(e, 0.5)
+        rho[:n_h].reshape(h, w - 1)[0, :] = 1.0  # first row: in both combs
+        rho[n_h:].reshape(h - 1, w)[:, 0] = 1.0  # first column: in both combs
+        return rho
+    rng = np.random.default_rng(0)
+    count = np.zeros(e)
+    trees = 0
+    while trees < 8 or (count == 0).any():
+        order = np.lexsort((rng.random(e), count))  # least-covered edges first
+        parent = np.arange(g.num_nodes)
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for k in order:
+            a, b = find(int(g.edges[k, 0])), find(int(g.edges[k, 1]))
+            if a != b:
+                parent[a] = b
+                count[k] += 1
+        trees += 1
+        if trees > 10 * e:  # cannot happen for a simple graph; guards the loop
+            break
+    return count / trees

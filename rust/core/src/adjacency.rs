@@ -21,6 +21,8 @@ pub struct Adjacency {
     pub edge: Vec<u32>,
     /// True when `v` is the edge's first node (its table is indexed `[x_v, x_nbr]`).
     pub first: Vec<bool>,
+    /// The entry of the same edge seen from the neighbour.
+    pub twin: Vec<u32>,
     /// Nodes of each colour, ascending.
     pub colours: Vec<Vec<u32>>,
 }
@@ -40,14 +42,18 @@ impl Adjacency {
         let mut fill = start.clone();
         let m = 2 * edges.len();
         let (mut nbr, mut edge, mut first) = (vec![0u32; m], vec![0u32; m], vec![false; m]);
+        let mut twin = vec![0u32; m];
         for (e, &[i, j]) in edges.iter().enumerate() {
-            for (v, w, f) in [(i, j, true), (j, i, false)] {
-                let k = fill[v as usize];
+            let (ki, kj) = (fill[i as usize], fill[j as usize]);
+            for (k, w, f) in [(ki, j, true), (kj, i, false)] {
                 nbr[k] = w;
                 edge[k] = e as u32;
                 first[k] = f;
-                fill[v as usize] += 1;
             }
+            twin[ki] = kj as u32;
+            twin[kj] = ki as u32;
+            fill[i as usize] += 1;
+            fill[j as usize] += 1;
         }
         // Greedy colouring in node order: smallest colour unused by earlier neighbours.
         let mut colour = vec![u32::MAX; n];
@@ -76,6 +82,7 @@ impl Adjacency {
             nbr,
             edge,
             first,
+            twin,
             colours,
         }
     }

@@ -23,7 +23,9 @@ pub struct Exact<'g> {
 impl<'g> Exact<'g> {
     /// Fails with `NotForest` when the graph has a cycle.
     pub fn new(g: &'g crate::graph::Graph) -> Result<Self> {
-        Ok(Exact { forest: g.forest()? })
+        Ok(Exact {
+            forest: g.forest()?,
+        })
     }
 }
 

@@ -16,6 +16,7 @@ pub mod exact;
 pub mod forest;
 pub mod graph;
 pub mod logspace;
+pub mod loopy;
 pub mod maxproduct;
 pub mod message;
 pub mod objective;

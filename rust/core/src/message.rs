@@ -71,7 +71,11 @@ impl Table {
         let c = self.c;
         for s in 0..c {
             for d in 0..c {
-                let v = if transpose { t[d * c + s] } else { t[s * c + d] };
+                let v = if transpose {
+                    t[d * c + s]
+                } else {
+                    t[s * c + d]
+                };
                 self.raw[s * c + d] = crate::scores::scaled(w, v.to_f64());
             }
         }

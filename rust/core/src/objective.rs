@@ -109,7 +109,10 @@ impl<T: Real> EdgeSink for ToRows<'_, T> {
     fn commit(&mut self, e: usize) {
         if let Some(rows) = self.rows.as_deref_mut() {
             let cc = self.scratch.len();
-            for (o, &x) in rows[e * cc..(e + 1) * cc].iter_mut().zip(self.scratch.iter()) {
+            for (o, &x) in rows[e * cc..(e + 1) * cc]
+                .iter_mut()
+                .zip(self.scratch.iter())
+            {
                 *o = T::from_f64(x);
             }
         }
@@ -152,7 +155,12 @@ impl<T: Real> EdgeSink for WeightedGrad<'_, '_, T> {
     fn commit(&mut self, e: usize) {
         let w = self.edges.weight(e);
         let mut dot = 0.0;
-        for ((g, &p), &t) in self.grad_table.iter_mut().zip(self.scratch.iter()).zip(self.table) {
+        for ((g, &p), &t) in self
+            .grad_table
+            .iter_mut()
+            .zip(self.scratch.iter())
+            .zip(self.table)
+        {
             *g += w * p;
             // A forbidden pair has marginal 0: it adds nothing to the weight's gradient.
             if p != 0.0 {
@@ -176,7 +184,12 @@ pub fn marginals<T: Real, M: Inference<T>>(
     method: &M,
     want_edges: bool,
 ) -> Result<Marginals<T>> {
-    let (n, c, e, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.graph.num_edges(), pb.batch);
+    let (n, c, e, bsz) = (
+        pb.graph.num_nodes(),
+        pb.classes(),
+        pb.graph.num_edges(),
+        pb.batch,
+    );
     let mut log_z = vec![T::from_f64(0.0); bsz];
     let mut node = vec![T::from_f64(0.0); bsz * n * c];
     let mut edge = want_edges.then(|| vec![T::from_f64(0.0); bsz * e * c * c]);
@@ -272,7 +285,10 @@ fn gold_score<T: Real>(pb: &Problem<'_, T>, b: usize, y: &[i64]) -> f64 {
 #[inline]
 fn emit<T: Real>(src: &[f64], per_item: Option<&mut [T]>, acc: &mut [f64]) {
     match per_item {
-        Some(row) => row.iter_mut().zip(src).for_each(|(o, &g)| *o = T::from_f64(g)),
+        Some(row) => row
+            .iter_mut()
+            .zip(src)
+            .for_each(|(o, &g)| *o = T::from_f64(g)),
         None => acc.iter_mut().zip(src).for_each(|(a, &g)| *a += g),
     }
 }
@@ -296,7 +312,12 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
             )));
         }
     }
-    let (n, c, ne, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.graph.num_edges(), pb.batch);
+    let (n, c, ne, bsz) = (
+        pb.graph.num_nodes(),
+        pb.classes(),
+        pb.graph.num_edges(),
+        pb.batch,
+    );
     let cc = c * c;
     let edges = pb.graph.edges();
     let weighted = pb.edge.weight.is_some();
@@ -314,7 +335,14 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
     let mut loss = vec![T::from_f64(0.0); bsz];
     let mut gn = vec![T::from_f64(0.0); pb.node.batch * n * c];
     let mut ge = vec![T::from_f64(0.0); pb.edge.batch * ge_len];
-    let mut gw = vec![T::from_f64(0.0); if weighted { pb.edge.weight_batch * ne } else { 0 }];
+    let mut gw = vec![
+        T::from_f64(0.0);
+        if weighted {
+            pb.edge.weight_batch * ne
+        } else {
+            0
+        }
+    ];
     let mut info = vec![ItemInfo::exact(0.0); bsz];
     let accs = {
         let lr = Rows::new(&mut loss, 1);
@@ -335,7 +363,13 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
                     vec![0.0; cc],
                 )
             },
-            || (vec![0.0f64; acc_n], vec![0.0f64; acc_e], vec![0.0f64; acc_w]),
+            || {
+                (
+                    vec![0.0f64; acc_n],
+                    vec![0.0f64; acc_e],
+                    vec![0.0f64; acc_w],
+                )
+            },
             |(ws, gnode, gedge, gweight, scratch, table), (an, ae, aw), items| {
                 for b in items {
                     let yb = &y[b * n..(b + 1) * n];
@@ -396,7 +430,11 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
                     }
                     if let Some(w) = weights {
                         let wb = w[b];
-                        for g in gnode.iter_mut().chain(gedge.iter_mut()).chain(gweight.iter_mut()) {
+                        for g in gnode
+                            .iter_mut()
+                            .chain(gedge.iter_mut())
+                            .chain(gweight.iter_mut())
+                        {
                             *g *= wb;
                         }
                     }
@@ -413,21 +451,24 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
         )?
     };
     // Combine the chunk accumulators in chunk order (deterministic).
-    let fold = |pick: &dyn Fn(&(Vec<f64>, Vec<f64>, Vec<f64>)) -> &Vec<f64>, out: &mut [T]| {
+    let fold = |k: usize, out: &mut [T]| {
         let mut total = vec![0.0f64; out.len()];
         for a in &accs {
-            total.iter_mut().zip(pick(a)).for_each(|(t, &x)| *t += x);
+            let part = [&a.0, &a.1, &a.2][k];
+            total.iter_mut().zip(part).for_each(|(t, &x)| *t += x);
         }
-        out.iter_mut().zip(&total).for_each(|(o, &t)| *o = T::from_f64(t));
+        out.iter_mut()
+            .zip(&total)
+            .for_each(|(o, &t)| *o = T::from_f64(t));
     };
     if node_shared {
-        fold(&|a| &a.0, &mut gn);
+        fold(0, &mut gn);
     }
     if edge_shared {
-        fold(&|a| &a.1, &mut ge);
+        fold(1, &mut ge);
     }
     if weight_shared {
-        fold(&|a| &a.2, &mut gw);
+        fold(2, &mut gw);
     }
     Ok(LossGrad {
         loss,

@@ -178,7 +178,11 @@ impl<'a, T: Real> ItemEdges<'a, T> {
         let c = self.c;
         for s in 0..c {
             for d in 0..c {
-                let v = if transpose { t[d * c + s] } else { t[s * c + d] };
+                let v = if transpose {
+                    t[d * c + s]
+                } else {
+                    t[s * c + d]
+                };
                 out[s * c + d] = scaled(w, v.to_f64());
             }
         }

@@ -113,12 +113,10 @@ fn upward_body<T: Real>(
     ws: &mut Workspace,
 ) -> Result<f64> {
     let c = ws.c;
-    if edges.shared() && active > 1 {
-        if ws.shared_at != edges.shared_key() {
-            edges.load(0, false, 1.0, &mut ws.shared[0]);
-            edges.load(0, true, 1.0, &mut ws.shared[1]);
-            ws.shared_at = edges.shared_key();
-        }
+    if edges.shared() && active > 1 && ws.shared_at != edges.shared_key() {
+        edges.load(0, false, 1.0, &mut ws.shared[0]);
+        edges.load(0, true, 1.0, &mut ws.shared[1]);
+        ws.shared_at = edges.shared_key();
     }
     for p in 0..active {
         let v = f.node[p] as usize;

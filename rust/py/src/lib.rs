@@ -8,6 +8,8 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use expsoftmax_core::loopy::{self, Loopy, LoopyOptions, Method, Schedule};
+use expsoftmax_core::objective::{self, ItemInfo};
 use expsoftmax_core::{exact, EdgeScores, Error, Graph, NodeScores, Problem, Real};
 use numpy::{Element, PyArray1, PyReadonlyArray1};
 use pyo3::create_exception;
@@ -121,8 +123,18 @@ impl GraphCore {
 }
 
 /// Shapes that come with the flat score buffers:
-/// `(batch, node_batch, edge_batch, edge_tables, classes)`.
-type Dims = (usize, usize, usize, usize, usize);
+/// `(batch, node_batch, edge_batch, edge_tables, classes, weight_batch)`.
+type Dims = (usize, usize, usize, usize, usize, usize);
+
+/// Loopy options from Python: `(method, max_iter, tol, damping, schedule, edge_appearance)`.
+type LoopyArgs<'py> = (
+    String,
+    usize,
+    f64,
+    f64,
+    String,
+    Option<PyReadonlyArray1<'py, f64>>,
+);
 
 fn slice<'a, T: Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
     a.as_slice()
@@ -140,13 +152,55 @@ fn lengths_vec(lengths: Option<PyReadonlyArray1<'_, i64>>) -> PyResult<Option<Ve
     Ok(Some(s.iter().map(|&v| v as usize).collect()))
 }
 
+fn loopy_options(args: &Option<LoopyArgs<'_>>) -> PyResult<Option<LoopyOptions>> {
+    let Some((name, max_iter, tol, damping, schedule, rho)) = args else {
+        return Ok(None);
+    };
+    let method = match name.as_str() {
+        "bp" => Method::Bp,
+        "mean_field" => Method::MeanField,
+        "trw" => {
+            let r = rho
+                .as_ref()
+                .ok_or_else(|| PyValueError::new_err("trw needs edge appearance probabilities"))?;
+            Method::Trw(slice(r, "edge_appearance")?.to_vec())
+        }
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown loopy method {other:?}"
+            )))
+        }
+    };
+    let schedule = match schedule.as_str() {
+        "parallel" => Schedule::Parallel,
+        "checkerboard" | "colour" | "color" => Schedule::Colour,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown schedule {other:?}; use \"parallel\" or \"checkerboard\""
+            )))
+        }
+    };
+    Ok(Some(LoopyOptions {
+        method,
+        max_iter: *max_iter,
+        tol: *tol,
+        damping: *damping,
+        schedule,
+    }))
+}
+
 fn problem<'a, T: Real>(
     g: &'a Graph,
     sn: &'a [T],
     se: &'a [T],
-    (batch, nb, eb, ee, c): Dims,
+    weight: Option<&'a [T]>,
+    (batch, nb, eb, ee, c, wb): Dims,
     lengths: Option<&'a [usize]>,
 ) -> Result<Problem<'a, T>, Error> {
+    let edge = match weight {
+        Some(w) => EdgeScores::weighted(w, wb, se, eb, c),
+        None => EdgeScores::tables(se, eb, ee, c),
+    };
     Problem::new(
         g,
         NodeScores {
@@ -155,25 +209,33 @@ fn problem<'a, T: Real>(
             nodes: g.num_nodes(),
             classes: c,
         },
-        EdgeScores::tables(se, eb, ee, c),
+        edge,
         batch,
         lengths,
     )
 }
 
-/// Dispatches on the dtype of the score arrays (both float32 or both float64) to a
-/// function generic over the float type.
+/// Dispatches on the dtype of the score arrays (all float32 or all float64) to a body
+/// generic over the float type; `$w` is the optional weight array in the same dtype.
 macro_rules! by_dtype {
-    ($sn:expr, $se:expr, |$a:ident, $b:ident| $body:expr) => {{
+    ($sn:expr, $se:expr, $weight:expr, |$a:ident, $b:ident, $w:ident| $body:expr) => {{
         if let (Ok($a), Ok($b)) = (
             $sn.extract::<PyReadonlyArray1<'_, f32>>(),
             $se.extract::<PyReadonlyArray1<'_, f32>>(),
         ) {
+            let $w = $weight
+                .map(|w| w.extract::<PyReadonlyArray1<'_, f32>>())
+                .transpose()
+                .map_err(|_| PyTypeError::new_err("edge weights must have the scores' dtype"))?;
             $body
         } else if let (Ok($a), Ok($b)) = (
             $sn.extract::<PyReadonlyArray1<'_, f64>>(),
             $se.extract::<PyReadonlyArray1<'_, f64>>(),
         ) {
+            let $w = $weight
+                .map(|w| w.extract::<PyReadonlyArray1<'_, f64>>())
+                .transpose()
+                .map_err(|_| PyTypeError::new_err("edge weights must have the scores' dtype"))?;
             $body
         } else {
             Err(PyTypeError::new_err(
@@ -183,32 +245,46 @@ macro_rules! by_dtype {
     }};
 }
 
-/// Exact log Z and marginals on a forest. Returns flat `(log_z, node, edge or None)`.
+fn arr<'py, T: Element>(py: Python<'py>, v: Vec<T>) -> Py<PyAny> {
+    PyArray1::from_vec(py, v).into_any().unbind()
+}
+
+/// log Z and marginals (exact when `options` is None, else a loopy method).
+/// Returns flat `(log_z, node, edge or None, iterations, converged, max_change)`.
 #[pyfunction]
-#[pyo3(signature = (graph, s_n, s_e, dims, lengths=None, want_edges=true))]
-fn exact_marginals<'py>(
+#[pyo3(signature = (graph, s_n, s_e, dims, weight=None, lengths=None, want_edges=true, options=None))]
+#[allow(clippy::too_many_arguments)]
+fn marginals<'py>(
     py: Python<'py>,
     graph: &GraphCore,
     s_n: &Bound<'py, PyAny>,
     s_e: &Bound<'py, PyAny>,
     dims: Dims,
+    weight: Option<&Bound<'py, PyAny>>,
     lengths: Option<PyReadonlyArray1<'py, i64>>,
     want_edges: bool,
+    options: Option<LoopyArgs<'py>>,
 ) -> PyResult<Py<PyAny>> {
     let lengths = lengths_vec(lengths)?;
+    let opts = loopy_options(&options)?;
     let g = &*graph.inner;
-    by_dtype!(s_n, s_e, |sn, se| {
+    by_dtype!(s_n, s_e, weight, |sn, se, w| {
         let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
+        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
         let m = enter(py, || {
-            exact::marginals(&problem(g, sn, se, dims, lengths.as_deref())?, want_edges)
+            let pb = problem(g, sn, se, w, dims, lengths.as_deref())?;
+            match opts {
+                None => exact::marginals(&pb, want_edges),
+                Some(o) => objective::marginals(&pb, &Loopy::new(&pb, o)?, want_edges),
+            }
         })?;
-        let edge = m
-            .edge
-            .map(|v| PyArray1::from_vec(py, v).into_any().unbind());
         Ok((
-            PyArray1::from_vec(py, m.log_z),
-            PyArray1::from_vec(py, m.node),
-            edge,
+            arr(py, m.log_z),
+            arr(py, m.node),
+            m.edge.map(|v| arr(py, v)),
+            arr(py, m.iterations),
+            arr(py, m.converged),
+            arr(py, m.max_change),
         )
             .into_pyobject(py)?
             .into_any()
@@ -216,34 +292,49 @@ fn exact_marginals<'py>(
     })
 }
 
-/// Exact loss and gradients for gold labels `y` (flat `(B * I,)` int64).
-/// Returns flat `(loss, grad_n, grad_e)`.
+/// Loss and gradients for gold labels `y` (flat `(B * I,)` int64). Returns flat
+/// `(loss, grad_n, grad_e, grad_weight or None, iterations, converged, max_change)`.
 #[pyfunction]
-#[pyo3(signature = (graph, s_n, s_e, dims, y, lengths=None, weights=None))]
+#[pyo3(signature = (graph, s_n, s_e, dims, y, weight=None, lengths=None, item_weights=None, options=None))]
 #[allow(clippy::too_many_arguments)]
-fn exact_loss_and_grad<'py>(
+fn loss_and_grad<'py>(
     py: Python<'py>,
     graph: &GraphCore,
     s_n: &Bound<'py, PyAny>,
     s_e: &Bound<'py, PyAny>,
     dims: Dims,
     y: PyReadonlyArray1<'py, i64>,
+    weight: Option<&Bound<'py, PyAny>>,
     lengths: Option<PyReadonlyArray1<'py, i64>>,
-    weights: Option<PyReadonlyArray1<'py, f64>>,
+    item_weights: Option<PyReadonlyArray1<'py, f64>>,
+    options: Option<LoopyArgs<'py>>,
 ) -> PyResult<Py<PyAny>> {
     let lengths = lengths_vec(lengths)?;
+    let opts = loopy_options(&options)?;
     let y = slice(&y, "y")?;
-    let weights = weights.as_ref().map(|w| slice(w, "weights")).transpose()?;
+    let iw = item_weights
+        .as_ref()
+        .map(|w| slice(w, "item_weights"))
+        .transpose()?;
     let g = &*graph.inner;
-    by_dtype!(s_n, s_e, |sn, se| {
+    by_dtype!(s_n, s_e, weight, |sn, se, w| {
         let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
+        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
         let r = enter(py, || {
-            exact::loss_and_grad(&problem(g, sn, se, dims, lengths.as_deref())?, y, weights)
+            let pb = problem(g, sn, se, w, dims, lengths.as_deref())?;
+            match opts {
+                None => exact::loss_and_grad(&pb, y, iw),
+                Some(o) => objective::loss_and_grad(&pb, &Loopy::new(&pb, o)?, y, iw),
+            }
         })?;
         Ok((
-            PyArray1::from_vec(py, r.loss),
-            PyArray1::from_vec(py, r.grad_node),
-            PyArray1::from_vec(py, r.grad_edge),
+            arr(py, r.loss),
+            arr(py, r.grad_node),
+            arr(py, r.grad_edge),
+            r.grad_weight.map(|v| arr(py, v)),
+            arr(py, r.iterations),
+            arr(py, r.converged),
+            arr(py, r.max_change),
         )
             .into_pyobject(py)?
             .into_any()
@@ -251,31 +342,49 @@ fn exact_loss_and_grad<'py>(
     })
 }
 
-/// Exact MAP labelling, flat `(B * I,)` int64 (−1 at padded nodes).
+/// MAP labelling, flat `(B * I,)` int64 (−1 at padded nodes), by exact max-product on a
+/// forest or max-product BP. Returns `(labels, iterations, converged, max_change)`.
 #[pyfunction]
-#[pyo3(signature = (graph, s_n, s_e, dims, lengths=None))]
-fn exact_decode<'py>(
+#[pyo3(signature = (graph, s_n, s_e, dims, weight=None, lengths=None, options=None))]
+#[allow(clippy::too_many_arguments)]
+fn decode<'py>(
     py: Python<'py>,
     graph: &GraphCore,
     s_n: &Bound<'py, PyAny>,
     s_e: &Bound<'py, PyAny>,
     dims: Dims,
+    weight: Option<&Bound<'py, PyAny>>,
     lengths: Option<PyReadonlyArray1<'py, i64>>,
-) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    options: Option<LoopyArgs<'py>>,
+) -> PyResult<Py<PyAny>> {
     let lengths = lengths_vec(lengths)?;
+    let opts = loopy_options(&options)?;
     let g = &*graph.inner;
-    by_dtype!(s_n, s_e, |sn, se| {
+    by_dtype!(s_n, s_e, weight, |sn, se, w| {
         let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
-        let y = enter(py, || {
-            exact::decode(&problem(g, sn, se, dims, lengths.as_deref())?)
+        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
+        let (y, info) = enter(py, || {
+            let pb = problem(g, sn, se, w, dims, lengths.as_deref())?;
+            match &opts {
+                None => Ok((exact::decode(&pb)?, vec![ItemInfo::exact(0.0); pb.batch])),
+                Some(o) => loopy::decode(&pb, o),
+            }
         })?;
-        Ok(PyArray1::from_vec(py, y))
+        Ok((
+            arr(py, y),
+            arr(py, info.iter().map(|i| i.iterations).collect::<Vec<_>>()),
+            arr(py, info.iter().map(|i| i.converged).collect::<Vec<_>>()),
+            arr(py, info.iter().map(|i| i.max_change).collect::<Vec<_>>()),
+        )
+            .into_pyobject(py)?
+            .into_any()
+            .unbind())
     })
 }
 
 /// Exact samples, flat `(num_samples * B * I,)` int64 (−1 at padded nodes).
 #[pyfunction]
-#[pyo3(signature = (graph, s_n, s_e, dims, num_samples, seed, lengths=None))]
+#[pyo3(signature = (graph, s_n, s_e, dims, num_samples, seed, weight=None, lengths=None))]
 #[allow(clippy::too_many_arguments)]
 fn exact_sample<'py>(
     py: Python<'py>,
@@ -285,15 +394,17 @@ fn exact_sample<'py>(
     dims: Dims,
     num_samples: usize,
     seed: u64,
+    weight: Option<&Bound<'py, PyAny>>,
     lengths: Option<PyReadonlyArray1<'py, i64>>,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let lengths = lengths_vec(lengths)?;
     let g = &*graph.inner;
-    by_dtype!(s_n, s_e, |sn, se| {
+    by_dtype!(s_n, s_e, weight, |sn, se, w| {
         let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
+        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
         let y = enter(py, || {
             exact::sample(
-                &problem(g, sn, se, dims, lengths.as_deref())?,
+                &problem(g, sn, se, w, dims, lengths.as_deref())?,
                 num_samples,
                 seed,
             )
@@ -306,9 +417,9 @@ fn exact_sample<'py>(
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<GraphCore>()?;
-    m.add_function(wrap_pyfunction!(exact_marginals, m)?)?;
-    m.add_function(wrap_pyfunction!(exact_loss_and_grad, m)?)?;
-    m.add_function(wrap_pyfunction!(exact_decode, m)?)?;
+    m.add_function(wrap_pyfunction!(marginals, m)?)?;
+    m.add_function(wrap_pyfunction!(loss_and_grad, m)?)?;
+    m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_function(wrap_pyfunction!(exact_sample, m)?)?;
     m.add("ShapeError", py.get_type::<ShapeError>())?;
     m.add("NotForestError", py.get_type::<NotForestError>())?;

@@ -1,0 +1,937 @@
+//! Approximate inference on graphs with cycles: loopy belief propagation (sum-product, its
+//! Bethe estimate of log Z), tree-reweighted BP (an upper bound on log Z), naive mean field
+//! (a lower bound) and max-product BP for MAP labellings.
+//!
+//! Messages are stored per directed edge (slot `2e` leaves edge `e`'s first node, `2e + 1`
+//! its second), normalised to sum to one, in the log domain. Updates are node-centric: a
+//! node reads its incoming messages and writes its outgoing ones. The `Parallel` schedule
+//! computes every message from the previous iteration's (flooding); the `Colour` schedule
+//! sweeps the colour classes of a greedy colouring (the checkerboard on grids), each class
+//! in parallel, each using the freshest messages. Work inside an item is split into fixed
+//! chunks of nodes, and the only cross-chunk reduction is a maximum, so results are
+//! bit-identical whatever the number of threads.
+
+use rayon::prelude::*;
+
+use crate::adjacency::{slot, Adjacency};
+use crate::error::{Error, Result};
+use crate::logspace::{exp, ln_pos, max, softmax};
+use crate::message::{joint_and_message, message, Scratch, Table};
+use crate::objective::{EdgeSink, Inference, ItemInfo};
+use crate::real::Real;
+use crate::scores::{ItemEdges, Problem};
+
+/// How messages are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// Flooding: every message from the previous iteration's messages.
+    Parallel,
+    /// Colour classes in turn (checkerboard on grids), each from the freshest messages.
+    Colour,
+}
+
+/// Which approximation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Method {
+    /// Loopy BP: Bethe log Z.
+    Bp,
+    /// Tree-reweighted BP with these edge appearance probabilities: upper bound on log Z.
+    Trw(Vec<f64>),
+    /// Naive mean field: lower bound on log Z.
+    MeanField,
+}
+
+/// Options shared by the loopy methods (names as in the Python keyword arguments).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopyOptions {
+    pub method: Method,
+    pub max_iter: usize,
+    /// Converged when the largest change of a message (or mean-field marginal), in the
+    /// probability domain, falls below `tol`.
+    pub tol: f64,
+    /// New value = (1 − damping) · update + damping · old.
+    pub damping: f64,
+    pub schedule: Schedule,
+}
+
+impl LoopyOptions {
+    pub fn check(&self, num_edges: usize) -> Result<()> {
+        if !(0.0..1.0).contains(&self.damping) {
+            return Err(Error::Value(format!(
+                "damping must lie in [0, 1), got {}",
+                self.damping
+            )));
+        }
+        if self.tol.is_nan() || self.tol < 0.0 {
+            return Err(Error::Value(format!("tol must be >= 0, got {}", self.tol)));
+        }
+        if let Method::Trw(rho) = &self.method {
+            if rho.len() != num_edges {
+                return Err(Error::Shape(format!(
+                    "edge_appearance has {} entries; the graph has {num_edges} edges",
+                    rho.len()
+                )));
+            }
+            if let Some((e, r)) = rho
+                .iter()
+                .enumerate()
+                .find(|(_, &r)| !(r > 0.0 && r <= 1.0))
+            {
+                return Err(Error::Value(format!(
+                    "edge_appearance[{e}] = {r} must lie in (0, 1]"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Nodes per parallel task inside one item (fixed, so splitting never depends on threads).
+const NODE_CHUNK: usize = 512;
+/// Below this many nodes an item runs on one thread (items run in parallel instead).
+const PARALLEL_NODES: usize = 4096;
+
+/// A message buffer that parallel node updates share. Node `v` writes only its outgoing
+/// slots and reads only its incoming ones; within one parallel step no node writes a slot
+/// that another reads (`Parallel` reads the previous buffer; `Colour` updates one colour
+/// class, and neighbours never share a colour).
+struct Shared {
+    ptr: *mut f64,
+    c: usize,
+    len: usize,
+}
+
+// SAFETY: see the type's doc: concurrent accesses touch disjoint slots or only read.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn new(buf: &mut [f64], c: usize) -> Shared {
+        Shared {
+            ptr: buf.as_mut_ptr(),
+            c,
+            len: buf.len(),
+        }
+    }
+    /// # Safety
+    /// No other thread may write this slot while the returned slice lives.
+    #[inline(always)]
+    unsafe fn get(&self, s: usize) -> &[f64] {
+        debug_assert!((s + 1) * self.c <= self.len);
+        std::slice::from_raw_parts(self.ptr.add(s * self.c), self.c)
+    }
+    /// # Safety
+    /// Only the slot's owner (the node it leaves) may write it, and nobody reads it meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    unsafe fn get_mut(&self, s: usize) -> &mut [f64] {
+        debug_assert!((s + 1) * self.c <= self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(s * self.c), self.c)
+    }
+}
+
+/// Per-thread scratch for node updates.
+pub struct NodeWs {
+    c: usize,
+    th: Vec<f64>,
+    a: Vec<f64>,
+    x: Vec<f64>,
+    q: Vec<f64>,
+    out: Vec<f64>,
+    table: Table,
+    /// Cached preparations of a table shared by every edge: (address, scale) per orientation.
+    cache: [(Table, usize, u64); 2],
+    raw: Vec<f64>,
+    sc: Scratch,
+}
+
+impl NodeWs {
+    fn new(c: usize) -> NodeWs {
+        NodeWs {
+            c,
+            th: vec![0.0; c],
+            a: vec![0.0; c],
+            x: vec![0.0; c],
+            q: vec![0.0; c],
+            out: vec![0.0; c],
+            table: Table::new(c),
+            cache: [(Table::new(c), 0, 0), (Table::new(c), 0, 0)],
+            raw: vec![0.0; c * c],
+            sc: Scratch::new(c),
+        }
+    }
+}
+
+/// The table of edge `e` scaled by `scale`, oriented `[src, dst]` (`transpose` when the
+/// source is the edge's second node); a shared table is prepared once per orientation.
+#[inline(always)]
+fn table_for<'w, T: Real>(
+    edges: &ItemEdges<'_, T>,
+    e: usize,
+    transpose: bool,
+    scale: f64,
+    table: &'w mut Table,
+    cache: &'w mut [(Table, usize, u64); 2],
+) -> &'w Table {
+    if edges.shared() {
+        let entry = &mut cache[transpose as usize];
+        if entry.1 != edges.shared_key() || entry.2 != scale.to_bits() {
+            edges.load(e, transpose, scale, &mut entry.0);
+            entry.1 = edges.shared_key();
+            entry.2 = scale.to_bits();
+        }
+        &entry.0
+    } else {
+        edges.load(e, transpose, scale, table);
+        table
+    }
+}
+
+/// `log Σ exp`, used to normalise messages.
+#[inline(always)]
+fn lse(xs: &[f64]) -> f64 {
+    let m = max(xs);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + ln_pos(xs.iter().map(|&x| exp(x - m)).sum::<f64>())
+}
+
+/// The cavity belief at `v` excluding neighbour entry `k`:
+/// `θ_v + Σ_{j≠k} ρ_j m_j + (ρ_k − 1) m_k`, from `a = θ_v + Σ_j ρ_j m_j`. Where `m_k` is
+/// −inf the subtraction is undefined: BP (ρ = 1) recomputes the sum without it; TRW treats
+/// the label as impossible.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn cavity(
+    adj: &Adjacency,
+    v: usize,
+    k: usize,
+    theta: &[f64],
+    a: &[f64],
+    msgs: &Shared,
+    rho: Option<&[f64]>,
+    out: &mut [f64],
+) {
+    let e = adj.edge[k] as usize;
+    // SAFETY: incoming slots are only read during an update.
+    let inc = unsafe { msgs.get(slot(e, !adj.first[k])) };
+    for x in 0..out.len() {
+        out[x] = if inc[x] > f64::NEG_INFINITY {
+            a[x] - inc[x]
+        } else if rho.is_none() {
+            let mut s = theta[x];
+            for j in adj.start[v]..adj.start[v + 1] {
+                if j != k {
+                    let ej = adj.edge[j] as usize;
+                    s += unsafe { msgs.get(slot(ej, !adj.first[j])) }[x];
+                }
+            }
+            s
+        } else {
+            f64::NEG_INFINITY
+        };
+    }
+}
+
+/// `a = θ_v + Σ_j ρ_j m_j` (the reweighted belief at `v`, log, unnormalised).
+#[inline(always)]
+fn gather(
+    adj: &Adjacency,
+    v: usize,
+    theta: &[f64],
+    msgs: &Shared,
+    rho: Option<&[f64]>,
+    a: &mut [f64],
+) {
+    a.copy_from_slice(theta);
+    for k in adj.start[v]..adj.start[v + 1] {
+        let e = adj.edge[k] as usize;
+        let r = rho.map_or(1.0, |r| r[e]);
+        let inc = unsafe { msgs.get(slot(e, !adj.first[k])) };
+        for (ax, &m) in a.iter_mut().zip(inc) {
+            *ax += r * m;
+        }
+    }
+}
+
+/// Recomputes every message leaving `v`; returns the largest change (probability domain).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn update_node<T: Real>(
+    adj: &Adjacency,
+    v: usize,
+    node: &[T],
+    edges: &ItemEdges<'_, T>,
+    rho: Option<&[f64]>,
+    max_product: bool,
+    damping: f64,
+    read: &Shared,
+    write: &Shared,
+    ws: &mut NodeWs,
+) -> f64 {
+    let c = ws.c;
+    for (t, &s) in ws.th.iter_mut().zip(&node[v * c..(v + 1) * c]) {
+        *t = s.to_f64();
+    }
+    gather(adj, v, &ws.th, read, rho, &mut ws.a);
+    let mut change = 0.0f64;
+    for k in adj.start[v]..adj.start[v + 1] {
+        let e = adj.edge[k] as usize;
+        let first = adj.first[k];
+        let r = rho.map_or(1.0, |r| r[e]);
+        cavity(adj, v, k, &ws.th, &ws.a, read, rho, &mut ws.x);
+        // Table oriented [x_v, x_w]: stored [first, second].
+        if max_product {
+            edges.raw(e, !first, &mut ws.raw);
+            for d in 0..c {
+                let mut m = f64::NEG_INFINITY;
+                for s in 0..c {
+                    m = m.max(ws.x[s] + ws.raw[s * c + d] / r);
+                }
+                ws.out[d] = m;
+            }
+        } else {
+            let t = table_for(edges, e, !first, 1.0 / r, &mut ws.table, &mut ws.cache);
+            message(&ws.x, t, &mut ws.out, &mut ws.q, &mut ws.sc);
+        }
+        let out_slot = slot(e, first);
+        // SAFETY: slot `out_slot` leaves v: only this update touches it in `write`, and in
+        // `read` it is not an incoming slot of any node updated concurrently.
+        let old = unsafe { read.get(out_slot) };
+        normalise(&mut ws.out, max_product);
+        if damping > 0.0 {
+            for (o, &p) in ws.out.iter_mut().zip(old) {
+                *o = if *o == f64::NEG_INFINITY || p == f64::NEG_INFINITY {
+                    f64::NEG_INFINITY.max((1.0 - damping) * *o + damping * p)
+                } else {
+                    (1.0 - damping) * *o + damping * p
+                };
+            }
+            normalise(&mut ws.out, max_product);
+        }
+        for (&o, &p) in ws.out.iter().zip(old) {
+            change = change.max((exp(o) - exp(p)).abs());
+        }
+        unsafe { write.get_mut(out_slot) }.copy_from_slice(&ws.out);
+    }
+    change
+}
+
+/// Sum-product messages sum to one; max-product messages peak at zero. A message that is
+/// −inf everywhere (every label forbidden) is left as it is and caught at belief time.
+#[inline(always)]
+fn normalise(m: &mut [f64], max_product: bool) {
+    let z = if max_product { max(m) } else { lse(m) };
+    if z > f64::NEG_INFINITY {
+        m.iter_mut().for_each(|x| *x -= z);
+    }
+}
+
+/// Runs message passing for one item; `msgs` holds the messages on return. Returns
+/// (iterations, converged, last largest change).
+#[allow(clippy::too_many_arguments)]
+fn iterate<T: Real>(
+    adj: &Adjacency,
+    n: usize,
+    node: &[T],
+    edges: &ItemEdges<'_, T>,
+    opts: &LoopyOptions,
+    rho: Option<&[f64]>,
+    max_product: bool,
+    msgs: &mut Vec<f64>,
+    tmp: &mut Vec<f64>,
+    ws: &mut NodeWs,
+) -> (u32, bool, f64) {
+    let c = ws.c;
+    let init = if max_product { 0.0 } else { -(c as f64).ln() };
+    msgs.iter_mut().for_each(|m| *m = init);
+    tmp.copy_from_slice(msgs);
+    let parallel = n >= PARALLEL_NODES;
+    let step = Step {
+        adj,
+        n,
+        node,
+        edges,
+        rho,
+        max_product,
+        damping: opts.damping,
+        parallel,
+    };
+    let mut last = f64::INFINITY;
+    for it in 1..=opts.max_iter {
+        let change = match opts.schedule {
+            Schedule::Parallel => {
+                let (read, write) = (Shared::new(msgs, c), Shared::new(tmp, c));
+                let ch = step.sweep(None, &read, &write, ws);
+                std::mem::swap(msgs, tmp);
+                ch
+            }
+            Schedule::Colour => {
+                let buf = Shared::new(msgs, c);
+                let mut ch = 0.0f64;
+                for cls in &adj.colours {
+                    ch = ch.max(step.sweep(Some(cls), &buf, &buf, ws));
+                }
+                ch
+            }
+        };
+        last = change;
+        if change < opts.tol {
+            return (it as u32, true, change);
+        }
+    }
+    (opts.max_iter as u32, false, last)
+}
+
+/// One sweep's fixed inputs.
+struct Step<'a, 'b, T> {
+    adj: &'a Adjacency,
+    n: usize,
+    node: &'a [T],
+    edges: &'a ItemEdges<'b, T>,
+    rho: Option<&'a [f64]>,
+    max_product: bool,
+    damping: f64,
+    parallel: bool,
+}
+
+impl<T: Real> Step<'_, '_, T> {
+    /// Updates the nodes of `class` (all nodes when `None`) in fixed chunks; returns the
+    /// largest change.
+    fn sweep(
+        &self,
+        class: Option<&Vec<u32>>,
+        read: &Shared,
+        write: &Shared,
+        ws: &mut NodeWs,
+    ) -> f64 {
+        let count = class.map_or(self.n, |cl| cl.len());
+        let chunk = |ws: &mut NodeWs, k: usize| {
+            let mut ch = 0.0f64;
+            for i in k * NODE_CHUNK..((k + 1) * NODE_CHUNK).min(count) {
+                let v = class.map_or(i, |cl| cl[i] as usize);
+                ch = ch.max(update_node(
+                    self.adj,
+                    v,
+                    self.node,
+                    self.edges,
+                    self.rho,
+                    self.max_product,
+                    self.damping,
+                    read,
+                    write,
+                    ws,
+                ));
+            }
+            ch
+        };
+        let chunks = count.div_ceil(NODE_CHUNK);
+        let c = ws.c;
+        if self.parallel {
+            (0..chunks)
+                .into_par_iter()
+                .map_init(|| NodeWs::new(c), |w, k| chunk(w, k))
+                .reduce(|| 0.0, f64::max)
+        } else {
+            (0..chunks).map(|k| chunk(ws, k)).fold(0.0, f64::max)
+        }
+    }
+}
+
+fn infeasible_node(v: usize) -> Error {
+    Error::Infeasible(format!(
+        "the scores forbid every labelling: every label of node {v} is ruled out (all have \
+         score -inf)"
+    ))
+}
+
+/// Per-worker buffers for one item.
+pub struct ItemWs {
+    msgs: Vec<f64>,
+    tmp: Vec<f64>,
+    /// Reweighted beliefs `θ_v + Σ ρ m` (log) per node.
+    a: Vec<f64>,
+    /// Normalised node beliefs.
+    nb: Vec<f64>,
+    node: NodeWs,
+    xj: Vec<f64>,
+    qj: Vec<f64>,
+    msg: Vec<f64>,
+    marg: Vec<f64>,
+    pair: Vec<f64>,
+}
+
+impl ItemWs {
+    fn new(n: usize, e: usize, c: usize, mean_field: bool) -> ItemWs {
+        let slots = if mean_field { n } else { 2 * e };
+        ItemWs {
+            msgs: vec![0.0; slots * c],
+            tmp: vec![0.0; slots * c],
+            a: vec![0.0; n * c],
+            nb: vec![0.0; n * c],
+            node: NodeWs::new(c),
+            xj: vec![0.0; c],
+            qj: vec![0.0; c],
+            msg: vec![0.0; c],
+            marg: vec![0.0; c],
+            pair: vec![0.0; c * c],
+        }
+    }
+}
+
+/// Hands `pair` to the sink for edge `e`.
+#[inline(always)]
+fn deliver<S: EdgeSink>(sink: &mut S, e: usize, pair: &[f64]) {
+    let slot = sink.slot(e);
+    if S::ACCUMULATE {
+        slot.iter_mut().zip(pair).for_each(|(o, &p)| *o += p);
+    } else {
+        slot.copy_from_slice(pair);
+    }
+    sink.commit(e);
+}
+
+/// `Σ p θ` over entries with `p > 0` (a forbidden entry has `p = 0` and adds nothing).
+#[inline(always)]
+fn expect(p: &[f64], theta: impl Iterator<Item = f64>) -> f64 {
+    p.iter()
+        .zip(theta)
+        .filter(|(&p, _)| p > 0.0)
+        .map(|(&p, t)| p * t)
+        .sum()
+}
+
+/// `−Σ p ln p`.
+#[inline(always)]
+fn entropy(p: &[f64]) -> f64 {
+    -p.iter()
+        .filter(|&&p| p > 0.0)
+        .map(|&p| p * p.ln())
+        .sum::<f64>()
+}
+
+/// BP/TRW beliefs from converged messages, delivered to the sinks; returns the Bethe (TRW)
+/// estimate `Σ E_b[θ] + Σ_i H(b_i) − Σ_e ρ_e I_e(b_e)`.
+#[allow(clippy::too_many_arguments)]
+fn bp_beliefs<T: Real, S: EdgeSink>(
+    pb: &Problem<'_, T>,
+    adj: &Adjacency,
+    b: usize,
+    rho: Option<&[f64]>,
+    ws: &mut ItemWs,
+    node_sink: &mut dyn FnMut(usize, &[f64]),
+    sink: &mut S,
+) -> Result<f64> {
+    let (n, c) = (pb.graph.num_nodes(), pb.classes());
+    let (node, edges) = (pb.node.item(b), pb.edge.item(b));
+    let msgs = Shared::new(&mut ws.msgs, c);
+    let mut log_z = 0.0;
+    for v in 0..n {
+        let th = &mut ws.node.th;
+        for (t, &s) in th.iter_mut().zip(&node[v * c..(v + 1) * c]) {
+            *t = s.to_f64();
+        }
+        let a = &mut ws.a[v * c..(v + 1) * c];
+        gather(adj, v, th, &msgs, rho, a);
+        if max(a) == f64::NEG_INFINITY {
+            return Err(infeasible_node(v));
+        }
+        let bv = &mut ws.nb[v * c..(v + 1) * c];
+        softmax(a, bv);
+        log_z += expect(bv, th.iter().copied()) + entropy(bv);
+        node_sink(v, bv);
+    }
+    for v in 0..n {
+        for k in adj.start[v]..adj.start[v + 1] {
+            if !adj.first[k] {
+                continue;
+            }
+            let (e, w) = (adj.edge[k] as usize, adj.nbr[k] as usize);
+            let r = rho.map_or(1.0, |r| r[e]);
+            let nw = &mut ws.node;
+            for (t, &s) in nw.th.iter_mut().zip(&node[v * c..(v + 1) * c]) {
+                *t = s.to_f64();
+            }
+            cavity(
+                adj,
+                v,
+                k,
+                &nw.th,
+                &ws.a[v * c..(v + 1) * c],
+                &msgs,
+                rho,
+                &mut nw.x,
+            );
+            for (t, &s) in nw.th.iter_mut().zip(&node[w * c..(w + 1) * c]) {
+                *t = s.to_f64();
+            }
+            cavity(
+                adj,
+                w,
+                adj.twin[k] as usize,
+                &nw.th,
+                &ws.a[w * c..(w + 1) * c],
+                &msgs,
+                rho,
+                &mut ws.xj,
+            );
+            let my = max(&ws.xj);
+            for (q, &x) in ws.qj.iter_mut().zip(&ws.xj) {
+                *q = if my > f64::NEG_INFINITY {
+                    exp(x - my)
+                } else {
+                    0.0
+                };
+            }
+            let t = table_for(&edges, e, false, 1.0 / r, &mut nw.table, &mut nw.cache);
+            joint_and_message(
+                &nw.x,
+                &ws.xj,
+                &ws.qj,
+                t,
+                &mut ws.pair,
+                false,
+                false,
+                &mut ws.msg,
+                &mut ws.marg,
+                &mut nw.sc,
+            );
+            // Energy with the unscaled table; mutual information against the node beliefs.
+            log_z += expect(&ws.pair, t.raw.iter().map(|&x| x * r));
+            let (bv, bw) = (&ws.nb[v * c..(v + 1) * c], &ws.nb[w * c..(w + 1) * c]);
+            let mut mi = 0.0;
+            for s in 0..c {
+                for d in 0..c {
+                    let p = ws.pair[s * c + d];
+                    if p > 0.0 {
+                        mi += p * (p.ln() - bv[s].max(1e-300).ln() - bw[d].max(1e-300).ln());
+                    }
+                }
+            }
+            log_z -= r * mi;
+            deliver(sink, e, &ws.pair);
+        }
+    }
+    Ok(log_z)
+}
+
+/// Mean-field update of node `v`: `q_v ∝ exp(θ_v + Σ_w E_{q_w}[θ_vw(x_v, ·)])`; returns the
+/// largest change of `q_v`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn mf_update<T: Real>(
+    adj: &Adjacency,
+    v: usize,
+    node: &[T],
+    edges: &ItemEdges<'_, T>,
+    damping: f64,
+    read: &Shared,
+    write: &Shared,
+    ws: &mut NodeWs,
+) -> f64 {
+    let c = ws.c;
+    for (a, &s) in ws.a.iter_mut().zip(&node[v * c..(v + 1) * c]) {
+        *a = s.to_f64();
+    }
+    for k in adj.start[v]..adj.start[v + 1] {
+        let (e, w) = (adj.edge[k] as usize, adj.nbr[k] as usize);
+        // SAFETY: neighbours have another colour (or `read` is the previous iterate).
+        let qw = unsafe { read.get(w) };
+        edges.raw(e, !adj.first[k], &mut ws.raw);
+        for x in 0..c {
+            let row = &ws.raw[x * c..(x + 1) * c];
+            // 0 · (−inf) = 0: a neighbour label with no mass forbids nothing.
+            ws.a[x] += row
+                .iter()
+                .zip(qw)
+                .filter(|(_, &q)| q > 0.0)
+                .map(|(&t, &q)| t * q)
+                .sum::<f64>();
+        }
+    }
+    let old = unsafe { read.get(v) };
+    if max(&ws.a) == f64::NEG_INFINITY {
+        // Every label ruled out given the neighbours: keep the old marginal; the final
+        // belief pass reports infeasibility if it persists.
+        unsafe { write.get_mut(v) }.copy_from_slice(old);
+        return 0.0;
+    }
+    softmax(&ws.a, &mut ws.out);
+    let mut change = 0.0f64;
+    for (o, &p) in ws.out.iter_mut().zip(old) {
+        *o = (1.0 - damping) * *o + damping * p;
+        change = change.max((*o - p).abs());
+    }
+    unsafe { write.get_mut(v) }.copy_from_slice(&ws.out);
+    change
+}
+
+/// Mean-field iterations for one item; `ws.msgs` holds the marginals `q` `(I, C)`.
+fn mf_iterate<T: Real>(
+    pb: &Problem<'_, T>,
+    adj: &Adjacency,
+    b: usize,
+    opts: &LoopyOptions,
+    ws: &mut ItemWs,
+) -> (u32, bool, f64) {
+    let (n, c) = (pb.graph.num_nodes(), pb.classes());
+    let (node, edges) = (pb.node.item(b), pb.edge.item(b));
+    // Start from the node-only model.
+    for v in 0..n {
+        let th: Vec<f64> = node[v * c..(v + 1) * c]
+            .iter()
+            .map(|x| x.to_f64())
+            .collect();
+        if max(&th) > f64::NEG_INFINITY {
+            softmax(&th, &mut ws.msgs[v * c..(v + 1) * c]);
+        } else {
+            ws.msgs[v * c..(v + 1) * c].fill(1.0 / c as f64);
+        }
+    }
+    ws.tmp.copy_from_slice(&ws.msgs);
+    let parallel = n >= PARALLEL_NODES;
+    let run = |class: Option<&Vec<u32>>, read: &Shared, write: &Shared, nws: &mut NodeWs| {
+        let count = class.map_or(n, |cl| cl.len());
+        let chunk = |w: &mut NodeWs, k: usize| {
+            let mut ch = 0.0f64;
+            for i in k * NODE_CHUNK..((k + 1) * NODE_CHUNK).min(count) {
+                let v = class.map_or(i, |cl| cl[i] as usize);
+                ch = ch.max(mf_update(
+                    adj,
+                    v,
+                    node,
+                    &edges,
+                    opts.damping,
+                    read,
+                    write,
+                    w,
+                ));
+            }
+            ch
+        };
+        let chunks = count.div_ceil(NODE_CHUNK);
+        if parallel {
+            (0..chunks)
+                .into_par_iter()
+                .map_init(|| NodeWs::new(c), |w, k| chunk(w, k))
+                .reduce(|| 0.0, f64::max)
+        } else {
+            (0..chunks).map(|k| chunk(nws, k)).fold(0.0, f64::max)
+        }
+    };
+    let mut last = f64::INFINITY;
+    for it in 1..=opts.max_iter {
+        let change = match opts.schedule {
+            Schedule::Parallel => {
+                let (r, w) = (Shared::new(&mut ws.msgs, c), Shared::new(&mut ws.tmp, c));
+                let ch = run(None, &r, &w, &mut ws.node);
+                std::mem::swap(&mut ws.msgs, &mut ws.tmp);
+                ch
+            }
+            Schedule::Colour => {
+                let buf = Shared::new(&mut ws.msgs, c);
+                let mut ch = 0.0f64;
+                for cls in &adj.colours {
+                    ch = ch.max(run(Some(cls), &buf, &buf, &mut ws.node));
+                }
+                ch
+            }
+        };
+        last = change;
+        if change < opts.tol {
+            return (it as u32, true, change);
+        }
+    }
+    (opts.max_iter as u32, false, last)
+}
+
+/// Mean-field beliefs (node `q`, pairs `q_i q_jᵀ`) and the bound
+/// `Σ E_q[θ] + Σ_i H(q_i) <= log Z`.
+fn mf_beliefs<T: Real, S: EdgeSink>(
+    pb: &Problem<'_, T>,
+    b: usize,
+    ws: &mut ItemWs,
+    node_sink: &mut dyn FnMut(usize, &[f64]),
+    sink: &mut S,
+) -> Result<f64> {
+    let (n, c) = (pb.graph.num_nodes(), pb.classes());
+    let (node, edges) = (pb.node.item(b), pb.edge.item(b));
+    let mut log_z = 0.0;
+    for v in 0..n {
+        let q = &ws.msgs[v * c..(v + 1) * c];
+        let th = node[v * c..(v + 1) * c].iter().map(|x| x.to_f64());
+        let e = expect(q, th.clone());
+        // Mass on a forbidden label means the fixed point was not reached.
+        if q.iter()
+            .zip(th)
+            .any(|(&p, t)| p > 0.0 && t == f64::NEG_INFINITY)
+        {
+            return Err(infeasible_node(v));
+        }
+        log_z += e + entropy(q);
+        node_sink(v, q);
+    }
+    for (e, &[i, j]) in pb.graph.edges().iter().enumerate() {
+        let (qi, qj) = (
+            &ws.msgs[i as usize * c..(i as usize + 1) * c],
+            &ws.msgs[j as usize * c..(j as usize + 1) * c],
+        );
+        for s in 0..c {
+            for d in 0..c {
+                ws.pair[s * c + d] = qi[s] * qj[d];
+            }
+        }
+        edges.raw(e, false, &mut ws.node.raw);
+        let en = expect(&ws.pair, ws.node.raw.iter().copied());
+        if en == f64::NEG_INFINITY {
+            return Err(Error::Infeasible(format!(
+                "mean field put mass on a forbidden label pair of edge {e}; the scores may \
+                 forbid every labelling, or the iterations did not converge"
+            )));
+        }
+        log_z += en;
+        deliver(sink, e, &ws.pair);
+    }
+    Ok(log_z)
+}
+
+/// A loopy method with its options, as the batch drivers see it.
+pub struct Loopy<'g> {
+    adj: &'g Adjacency,
+    opts: LoopyOptions,
+}
+
+impl<'g> Loopy<'g> {
+    pub fn new<T: Real>(pb: &Problem<'g, T>, opts: LoopyOptions) -> Result<Self> {
+        opts.check(pb.graph.num_edges())?;
+        if pb.lengths.is_some() {
+            return Err(Error::Value(
+                "lengths are only supported by exact inference on chains".into(),
+            ));
+        }
+        Ok(Loopy {
+            adj: pb.graph.adjacency(),
+            opts,
+        })
+    }
+
+    fn rho(&self) -> Option<&[f64]> {
+        match &self.opts.method {
+            Method::Trw(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+impl<T: Real> Inference<T> for Loopy<'_> {
+    type Ws = ItemWs;
+
+    fn workspace(&self, pb: &Problem<'_, T>) -> ItemWs {
+        ItemWs::new(
+            pb.graph.num_nodes(),
+            pb.graph.num_edges(),
+            pb.classes(),
+            self.opts.method == Method::MeanField,
+        )
+    }
+
+    fn item<S: EdgeSink>(
+        &self,
+        pb: &Problem<'_, T>,
+        ws: &mut ItemWs,
+        b: usize,
+        node_sink: &mut dyn FnMut(usize, &[f64]),
+        edges: &mut S,
+    ) -> Result<ItemInfo> {
+        let (it, conv, change, log_z) = if self.opts.method == Method::MeanField {
+            let (it, conv, ch) = mf_iterate(pb, self.adj, b, &self.opts, ws);
+            (it, conv, ch, mf_beliefs(pb, b, ws, node_sink, edges)?)
+        } else {
+            let es = pb.edge.item(b);
+            let (it, conv, ch) = iterate(
+                self.adj,
+                pb.graph.num_nodes(),
+                pb.node.item(b),
+                &es,
+                &self.opts,
+                self.rho(),
+                false,
+                &mut ws.msgs,
+                &mut ws.tmp,
+                &mut ws.node,
+            );
+            (
+                it,
+                conv,
+                ch,
+                bp_beliefs(pb, self.adj, b, self.rho(), ws, node_sink, edges)?,
+            )
+        };
+        Ok(ItemInfo {
+            log_z,
+            iterations: it,
+            converged: conv,
+            max_change: change,
+        })
+    }
+}
+
+/// MAP labellings by max-product BP `(B, I)`, with each item's convergence.
+pub fn decode<T: Real>(
+    pb: &Problem<'_, T>,
+    opts: &LoopyOptions,
+) -> Result<(Vec<i64>, Vec<ItemInfo>)> {
+    let lp = Loopy::new(pb, opts.clone())?;
+    let (n, c, ne) = (pb.graph.num_nodes(), pb.classes(), pb.graph.num_edges());
+    let adj = lp.adj;
+    let mut labels = vec![0i64; pb.batch * n];
+    let info: Vec<ItemInfo> = labels
+        .par_chunks_mut(n.max(1))
+        .enumerate()
+        .map_init(
+            || ItemWs::new(n, ne, c, false),
+            |ws, (b, row)| {
+                let es = pb.edge.item(b);
+                let node = pb.node.item(b);
+                let (it, conv, ch) = iterate(
+                    adj,
+                    n,
+                    node,
+                    &es,
+                    opts,
+                    None,
+                    true,
+                    &mut ws.msgs,
+                    &mut ws.tmp,
+                    &mut ws.node,
+                );
+                let msgs = Shared::new(&mut ws.msgs, c);
+                for v in 0..n {
+                    let th: Vec<f64> = node[v * c..(v + 1) * c]
+                        .iter()
+                        .map(|x| x.to_f64())
+                        .collect();
+                    gather(adj, v, &th, &msgs, None, &mut ws.marg);
+                    let mut best = (0usize, f64::NEG_INFINITY);
+                    for (k, &x) in ws.marg.iter().enumerate() {
+                        if x > best.1 {
+                            best = (k, x);
+                        }
+                    }
+                    if best.1 == f64::NEG_INFINITY {
+                        return Err(infeasible_node(v));
+                    }
+                    row[v] = best.0 as i64;
+                }
+                Ok(ItemInfo {
+                    log_z: f64::NAN,
+                    iterations: it,
+                    converged: conv,
+                    max_change: ch,
+                })
+            },
+        )
+        .collect::<Result<_>>()?;
+    Ok((labels, info))
+}
