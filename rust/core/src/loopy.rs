@@ -658,9 +658,18 @@ fn mf_update<T: Real>(
         return 0.0;
     }
     softmax(&ws.a, &mut ws.out);
+    // Damping mixes in the old marginal, except on labels the neighbours now rule out
+    // (−inf): those must carry no mass, or a forbidden pair would get some.
+    let mut total = 0.0;
+    for ((o, &p), &a) in ws.out.iter_mut().zip(old).zip(&ws.a) {
+        if a > f64::NEG_INFINITY {
+            *o = (1.0 - damping) * *o + damping * p;
+        }
+        total += *o;
+    }
     let mut change = 0.0f64;
     for (o, &p) in ws.out.iter_mut().zip(old) {
-        *o = (1.0 - damping) * *o + damping * p;
+        *o /= total;
         change = change.max((*o - p).abs());
     }
     unsafe { write.get_mut(v) }.copy_from_slice(&ws.out);
