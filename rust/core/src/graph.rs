@@ -17,6 +17,7 @@ pub struct Graph {
     is_chain: bool,
     forest: OnceLock<Forest>,
     adjacency: OnceLock<Adjacency>,
+    grid: OnceLock<Option<(usize, usize)>>,
 }
 
 impl Graph {
@@ -57,6 +58,7 @@ impl Graph {
             is_chain,
             forest: OnceLock::new(),
             adjacency: OnceLock::new(),
+            grid: OnceLock::new(),
         })
     }
 
@@ -87,6 +89,38 @@ impl Graph {
     /// lengths (a prefix of the nodes) make sense.
     pub fn is_chain(&self) -> bool {
         self.is_chain
+    }
+
+    /// `(height, width)` when the graph is exactly the 4-neighbour grid in the layout of
+    /// `Graph.grid` (node `r * width + c`; horizontal edges row-major, then vertical ones).
+    pub fn grid_shape(&self) -> Option<(usize, usize)> {
+        *self.grid.get_or_init(|| {
+            let n = self.num_nodes;
+            // The first vertical edge is (0, width); before it come h * (w - 1) horizontal.
+            let w = match self.edges.iter().find(|&&[i, j]| j != i + 1) {
+                Some(&[0, j]) => j as usize,
+                Some(_) => return None,
+                None => n, // a single row
+            };
+            if w == 0 || n % w != 0 {
+                return None;
+            }
+            let h = n / w;
+            if h < 2 || w < 2 || self.edges.len() != h * (w - 1) + (h - 1) * w {
+                return None;
+            }
+            let n_h = h * (w - 1);
+            let ok = self.edges.iter().enumerate().all(|(e, &[i, j])| {
+                let (i, j) = (i as usize, j as usize);
+                if e < n_h {
+                    let (r, c) = (e / (w - 1), e % (w - 1));
+                    i == r * w + c && j == i + 1
+                } else {
+                    i == e - n_h && j == i + w
+                }
+            });
+            ok.then_some((h, w))
+        })
     }
 
     /// Adjacency lists and colouring for loopy message passing (built on first use).

@@ -15,6 +15,7 @@ pub mod error;
 pub mod exact;
 pub mod forest;
 pub mod graph;
+pub mod grid;
 pub mod logspace;
 pub mod loopy;
 pub mod maxproduct;

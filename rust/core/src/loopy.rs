@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use crate::adjacency::{slot, Adjacency};
 use crate::error::{Error, Result};
+use crate::grid::GridPotentials;
 use crate::logspace::{exp, ln_pos, max, softmax};
 use crate::message::{joint_and_message, message, Scratch, Table};
 use crate::objective::{EdgeSink, Inference, ItemInfo};
@@ -825,6 +826,16 @@ impl<'g> Loopy<'g> {
         })
     }
 
+    /// Grid potentials when the grid kernel applies: plain BP on a `Graph.grid` layout with
+    /// scores whose spans the probability domain can hold.
+    fn grid_fast_path<T: Real>(&self, pb: &Problem<'_, T>, b: usize) -> Option<GridPotentials> {
+        if self.opts.method != Method::Bp {
+            return None;
+        }
+        let (h, w) = pb.graph.grid_shape()?;
+        GridPotentials::new(h, w, pb.node.item(b), &pb.edge.item(b))
+    }
+
     fn rho(&self) -> Option<&[f64]> {
         match &self.opts.method {
             Method::Trw(r) => Some(r),
@@ -856,6 +867,16 @@ impl<T: Real> Inference<T> for Loopy<'_> {
         let (it, conv, change, log_z) = if self.opts.method == Method::MeanField {
             let (it, conv, ch) = mf_iterate(pb, self.adj, b, &self.opts, ws);
             (it, conv, ch, mf_beliefs(pb, b, ws, node_sink, edges)?)
+        } else if let Some(gp) = self.grid_fast_path(pb, b) {
+            let (it, conv, ch) = crate::grid::iterate(
+                &gp,
+                self.opts.max_iter,
+                self.opts.tol,
+                self.opts.damping,
+                self.opts.schedule,
+                &mut ws.msgs,
+            );
+            (it, conv, ch, bp_beliefs(pb, self.adj, b, None, ws, node_sink, edges)?)
         } else {
             let es = pb.edge.item(b);
             let (it, conv, ch) = iterate(

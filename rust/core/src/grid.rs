@@ -1,0 +1,430 @@
+//! Loopy BP on 4-neighbour grids, fast path.
+//!
+//! The general kernel (`loopy`) walks an adjacency list node by node; at small C that
+//! per-message bookkeeping costs far more than the C² arithmetic. Here messages live in
+//! the probability domain in class-major rows — `msg[dir][r][x][c]` for grid row `r`,
+//! label `x`, column `c` — so every inner loop runs across the columns of a row for a
+//! fixed pair of labels and vectorises. Rows are processed in parallel; each row writes
+//! messages into its own row and the rows above and below, into buffers nobody reads in
+//! that step, so the result does not depend on the number of threads.
+//!
+//! The probability domain is exact up to rounding only while nothing underflows, so the
+//! path is taken only when every node's finite scores and every table's finite entries
+//! span at most `SPAN` (then no product of potentials and messages leaves f64's range);
+//! otherwise the general log-domain kernel runs. After the iterations the messages are
+//! handed back in the general layout, so beliefs and log Z come from the same code.
+
+use rayon::prelude::*;
+
+use crate::adjacency::slot;
+use crate::loopy::Schedule;
+use crate::real::Real;
+use crate::scores::ItemEdges;
+
+/// Largest span of finite scores (per node row, per table) the probability domain takes.
+const SPAN: f64 = 120.0;
+/// Largest cache of per-edge potentials (bytes) before falling back to the general kernel.
+const MAX_CACHE: usize = 1 << 30;
+
+/// Message directions, named by where the message comes from.
+const FROM_LEFT: usize = 0;
+const FROM_RIGHT: usize = 1;
+const FROM_UP: usize = 2;
+const FROM_DOWN: usize = 3;
+
+/// Potentials of one item: node `φ[r][x][c]` and edge tables, in the probability domain.
+pub struct GridPotentials {
+    h: usize,
+    w: usize,
+    c: usize,
+    phi: Vec<f64>,
+    /// Horizontal tables: shared `[x][x']`, or per edge `[r][x][x'][c]` (c < w − 1).
+    horiz: Vec<f64>,
+    /// Vertical tables: shared `[x][x']`, or per edge `[r][x][x'][c]` (r < h − 1).
+    vert: Vec<f64>,
+    shared: bool,
+}
+
+fn span_ok(v: &[f64]) -> bool {
+    let (mut hi, mut lo) = (f64::NEG_INFINITY, f64::INFINITY);
+    for &x in v {
+        if x > f64::NEG_INFINITY {
+            hi = hi.max(x);
+            lo = lo.min(x);
+        }
+    }
+    hi == f64::NEG_INFINITY || hi - lo <= SPAN
+}
+
+/// `exp(v − max v)`, −inf → 0.
+fn exp_rel(v: &mut [f64]) {
+    let m = v.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+    let m = if m == f64::NEG_INFINITY { 0.0 } else { m };
+    v.iter_mut().for_each(|x| *x = crate::logspace::exp(*x - m));
+}
+
+impl GridPotentials {
+    /// The potentials, or `None` when the fast path does not apply (scores too spread for
+    /// the probability domain, or per-edge tables too large to cache).
+    pub fn new<T: Real>(
+        h: usize,
+        w: usize,
+        node: &[T],
+        edges: &ItemEdges<'_, T>,
+    ) -> Option<GridPotentials> {
+        let c = node.len() / (h * w);
+        let cc = c * c;
+        let n_h = h * (w - 1);
+        let shared = edges.shared();
+        let n_tables = if shared { 1 } else { n_h + (h - 1) * w };
+        if n_tables * cc * 8 > MAX_CACHE {
+            return None;
+        }
+        let mut phi = vec![0.0; h * w * c];
+        let mut row = vec![0.0; c];
+        for r in 0..h {
+            for col in 0..w {
+                let v = r * w + col;
+                for x in 0..c {
+                    row[x] = node[v * c + x].to_f64();
+                }
+                if !span_ok(&row) {
+                    return None;
+                }
+                exp_rel(&mut row);
+                for x in 0..c {
+                    phi[(r * c + x) * w + col] = row[x];
+                }
+            }
+        }
+        let mut t = vec![0.0; cc];
+        let load = |e: usize, t: &mut Vec<f64>| -> bool {
+            edges.raw(e, false, t);
+            if !span_ok(t) {
+                return false;
+            }
+            exp_rel(t);
+            true
+        };
+        let (horiz, vert) = if shared {
+            if !load(0, &mut t) {
+                return None;
+            }
+            (t.clone(), t.clone())
+        } else {
+            let mut horiz = vec![0.0; h * cc * w];
+            let mut vert = vec![0.0; h * cc * w];
+            for r in 0..h {
+                for col in 0..w {
+                    if col + 1 < w {
+                        if !load(r * (w - 1) + col, &mut t) {
+                            return None;
+                        }
+                        for k in 0..cc {
+                            horiz[(r * cc + k) * w + col] = t[k];
+                        }
+                    }
+                    if r + 1 < h {
+                        if !load(n_h + r * w + col, &mut t) {
+                            return None;
+                        }
+                        for k in 0..cc {
+                            vert[(r * cc + k) * w + col] = t[k];
+                        }
+                    }
+                }
+            }
+            (horiz, vert)
+        };
+        Some(GridPotentials {
+            h,
+            w,
+            c,
+            phi,
+            horiz,
+            vert,
+            shared,
+        })
+    }
+
+    /// Table entry `[x][x']` of the horizontal edge right of `(r, col)` (or the vertical
+    /// edge below it), as a row over columns (per-edge) or a broadcast scalar (shared).
+    #[inline(always)]
+    fn tab<'a>(&'a self, vertical: bool, r: usize, k: usize) -> Tab<'a> {
+        let t = if vertical { &self.vert } else { &self.horiz };
+        let cc = self.c * self.c;
+        if self.shared {
+            Tab::Scalar(t[k])
+        } else {
+            Tab::Row(&t[(r * cc + k) * self.w..(r * cc + k + 1) * self.w])
+        }
+    }
+}
+
+enum Tab<'a> {
+    Scalar(f64),
+    Row(&'a [f64]),
+}
+
+/// `out[i] += t[i + off] * cav[i]` (or the scalar), for `i` in `0..len`.
+#[inline(always)]
+fn axpy(out: &mut [f64], t: &Tab<'_>, off: usize, cav: &[f64]) {
+    match t {
+        Tab::Scalar(s) => out.iter_mut().zip(cav).for_each(|(o, &q)| *o += s * q),
+        Tab::Row(row) => out
+            .iter_mut()
+            .zip(&row[off..])
+            .zip(cav)
+            .for_each(|((o, &t), &q)| *o += t * q),
+    }
+}
+
+/// Raw shared view of the four message buffers; see the module doc for why concurrent
+/// row tasks never touch the same element.
+#[derive(Clone, Copy)]
+struct Bufs {
+    ptr: [*mut f64; 4],
+}
+unsafe impl Send for Bufs {}
+unsafe impl Sync for Bufs {}
+
+impl Bufs {
+    /// Row `r`, label `x` of direction `d` (length w).
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    unsafe fn row(&self, d: usize, r: usize, x: usize, c: usize, w: usize) -> &mut [f64] {
+        std::slice::from_raw_parts_mut(self.ptr[d].add((r * c + x) * w), w)
+    }
+}
+
+/// Per-thread scratch rows.
+struct RowWs {
+    a: Vec<f64>,
+    b: Vec<f64>,
+    cav: Vec<f64>,
+    out: Vec<f64>,
+}
+
+/// Computes every message leaving the nodes of row `r` from `old`, writes those of nodes
+/// with colour `colour` (all nodes for `None`) into `new`; returns the largest change.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn row_update(
+    p: &GridPotentials,
+    r: usize,
+    old: Bufs,
+    new: Bufs,
+    colour: Option<usize>,
+    damping: f64,
+    ws: &mut RowWs,
+) -> f64 {
+    let (h, w, c) = (p.h, p.w, p.c);
+    let get = |d: usize, x: usize| unsafe { &*old.row(d, r, x, c, w) };
+    // a = φ·U·D (for left/right messages), b = φ·L·R (for up/down messages), class-major.
+    for x in 0..c {
+        let phi = &p.phi[(r * c + x) * w..(r * c + x + 1) * w];
+        let (u, d, l, rr) = (get(FROM_UP, x), get(FROM_DOWN, x), get(FROM_LEFT, x), get(FROM_RIGHT, x));
+        let a = &mut ws.a[x * w..(x + 1) * w];
+        let b = &mut ws.b[x * w..(x + 1) * w];
+        for i in 0..w {
+            a[i] = phi[i] * u[i] * d[i];
+            b[i] = phi[i] * l[i] * rr[i];
+        }
+    }
+    let mut change = 0.0f64;
+    // (direction written, source of the cavity's extra factor, vertical?, target row)
+    let jobs: [(usize, usize, bool); 4] = [
+        (FROM_LEFT, FROM_LEFT, false),
+        (FROM_RIGHT, FROM_RIGHT, false),
+        (FROM_UP, FROM_UP, true),
+        (FROM_DOWN, FROM_DOWN, true),
+    ];
+    for &(dir, extra, vertical) in &jobs {
+        // Messages sent towards the node that will see them as coming from `dir`.
+        let (len, src_off, dst_off, dst_row) = match dir {
+            FROM_LEFT => (w.saturating_sub(1), 0, 1, Some(r)),
+            FROM_RIGHT => (w.saturating_sub(1), 1, 0, Some(r)),
+            FROM_UP => (w, 0, 0, (r + 1 < h).then_some(r + 1)),
+            _ => (w, 0, 0, r.checked_sub(1)),
+        };
+        let Some(tr) = dst_row else { continue };
+        if len == 0 {
+            continue;
+        }
+        // Cavity: everything at the source except the message from the target.
+        let base = if vertical { &ws.b } else { &ws.a };
+        let skip = match extra {
+            FROM_LEFT => FROM_RIGHT,
+            FROM_RIGHT => FROM_LEFT,
+            FROM_UP => FROM_DOWN,
+            _ => FROM_UP,
+        };
+        for x in 0..c {
+            let other = get(
+                match skip {
+                    FROM_RIGHT => FROM_LEFT,
+                    FROM_LEFT => FROM_RIGHT,
+                    FROM_DOWN => FROM_UP,
+                    _ => FROM_DOWN,
+                },
+                x,
+            );
+            let cav = &mut ws.cav[x * w..(x + 1) * w];
+            let bx = &base[x * w..(x + 1) * w];
+            for i in 0..w {
+                cav[i] = bx[i] * other[i];
+            }
+        }
+        // out[x'][i] = Σ_x t[x, x'] cav[x][i]: the table row is the edge's, oriented
+        // [first node, second node]; messages going left/up use it transposed.
+        ws.out[..c * w].fill(0.0);
+        let tab_row = match dir {
+            FROM_LEFT | FROM_UP => r,
+            FROM_RIGHT => r,
+            _ => r - 1,
+        };
+        for xo in 0..c {
+            let out = &mut ws.out[xo * w..xo * w + len];
+            for x in 0..c {
+                let k = match dir {
+                    FROM_LEFT | FROM_UP => x * c + xo,
+                    _ => xo * c + x,
+                };
+                let t = p.tab(vertical, tab_row, k);
+                let cav = &ws.cav[x * w + src_off..x * w + src_off + len];
+                // Horizontal per-edge rows are indexed by the edge's left column.
+                axpy(out, &t, 0, cav);
+            }
+        }
+        // Normalise, damp, measure, write.
+        for i in 0..len {
+            let mut s = 0.0;
+            for xo in 0..c {
+                s += ws.out[xo * w + i];
+            }
+            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+            let src_col = i + src_off;
+            let active = colour.is_none_or(|k| (r + src_col) % 2 == k);
+            for xo in 0..c {
+                let v = ws.out[xo * w + i] * inv;
+                let dst = unsafe { new.row(dir, tr, xo, c, w) };
+                let prev = unsafe { &*old.row(dir, tr, xo, c, w) }[i + dst_off];
+                let v = if damping > 0.0 && v > 0.0 && prev > 0.0 {
+                    (v.ln() * (1.0 - damping) + prev.ln() * damping).exp()
+                } else if damping > 0.0 {
+                    0.0
+                } else {
+                    v
+                };
+                if active {
+                    change = change.max((v - prev).abs());
+                    dst[i + dst_off] = v;
+                }
+            }
+            // Damping in the log domain leaves the message unnormalised; renormalise.
+            if damping > 0.0 && active {
+                let mut s = 0.0;
+                for xo in 0..c {
+                    s += unsafe { new.row(dir, tr, xo, c, w) }[i + dst_off];
+                }
+                if s > 0.0 {
+                    for xo in 0..c {
+                        let dst = unsafe { new.row(dir, tr, xo, c, w) };
+                        dst[i + dst_off] /= s;
+                    }
+                }
+            }
+        }
+    }
+    change
+}
+
+impl RowWs {
+    fn new(c: usize, w: usize) -> RowWs {
+        RowWs {
+            a: vec![0.0; c * w],
+            b: vec![0.0; c * w],
+            cav: vec![0.0; c * w],
+            out: vec![0.0; c * w],
+        }
+    }
+}
+
+/// One sweep over all rows from `old` into `new`; returns the largest change.
+fn sweep(p: &GridPotentials, old: &mut [f64], new: &mut [f64], colour: Option<usize>, damping: f64) -> f64 {
+    let n = p.h * p.w * p.c;
+    let bufs = |v: &mut [f64]| {
+        let base = v.as_mut_ptr();
+        // SAFETY: four disjoint blocks of n entries.
+        Bufs { ptr: std::array::from_fn(|d| unsafe { base.add(d * n) }) }
+    };
+    let (o, nw) = (bufs(old), bufs(new));
+    let (c, w) = (p.c, p.w);
+    (0..p.h)
+        .into_par_iter()
+        .with_min_len(4)
+        .map_init(|| RowWs::new(c, w), |ws, r| row_update(p, r, o, nw, colour, damping, ws))
+        .reduce(|| 0.0, f64::max)
+}
+
+/// Runs BP on the grid and leaves the messages, normalised, in the general layout of
+/// `loopy` (log domain, slot `2e` from the edge's first node) in `msgs`.
+pub fn iterate(
+    p: &GridPotentials,
+    max_iter: usize,
+    tol: f64,
+    damping: f64,
+    schedule: Schedule,
+    msgs: &mut [f64],
+) -> (u32, bool, f64) {
+    let (h, w, c) = (p.h, p.w, p.c);
+    let n = h * w * c;
+    let mut cur = vec![1.0 / c as f64; 4 * n];
+    let mut nxt = cur.clone();
+    let mut result = (max_iter as u32, false, f64::INFINITY);
+    for it in 1..=max_iter {
+        let change = match schedule {
+            Schedule::Parallel => {
+                let ch = sweep(p, &mut cur, &mut nxt, None, damping);
+                std::mem::swap(&mut cur, &mut nxt);
+                ch
+            }
+            Schedule::Colour => {
+                let mut ch = 0.0f64;
+                for k in 0..2 {
+                    nxt.copy_from_slice(&cur);
+                    ch = ch.max(sweep(p, &mut cur, &mut nxt, Some(k), damping));
+                    std::mem::swap(&mut cur, &mut nxt);
+                }
+                ch
+            }
+        };
+        result = (it as u32, false, change);
+        if change < tol {
+            result.1 = true;
+            break;
+        }
+    }
+    // Back to the general layout.
+    let at = |d: usize, r: usize, x: usize, col: usize| cur[d * n + (r * c + x) * w + col];
+    let n_h = h * (w - 1);
+    for r in 0..h {
+        for col in 0..w {
+            if col + 1 < w {
+                let e = r * (w - 1) + col;
+                for x in 0..c {
+                    msgs[slot(e, true) * c + x] = at(FROM_LEFT, r, x, col + 1).ln();
+                    msgs[slot(e, false) * c + x] = at(FROM_RIGHT, r, x, col).ln();
+                }
+            }
+            if r + 1 < h {
+                let e = n_h + r * w + col;
+                for x in 0..c {
+                    msgs[slot(e, true) * c + x] = at(FROM_UP, r + 1, x, col).ln();
+                    msgs[slot(e, false) * c + x] = at(FROM_DOWN, r, x, col).ln();
+                }
+            }
+        }
+    }
+    result
+}
