@@ -14,9 +14,9 @@ import warnings
 
 import numpy as np
 import pytest
-from oracle import brute_force, grid_exact, random_forest, scores_of
 
 import expsoftmax as es
+from oracle import brute_force, grid_exact, random_forest, scores_of
 
 METHODS = ("bp", "trw", "mean_field")
 TIGHT = {"tol": 1e-12, "max_iter": 2000, "damping": 0.3}

@@ -158,6 +158,13 @@ class Graph:
         return f"Graph(num_nodes={self._num_nodes}, num_edges={self.num_edges}{kind})"
 
 
+def _find(parent: np.ndarray, x: int) -> int:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
 def _spanning_tree_mixture(g: Graph) -> np.ndarray:
     e = g.num_edges
     if e == 0:
@@ -177,15 +184,8 @@ def _spanning_tree_mixture(g: Graph) -> np.ndarray:
     while trees < 8 or (count == 0).any():
         order = np.lexsort((rng.random(e), count))  # least-covered edges first
         parent = np.arange(g.num_nodes)
-
-        def find(x: int) -> int:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
         for k in order:
-            a, b = find(int(g.edges[k, 0])), find(int(g.edges[k, 1]))
+            a, b = _find(parent, int(g.edges[k, 0])), _find(parent, int(g.edges[k, 1]))
             if a != b:
                 parent[a] = b
                 count[k] += 1

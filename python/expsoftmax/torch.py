@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._scores import WeightedEdges
 from .api import _loss_and_grad
 from .errors import DTypeError, OptionError
 from .graph import Graph
@@ -28,13 +29,17 @@ def _numpy(t: Any) -> Any:
 
 
 class _ExpSoftmaxLossFn(torch.autograd.Function):
-    """Per-item loss; gradients computed together with the loss in the forward pass."""
+    """Per-item loss; gradients computed together with the loss in the forward pass.
+
+    ``s_e`` is the edge-table tensor; ``s_w`` the per-edge weights for the weighted form
+    ``s_w[..., e] * s_e[..., a, b]``, or None."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
         s_n: Tensor,
         s_e: Tensor,
+        s_w: Optional[Tensor],
         y: Any,
         graph: Graph,
         method: str,
@@ -42,39 +47,49 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
         options: dict[str, Any],
     ) -> Tensor:
         sn, se, yy, ll = _numpy(s_n), _numpy(s_e), _numpy(y), _numpy(lengths)
-        loss, gn, ge = _loss_and_grad(graph, sn, se, yy, method, ll, options, None)
-        ctx.args = (graph, sn, se, yy, method, ll, options)
+        edge_arg = se if s_w is None else WeightedEdges(_numpy(s_w), se)
+        loss, gn, ge = _loss_and_grad(graph, sn, edge_arg, yy, method, ll, options, None)
+        ctx.args = (graph, sn, edge_arg, yy, method, ll, options)
         ctx.grads = (gn, ge)
-        ctx.meta = (s_n.device, s_n.dtype, s_e.device, s_e.dtype, loss.shape)
+        ctx.meta = (s_n, s_e, s_w, loss.shape)
         return torch.from_numpy(np.ascontiguousarray(loss)).to(device=s_n.device, dtype=s_n.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
-        dn, tn, de, te, shape = ctx.meta
+        s_n, s_e, s_w, shape = ctx.meta
         gw = g.detach().to("cpu", torch.float64).numpy().reshape(shape)
         if gw.size and np.all(gw == gw.flat[0]):
             # Upstream gradient the same for every item (reduction "sum"/"mean"): the
-            # forward pass's summed gradient, scaled.
-            # A Python float keeps the gradients' dtype (no float64 copy), and 1.0 is skipped.
+            # forward pass's summed gradient, scaled. A Python float keeps the gradients'
+            # dtype (no float64 copy), and 1.0 is skipped.
+            gn, ge = ctx.grads
             scale = float(gw.flat[0])
-            gn, ge = (x if scale == 1.0 else x * scale for x in ctx.grads)
         else:
             gn, ge = _loss_and_grad(*ctx.args, weights=gw)[1:]
-        need_n, need_e = ctx.needs_input_grad[:2]
-        out_n = (
-            torch.from_numpy(np.ascontiguousarray(gn)).to(device=dn, dtype=tn) if need_n else None
-        )
-        out_e = (
-            torch.from_numpy(np.ascontiguousarray(ge)).to(device=de, dtype=te) if need_e else None
-        )
-        return out_n, out_e, None, None, None, None, None
+            scale = 1.0
+        parts = (gn, ge.table, ge.weight) if s_w is not None else (gn, ge, None)
+        out = []
+        for arr, like, need in zip(parts, (s_n, s_e, s_w), ctx.needs_input_grad[:3]):
+            if arr is None or not need:
+                out.append(None)
+                continue
+            arr = arr if scale == 1.0 else arr * scale
+            out.append(torch.from_numpy(np.ascontiguousarray(arr)).to(like.device, like.dtype))
+        return (*out, None, None, None, None, None)
 
 
 def _check(reduction: str, s_n: Any, s_e: Any) -> None:
     if reduction not in _REDUCTIONS:
         raise OptionError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    for name, t in (("s_n", s_n), ("s_e", s_e)):
+    parts = [("s_n", s_n)]
+    if isinstance(s_e, tuple):
+        if len(s_e) != 2:
+            raise TypeError("weighted edge scores must be a (weight, table) pair of tensors")
+        parts += [("edge weight", s_e[0]), ("edge table", s_e[1])]
+    else:
+        parts.append(("s_e", s_e))
+    for name, t in parts:
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in _TORCH_FLOATS:
@@ -83,7 +98,7 @@ def _check(reduction: str, s_n: Any, s_e: Any) -> None:
 
 def exp_softmax_loss(
     s_n: Tensor,
-    s_e: Tensor,
+    s_e: Any,
     y: Tensor,
     graph: Graph,
     method: str = "auto",
@@ -97,10 +112,12 @@ def exp_softmax_loss(
     Args:
         s_n: node scores ``(..., I, C)``, float32 or float64.
         s_e: edge scores ``(..., E, C, C)`` (edge axis 1 = one shared table); batch axes
-            broadcast with ``s_n``'s.
+            broadcast with ``s_n``'s. Or a ``(weight (..., E), table (..., C, C))`` pair of
+            tensors (:class:`expsoftmax.WeightedEdges`): both get gradients.
         y: gold labels ``(..., I)``, integer tensor or array.
         graph: the :class:`expsoftmax.Graph`.
-        method: inference method (``"auto"``: exact on forests).
+        method: inference method (``"auto"``: exact on forests, ``"bp"`` otherwise;
+            ``"trw"``, ``"mean_field"``); ``**options`` as in :func:`expsoftmax.infer`.
         reduction: ``"none"`` (per item, shape ``(...)``), ``"sum"`` or ``"mean"`` over items.
         lengths: for chains, ``(...)`` real lengths; padded positions add nothing.
 
@@ -108,7 +125,8 @@ def exp_softmax_loss(
         The loss; its backward gives ``marginals − gold`` to ``s_n`` and ``s_e``.
     """
     _check(reduction, s_n, s_e)
-    loss = _ExpSoftmaxLossFn.apply(s_n, s_e, y, graph, method, lengths, options)
+    table, weight = (s_e[1], s_e[0]) if isinstance(s_e, tuple) else (s_e, None)
+    loss = _ExpSoftmaxLossFn.apply(s_n, table, weight, y, graph, method, lengths, options)
     if reduction == "sum":
         return loss.sum()
     if reduction == "mean":
@@ -135,9 +153,7 @@ class ExpSoftmaxLoss(nn.Module):
         self.reduction = reduction
         self.options = dict(options)
 
-    def forward(
-        self, s_n: Tensor, s_e: Tensor, y: Tensor, lengths: Optional[Tensor] = None
-    ) -> Tensor:
+    def forward(self, s_n: Tensor, s_e: Any, y: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         return exp_softmax_loss(
             s_n, s_e, y, self.graph, self.method, self.reduction, lengths=lengths, **self.options
         )

@@ -199,6 +199,7 @@ impl Bufs {
 
 /// Per-thread scratch rows.
 struct RowWs {
+    norm: Vec<f64>,
     a: Vec<f64>,
     b: Vec<f64>,
     cav: Vec<f64>,
@@ -223,7 +224,12 @@ fn row_update(
     // a = φ·U·D (for left/right messages), b = φ·L·R (for up/down messages), class-major.
     for x in 0..c {
         let phi = &p.phi[(r * c + x) * w..(r * c + x + 1) * w];
-        let (u, d, l, rr) = (get(FROM_UP, x), get(FROM_DOWN, x), get(FROM_LEFT, x), get(FROM_RIGHT, x));
+        let (u, d, l, rr) = (
+            get(FROM_UP, x),
+            get(FROM_DOWN, x),
+            get(FROM_LEFT, x),
+            get(FROM_RIGHT, x),
+        );
         let a = &mut ws.a[x * w..(x + 1) * w];
         let b = &mut ws.b[x * w..(x + 1) * w];
         for i in 0..w {
@@ -296,41 +302,81 @@ fn row_update(
                 axpy(out, &t, 0, cav);
             }
         }
-        // Normalise, damp, measure, write.
-        for i in 0..len {
-            let mut s = 0.0;
-            for xo in 0..c {
-                s += ws.out[xo * w + i];
+        // Normalise, damp, measure, write: loops across the columns of the row.
+        let norm = &mut ws.norm[..len];
+        norm.fill(0.0);
+        for xo in 0..c {
+            for (s, &v) in norm.iter_mut().zip(&ws.out[xo * w..xo * w + len]) {
+                *s += v;
             }
-            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-            let src_col = i + src_off;
-            let active = colour.is_none_or(|k| (r + src_col) % 2 == k);
-            for xo in 0..c {
-                let v = ws.out[xo * w + i] * inv;
-                let dst = unsafe { new.row(dir, tr, xo, c, w) };
-                let prev = unsafe { &*old.row(dir, tr, xo, c, w) }[i + dst_off];
-                let v = if damping > 0.0 && v > 0.0 && prev > 0.0 {
-                    (v.ln() * (1.0 - damping) + prev.ln() * damping).exp()
-                } else if damping > 0.0 {
-                    0.0
-                } else {
-                    v
-                };
-                if active {
-                    change = change.max((v - prev).abs());
-                    dst[i + dst_off] = v;
+        }
+        for s in norm.iter_mut() {
+            *s = if *s > 0.0 { 1.0 / *s } else { 0.0 };
+        }
+        for xo in 0..c {
+            let out = &mut ws.out[xo * w..xo * w + len];
+            for (o, &s) in out.iter_mut().zip(norm.iter()) {
+                *o *= s;
+            }
+            // SAFETY: rows of `old` are only read; this row of `new` (entries of this
+            // row's sources) is written by this task only.
+            let prev = unsafe { &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len] };
+            if damping > 0.0 {
+                // Geometric mixture (damping in the log domain); renormalised below.
+                for (o, &p) in out.iter_mut().zip(prev) {
+                    *o = if *o > 0.0 && p > 0.0 {
+                        (o.ln() * (1.0 - damping) + p.ln() * damping).exp()
+                    } else {
+                        0.0
+                    };
                 }
             }
-            // Damping in the log domain leaves the message unnormalised; renormalise.
-            if damping > 0.0 && active {
-                let mut s = 0.0;
-                for xo in 0..c {
-                    s += unsafe { new.row(dir, tr, xo, c, w) }[i + dst_off];
+        }
+        if damping > 0.0 {
+            norm.fill(0.0);
+            for xo in 0..c {
+                for (s, &v) in norm.iter_mut().zip(&ws.out[xo * w..xo * w + len]) {
+                    *s += v;
                 }
-                if s > 0.0 {
-                    for xo in 0..c {
-                        let dst = unsafe { new.row(dir, tr, xo, c, w) };
-                        dst[i + dst_off] /= s;
+            }
+            for s in norm.iter_mut() {
+                *s = if *s > 0.0 { 1.0 / *s } else { 0.0 };
+            }
+            for xo in 0..c {
+                let out = &mut ws.out[xo * w..xo * w + len];
+                for (o, &s) in out.iter_mut().zip(norm.iter()) {
+                    *o *= s;
+                }
+            }
+        }
+        for xo in 0..c {
+            let out = &ws.out[xo * w..xo * w + len];
+            let prev = unsafe { &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len] };
+            let dst = unsafe { &mut new.row(dir, tr, xo, c, w)[dst_off..dst_off + len] };
+            match colour {
+                None => {
+                    // Four running maxima so the reduction vectorises.
+                    let mut m = [0.0f64; 4];
+                    let mut k = 0;
+                    while k + 4 <= len {
+                        for l in 0..4 {
+                            m[l] = m[l].max((out[k + l] - prev[k + l]).abs());
+                        }
+                        k += 4;
+                    }
+                    while k < len {
+                        m[0] = m[0].max((out[k] - prev[k]).abs());
+                        k += 1;
+                    }
+                    change = change.max(m[0].max(m[1]).max(m[2].max(m[3])));
+                    dst.copy_from_slice(out);
+                }
+                Some(col) => {
+                    for i in 0..len {
+                        if (r + i + src_off) % 2 == col {
+                            change = change.max((out[i] - prev[i]).abs());
+                            dst[i] = out[i];
+                        }
                     }
                 }
             }
@@ -342,6 +388,7 @@ fn row_update(
 impl RowWs {
     fn new(c: usize, w: usize) -> RowWs {
         RowWs {
+            norm: vec![0.0; w],
             a: vec![0.0; c * w],
             b: vec![0.0; c * w],
             cav: vec![0.0; c * w],
@@ -351,19 +398,30 @@ impl RowWs {
 }
 
 /// One sweep over all rows from `old` into `new`; returns the largest change.
-fn sweep(p: &GridPotentials, old: &mut [f64], new: &mut [f64], colour: Option<usize>, damping: f64) -> f64 {
+fn sweep(
+    p: &GridPotentials,
+    old: &mut [f64],
+    new: &mut [f64],
+    colour: Option<usize>,
+    damping: f64,
+) -> f64 {
     let n = p.h * p.w * p.c;
     let bufs = |v: &mut [f64]| {
         let base = v.as_mut_ptr();
         // SAFETY: four disjoint blocks of n entries.
-        Bufs { ptr: std::array::from_fn(|d| unsafe { base.add(d * n) }) }
+        Bufs {
+            ptr: std::array::from_fn(|d| unsafe { base.add(d * n) }),
+        }
     };
     let (o, nw) = (bufs(old), bufs(new));
     let (c, w) = (p.c, p.w);
     (0..p.h)
         .into_par_iter()
         .with_min_len(4)
-        .map_init(|| RowWs::new(c, w), |ws, r| row_update(p, r, o, nw, colour, damping, ws))
+        .map_init(
+            || RowWs::new(c, w),
+            |ws, r| row_update(p, r, o, nw, colour, damping, ws),
+        )
         .reduce(|| 0.0, f64::max)
 }
 

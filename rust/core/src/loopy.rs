@@ -876,7 +876,12 @@ impl<T: Real> Inference<T> for Loopy<'_> {
                 self.opts.schedule,
                 &mut ws.msgs,
             );
-            (it, conv, ch, bp_beliefs(pb, self.adj, b, None, ws, node_sink, edges)?)
+            (
+                it,
+                conv,
+                ch,
+                bp_beliefs(pb, self.adj, b, None, ws, node_sink, edges)?,
+            )
         } else {
             let es = pb.edge.item(b);
             let (it, conv, ch) = iterate(
