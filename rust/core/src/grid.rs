@@ -182,7 +182,7 @@ fn axpy(out: &mut [f64], t: &Tab<'_>, off: usize, cav: &[f64]) {
 /// Raw shared view of the four message buffers; see the module doc for why concurrent
 /// row tasks never touch the same element.
 #[derive(Clone, Copy)]
-struct Bufs {
+pub struct Bufs {
     ptr: [*mut f64; 4],
 }
 unsafe impl Send for Bufs {}
@@ -198,7 +198,7 @@ impl Bufs {
 }
 
 /// Per-thread scratch rows.
-struct RowWs {
+pub struct RowWs {
     norm: Vec<f64>,
     a: Vec<f64>,
     b: Vec<f64>,
@@ -206,11 +206,24 @@ struct RowWs {
     out: Vec<f64>,
 }
 
-/// Computes every message leaving the nodes of row `r` from `old`, writes those of nodes
-/// with colour `colour` (all nodes for `None`) into `new`; returns the largest change.
+crate::simd_dispatch! {
+    /// Computes every message leaving the nodes of row `r` from `old`, writes those of
+    /// nodes with colour `colour` (all nodes for `None`) into `new`; returns the largest
+    /// change.
+    pub fn row_update<>(
+        p: &GridPotentials,
+        r: usize,
+        old: Bufs,
+        new: Bufs,
+        colour: Option<usize>,
+        damping: f64,
+        ws: &mut RowWs,
+    ) -> f64 => row_update_body
+}
+
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn row_update(
+fn row_update_body(
     p: &GridPotentials,
     r: usize,
     old: Bufs,
@@ -425,6 +438,16 @@ fn sweep(
         .reduce(|| 0.0, f64::max)
 }
 
+/// `ln x`, with `ln 0 = −inf` (a forbidden label).
+#[inline(always)]
+fn ln0(x: f64) -> f64 {
+    if x > 0.0 {
+        crate::logspace::ln_pos(x.max(f64::MIN_POSITIVE))
+    } else {
+        f64::NEG_INFINITY
+    }
+}
+
 /// Runs BP on the grid and leaves the messages, normalised, in the general layout of
 /// `loopy` (log domain, slot `2e` from the edge's first node) in `msgs`.
 pub fn iterate(
@@ -471,15 +494,15 @@ pub fn iterate(
             if col + 1 < w {
                 let e = r * (w - 1) + col;
                 for x in 0..c {
-                    msgs[slot(e, true) * c + x] = at(FROM_LEFT, r, x, col + 1).ln();
-                    msgs[slot(e, false) * c + x] = at(FROM_RIGHT, r, x, col).ln();
+                    msgs[slot(e, true) * c + x] = ln0(at(FROM_LEFT, r, x, col + 1));
+                    msgs[slot(e, false) * c + x] = ln0(at(FROM_RIGHT, r, x, col));
                 }
             }
             if r + 1 < h {
                 let e = n_h + r * w + col;
                 for x in 0..c {
-                    msgs[slot(e, true) * c + x] = at(FROM_UP, r + 1, x, col).ln();
-                    msgs[slot(e, false) * c + x] = at(FROM_DOWN, r, x, col).ln();
+                    msgs[slot(e, true) * c + x] = ln0(at(FROM_UP, r + 1, x, col));
+                    msgs[slot(e, false) * c + x] = ln0(at(FROM_DOWN, r, x, col));
                 }
             }
         }

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use crate::adjacency::{slot, Adjacency};
 use crate::error::{Error, Result};
+use crate::simd_dispatch;
 use crate::grid::GridPotentials;
 use crate::logspace::{exp, ln_pos, max, softmax};
 use crate::message::{joint_and_message, message, Scratch, Table};
@@ -96,7 +97,7 @@ const PARALLEL_NODES: usize = 4096;
 /// slots and reads only its incoming ones; within one parallel step no node writes a slot
 /// that another reads (`Parallel` reads the previous buffer; `Colour` updates one colour
 /// class, and neighbours never share a colour).
-struct Shared {
+pub struct Shared {
     ptr: *mut f64,
     c: usize,
     len: usize,
@@ -256,10 +257,26 @@ fn gather(
     }
 }
 
-/// Recomputes every message leaving `v`; returns the largest change (probability domain).
+simd_dispatch! {
+    /// Recomputes every message leaving `v`; returns the largest change (probability
+    /// domain).
+    pub fn update_node<T: Real>(
+        adj: &Adjacency,
+        v: usize,
+        node: &[T],
+        edges: &ItemEdges<'_, T>,
+        rho: Option<&[f64]>,
+        max_product: bool,
+        damping: f64,
+        read: &Shared,
+        write: &Shared,
+        ws: &mut NodeWs,
+    ) -> f64 => update_node_body
+}
+
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn update_node<T: Real>(
+fn update_node_body<T: Real>(
     adj: &Adjacency,
     v: usize,
     node: &[T],
@@ -453,8 +470,9 @@ pub struct ItemWs {
     tmp: Vec<f64>,
     /// Reweighted beliefs `θ_v + Σ ρ m` (log) per node.
     a: Vec<f64>,
-    /// Normalised node beliefs.
+    /// Normalised node beliefs and their logs (floored at 1e-300).
     nb: Vec<f64>,
+    lnb: Vec<f64>,
     node: NodeWs,
     xj: Vec<f64>,
     qj: Vec<f64>,
@@ -471,6 +489,7 @@ impl ItemWs {
             tmp: vec![0.0; slots * c],
             a: vec![0.0; n * c],
             nb: vec![0.0; n * c],
+            lnb: vec![0.0; n * c],
             node: NodeWs::new(c),
             xj: vec![0.0; c],
             qj: vec![0.0; c],
@@ -512,10 +531,23 @@ fn entropy(p: &[f64]) -> f64 {
         .sum::<f64>()
 }
 
-/// BP/TRW beliefs from converged messages, delivered to the sinks; returns the Bethe (TRW)
-/// estimate `Σ E_b[θ] + Σ_i H(b_i) − Σ_e ρ_e I_e(b_e)`.
+simd_dispatch! {
+    /// BP/TRW beliefs from converged messages, delivered to the sinks; returns the Bethe
+    /// (TRW) estimate `Σ E_b[θ] + Σ_i H(b_i) − Σ_e ρ_e I_e(b_e)`.
+    pub fn bp_beliefs<T: Real, S: EdgeSink>(
+        pb: &Problem<'_, T>,
+        adj: &Adjacency,
+        b: usize,
+        rho: Option<&[f64]>,
+        ws: &mut ItemWs,
+        node_sink: &mut dyn FnMut(usize, &[f64]),
+        sink: &mut S,
+    ) -> Result<f64> => bp_beliefs_body
+}
+
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn bp_beliefs<T: Real, S: EdgeSink>(
+fn bp_beliefs_body<T: Real, S: EdgeSink>(
     pb: &Problem<'_, T>,
     adj: &Adjacency,
     b: usize,
@@ -541,6 +573,9 @@ fn bp_beliefs<T: Real, S: EdgeSink>(
         let bv = &mut ws.nb[v * c..(v + 1) * c];
         softmax(a, bv);
         log_z += expect(bv, th.iter().copied()) + entropy(bv);
+        for (l, &p) in ws.lnb[v * c..(v + 1) * c].iter_mut().zip(bv.iter()) {
+            *l = ln_pos(p.max(1e-300));
+        }
         node_sink(v, bv);
     }
     for v in 0..n {
@@ -600,15 +635,20 @@ fn bp_beliefs<T: Real, S: EdgeSink>(
             );
             // Energy with the unscaled table; mutual information against the node beliefs.
             log_z += expect(&ws.pair, t.raw.iter().map(|&x| x * r));
-            let (bv, bw) = (&ws.nb[v * c..(v + 1) * c], &ws.nb[w * c..(w + 1) * c]);
+            // I = Σ p ln p − Σ_s p_s· ln b_v[s] − Σ_d p_·d ln b_w[d], with the logs of the
+            // node beliefs taken once per node (`lnb`) and a vectorised log here.
+            let (lv, lw) = (&ws.lnb[v * c..(v + 1) * c], &ws.lnb[w * c..(w + 1) * c]);
             let mut mi = 0.0;
             for s in 0..c {
-                for d in 0..c {
-                    let p = ws.pair[s * c + d];
-                    if p > 0.0 {
-                        mi += p * (p.ln() - bv[s].max(1e-300).ln() - bw[d].max(1e-300).ln());
-                    }
+                let row = &ws.pair[s * c..(s + 1) * c];
+                // Terms into a scratch row first (a map vectorises; a running sum would not).
+                let ls = lv[s];
+                for ((o, &p), &l) in ws.msg.iter_mut().zip(row).zip(lw) {
+                    // All logs are floored at ln 1e-300 (finite), so p = 0 gives exactly 0
+                    // with no branch.
+                    *o = p * (ln_pos(p.max(1e-300)) - ls - l);
                 }
+                mi += ws.msg.iter().sum::<f64>();
             }
             log_z -= r * mi;
             deliver(sink, e, &ws.pair);
