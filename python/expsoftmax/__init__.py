@@ -13,6 +13,7 @@ from ._methods import METHODS, ConvergenceWarning
 from ._scores import WeightedEdges
 from .api import decode, infer, loss_and_grad, sample
 from .errors import DTypeError, InfeasibleError, NotForestError, OptionError, ShapeError
+from ._core import get_num_threads, set_num_threads
 from .graph import Graph
 from .result import InferenceResult
 
@@ -30,6 +31,8 @@ __all__ = [
     "OptionError",
     "ShapeError",
     "decode",
+    "get_num_threads",
+    "set_num_threads",
     "infer",
     "loss_and_grad",
     "sample",

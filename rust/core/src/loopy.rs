@@ -15,13 +15,13 @@ use rayon::prelude::*;
 
 use crate::adjacency::{slot, Adjacency};
 use crate::error::{Error, Result};
-use crate::simd_dispatch;
 use crate::grid::GridPotentials;
 use crate::logspace::{exp, ln_pos, max, softmax};
 use crate::message::{joint_and_message, message, Scratch, Table};
 use crate::objective::{EdgeSink, Inference, ItemInfo};
 use crate::real::Real;
 use crate::scores::{ItemEdges, Problem};
+use crate::simd_dispatch;
 
 /// How messages are scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,8 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+mod pool;
+
 create_exception!(
     _core,
     ShapeError,
@@ -47,7 +49,8 @@ fn to_py(e: Error) -> PyErr {
 /// Runs core work without the GIL; a core error becomes its Python exception and a panic
 /// (a bug) becomes a `RuntimeError` instead of reaching the interpreter.
 fn enter<R: Send>(py: Python<'_>, work: impl FnOnce() -> Result<R, Error> + Send) -> PyResult<R> {
-    let out = py.detach(|| catch_unwind(AssertUnwindSafe(work)));
+    let pool = pool::pool();
+    let out = py.detach(|| catch_unwind(AssertUnwindSafe(|| pool.install(work))));
     match out {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Err(to_py(e)),
@@ -413,11 +416,32 @@ fn exact_sample<'py>(
     })
 }
 
+/// Sets the number of threads the core uses (0: default, which honours
+/// `RAYON_NUM_THREADS`, else one per core).
+#[pyfunction]
+fn set_num_threads(n: i64) -> PyResult<()> {
+    if n < 0 {
+        return Err(PyValueError::new_err(format!(
+            "number of threads must be >= 0, got {n}"
+        )));
+    }
+    pool::set_threads(n as usize);
+    Ok(())
+}
+
+/// The number of threads the core uses.
+#[pyfunction]
+fn get_num_threads() -> usize {
+    pool::threads()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<GraphCore>()?;
     m.add_function(wrap_pyfunction!(marginals, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(loss_and_grad, m)?)?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_function(wrap_pyfunction!(exact_sample, m)?)?;

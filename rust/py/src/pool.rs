@@ -1,0 +1,68 @@
+//! The thread pool the core runs in.
+//!
+//! A pool of our own (not rayon's global one) so that `set_num_threads` can resize it, and
+//! so that a process forked after using it (PyTorch DataLoader workers) gets a fresh pool:
+//! the parent's worker threads do not exist in the child, and waiting on them would hang.
+
+use std::sync::{Arc, Mutex};
+
+use rayon::{ThreadPool, ThreadPoolBuilder};
+
+struct State {
+    pool: Arc<ThreadPool>,
+    /// Process that built the pool.
+    pid: u32,
+    /// Requested size (0: rayon's default, which honours `RAYON_NUM_THREADS`).
+    requested: usize,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+fn build(threads: usize) -> Arc<ThreadPool> {
+    Arc::new(
+        ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("expsoftmax-{i}"))
+            .build()
+            .expect("cannot start the expsoftmax thread pool"),
+    )
+}
+
+/// The current pool, rebuilt if this process is a fork of the one that built it.
+pub fn pool() -> Arc<ThreadPool> {
+    let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    match st.as_mut() {
+        Some(s) if s.pid == pid => s.pool.clone(),
+        Some(s) => {
+            // Forked: the old pool's threads are gone; never touch (or drop) it.
+            let old = std::mem::replace(&mut s.pool, build(s.requested));
+            std::mem::forget(old);
+            s.pid = pid;
+            s.pool.clone()
+        }
+        None => {
+            let pool = build(0);
+            *st = Some(State {
+                pool: pool.clone(),
+                pid,
+                requested: 0,
+            });
+            pool
+        }
+    }
+}
+
+/// Resizes the pool (`0`: default size).
+pub fn set_threads(n: usize) {
+    let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    *st = Some(State {
+        pool: build(n),
+        pid: std::process::id(),
+        requested: n,
+    });
+}
+
+pub fn threads() -> usize {
+    pool().current_num_threads()
+}
