@@ -9,11 +9,11 @@ with cycles (pixel grids); see :func:`infer`, :func:`loss_and_grad`,
 
 from __future__ import annotations
 
+from ._core import get_num_threads, set_num_threads
 from ._methods import METHODS, ConvergenceWarning
 from ._scores import WeightedEdges
 from .api import decode, infer, loss_and_grad, sample
 from .errors import DTypeError, InfeasibleError, NotForestError, OptionError, ShapeError
-from ._core import get_num_threads, set_num_threads
 from .graph import Graph
 from .result import InferenceResult
 

@@ -162,4 +162,57 @@ class ExpSoftmaxLoss(nn.Module):
         return f"graph={self.graph!r}, method={self.method!r}, reduction={self.reduction!r}"
 
 
-__all__ = ["ExpSoftmaxLoss", "exp_softmax_loss"]
+def grid_scores(
+    node: Tensor, horizontal: Tensor, vertical: Tensor, table: Optional[Tensor] = None
+) -> tuple[Tensor, Any]:
+    """Image-shaped scores to the flat form of :meth:`expsoftmax.Graph.grid`.
+
+    Args:
+        node: ``(B, C, H, W)`` node scores, as a segmentation network writes them.
+        horizontal: scores of the edges ``(r, c) -> (r, c+1)``: tables ``(B, H, W-1, C, C)``
+            or, with ``table``, weights ``(B, H, W-1)``.
+        vertical: scores of the edges ``(r, c) -> (r+1, c)``: ``(B, H-1, W, C, C)`` or
+            weights ``(B, H-1, W)``.
+        table: ``(C, C)`` (or ``(B, C, C)``) shared table for the weighted form.
+
+    Returns:
+        ``(s_n (B, H*W, C), s_e)`` with ``s_e`` ``(B, E, C, C)`` or a ``(weight (B, E),
+        table)`` pair, edges in ``Graph.grid`` order. Differentiable (plain reshapes).
+    """
+    b, c, h, w = node.shape
+    s_n = node.permute(0, 2, 3, 1).reshape(b, h * w, c)
+    if table is None:
+        s_e = torch.cat(
+            [horizontal.reshape(b, h * (w - 1), c, c), vertical.reshape(b, (h - 1) * w, c, c)],
+            dim=1,
+        )
+        return s_n, s_e
+    weight = torch.cat([horizontal.reshape(b, -1), vertical.reshape(b, -1)], dim=1)
+    return s_n, (weight, table)
+
+
+class GridCRFLoss(nn.Module):
+    """Exponential-softmax loss on an ``height x width`` pixel grid with image-shaped inputs:
+    ``forward(node (B, C, H, W), horizontal, vertical, y (B, H, W), table=None)``; see
+    :func:`grid_scores` for the edge-score shapes. Loopy methods by default (``"bp"``)."""
+
+    def __init__(
+        self, height: int, width: int, method: str = "bp", reduction: str = "mean", **options: Any
+    ) -> None:
+        super().__init__()
+        self.graph = Graph.grid(height, width)
+        self.loss = ExpSoftmaxLoss(self.graph, method, reduction, **options)
+
+    def forward(
+        self,
+        node: Tensor,
+        horizontal: Tensor,
+        vertical: Tensor,
+        y: Tensor,
+        table: Optional[Tensor] = None,
+    ) -> Tensor:
+        s_n, s_e = grid_scores(node, horizontal, vertical, table)
+        return self.loss(s_n, s_e, y.reshape(y.shape[0], -1))
+
+
+__all__ = ["ExpSoftmaxLoss", "GridCRFLoss", "exp_softmax_loss", "grid_scores"]
