@@ -23,16 +23,26 @@ METHODS: dict[str, dict[str, Any]] = {
     "bp": dict(_LOOPY),
     "trw": dict(_LOOPY, edge_appearance=None),
     "mean_field": dict(_LOOPY),
+    "gibbs": {
+        "num_samples": 1000,
+        "burn_in": 100,
+        "thin": 1,
+        "num_chains": 4,
+        "seed": None,
+        "init": "random",
+        "ais_steps": 100,
+        "ais_runs": 16,
+    },
 }
 LOOPY_METHODS = ("bp", "trw", "mean_field", "gibbs")
 SCHEDULES = ("checkerboard", "parallel")
 
 # Which methods each entry point offers.
 _SUPPORTED = {
-    "infer": ("exact", "bp", "trw", "mean_field"),
-    "loss_and_grad": ("exact", "bp", "trw", "mean_field"),
-    "decode": ("exact", "bp", "trw", "mean_field"),
-    "sample": ("exact",),
+    "infer": ("exact", "bp", "trw", "mean_field", "gibbs"),
+    "loss_and_grad": ("exact", "bp", "trw", "mean_field", "gibbs"),
+    "decode": ("exact", "bp", "trw", "mean_field", "gibbs"),
+    "sample": ("exact", "gibbs"),
 }
 
 
@@ -49,6 +59,21 @@ class Resolved:
         """The options tuple the extension takes (None for exact inference)."""
         if not self.loopy:
             return None
+        if self.method == "gibbs":
+            o = self.options
+            seed = o["seed"]
+            if seed is None:
+                seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+            return (
+                o["num_samples"],
+                o["burn_in"],
+                o["thin"],
+                o["num_chains"],
+                int(seed) % (1 << 64),
+                o["init"] == "gold",
+                o["ais_steps"],
+                o["ais_runs"],
+            )
         o = self.options
         rho = None
         if self.method == "trw":
@@ -86,7 +111,9 @@ def resolve(graph: Graph, method: str, options: dict[str, Any], entry: str) -> R
             "use a loopy method: " + ", ".join(f"method={m!r}" for m in LOOPY_METHODS)
         )
     opts = {**allowed, **options}
-    if method != "exact":
+    if method == "gibbs":
+        _check_gibbs(opts, entry)
+    elif method != "exact":
         _check_loopy(opts)
     return Resolved(method, opts)
 
@@ -112,3 +139,21 @@ def _check_loopy(o: dict[str, Any]) -> None:
         r = np.asarray(rho, dtype=np.float64)
         if np.any(~(r > 0) | (r > 1)):
             raise OptionError("edge_appearance must lie in (0, 1]")
+
+
+def _check_gibbs(o: dict[str, Any], entry: str) -> None:
+    for name, least in (("num_samples", 1), ("burn_in", 0), ("thin", 1), ("num_chains", 1),
+                        ("ais_steps", 0), ("ais_runs", 1)):  # fmt: skip
+        v = o[name]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+            raise OptionError(f"{name} must be an integer >= {least}, got {v!r}")
+        o[name] = int(v)
+    seed = o["seed"]
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+    ):
+        raise OptionError(f"seed must be a non-negative integer or None, got {seed!r}")
+    if o["init"] not in ("random", "gold"):
+        raise OptionError(f"init must be 'random' or 'gold', got {o['init']!r}")
+    if o["init"] == "gold" and entry != "loss_and_grad":
+        raise OptionError("init='gold' starts chains at the gold labels: loss_and_grad only")

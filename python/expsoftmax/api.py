@@ -20,6 +20,15 @@ from .result import InferenceResult
 
 
 def _warn_unconverged(r: Resolved, converged: np.ndarray, max_change: np.ndarray) -> None:
+    if r.method == "gibbs":
+        if not bool(np.all(converged)):
+            warnings.warn(
+                f"Gibbs chains disagree: R-hat up to {float(np.max(max_change)):.3g} > 1.1 "
+                "(between-chain diagnostic); raise burn_in or num_samples.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        return
     if r.loopy and not bool(np.all(converged)):
         bad = int(np.size(converged) - np.count_nonzero(converged))
         warnings.warn(
@@ -59,7 +68,12 @@ def infer(
         lengths: for chains with exact inference, ``(...)`` real lengths (rest is padding).
         **options: for the loopy methods ``max_iter`` (100), ``tol`` (1e-6), ``damping``
             (0.0), ``schedule`` (``"checkerboard"`` or ``"parallel"``); for ``"trw"`` also
-            ``edge_appearance`` (float or ``(E,)``; default from spanning trees).
+            ``edge_appearance`` (float or ``(E,)``; default from spanning trees). For
+            ``"gibbs"``: ``num_samples`` (1000 kept sweeps per chain), ``burn_in`` (100),
+            ``thin`` (1), ``num_chains`` (4), ``seed``, ``init`` (``"random"``; ``"gold"`` in
+            ``loss_and_grad``), ``ais_steps`` (100; log Z by annealed importance sampling,
+            0 skips it) and ``ais_runs`` (16). Gibbs results also carry ``node_stderr``
+            (batch means), ``log_z_stderr`` and ``rhat`` (Gelman-Rubin, max over nodes).
 
     Returns:
         :class:`InferenceResult`, arrays in the scores' dtype. Loopy methods that do not
@@ -67,6 +81,8 @@ def infer(
     """
     r = resolve(graph, method, options, "infer")
     sc = prepare(graph, s_n, s_e, lengths=lengths)
+    if r.method == "gibbs":
+        return _gibbs_infer(graph, sc, r)
     log_z, node, edge, iters, conv, change = _core.marginals(
         graph._core, sc.s_n, sc.s_e, sc.dims, sc.weight, sc.lengths, True, r.core_args(graph)
     )
@@ -80,6 +96,29 @@ def infer(
         iterations=_shape(iters.astype(np.int64), sc),
         max_change=_shape(change.astype(sc.dtype), sc),
         method=r.method,
+    )
+
+
+def _gibbs_infer(graph: Graph, sc: Scores, r: Resolved) -> InferenceResult:
+    args = r.core_args(graph)
+    log_z, lz_se, node, node_se, edge, rhat = _core.gibbs_infer(
+        graph._core, sc.s_n, sc.s_e, sc.dims, args, sc.weight
+    )
+    conv = rhat < 1.1
+    _warn_unconverged(r, conv, rhat)
+    c, dt = sc.classes, sc.dtype
+    o = r.options
+    return InferenceResult(
+        log_z=_shape(log_z.astype(dt), sc),
+        node_marginals=_shape(node.astype(dt), sc, (graph.num_nodes, c)),
+        edge_marginals=_shape(edge.astype(dt), sc, (graph.num_edges, c, c)),
+        converged=_shape(conv, sc),
+        iterations=np.full(sc.batch_shape, o["burn_in"] + o["num_samples"] * o["thin"]),
+        max_change=np.full(sc.batch_shape, np.nan, dtype=dt),
+        method="gibbs",
+        node_stderr=_shape(node_se.astype(dt), sc, (graph.num_nodes, c)),
+        log_z_stderr=_shape(lz_se.astype(dt), sc),
+        rhat=_shape(rhat, sc),
     )
 
 
@@ -131,18 +170,24 @@ def _loss_and_grad(
         weights = np.ascontiguousarray(
             np.broadcast_to(weights, sc.batch_shape), dtype=np.float64
         ).reshape(-1)
-    loss, gn, ge, gw, _, conv, change = _core.loss_and_grad(
-        graph._core,
-        sc.s_n,
-        sc.s_e,
-        sc.dims,
-        yb,
-        sc.weight,
-        sc.lengths,
-        weights,
-        r.core_args(graph),
-    )
-    _warn_unconverged(r, conv, change)
+    if r.method == "gibbs":
+        loss, gn, ge, gw, rhat = _core.gibbs_loss_and_grad(
+            graph._core, sc.s_n, sc.s_e, sc.dims, yb, r.core_args(graph), sc.weight, weights
+        )
+        _warn_unconverged(r, rhat < 1.1, rhat)
+    else:
+        loss, gn, ge, gw, _, conv, change = _core.loss_and_grad(
+            graph._core,
+            sc.s_n,
+            sc.s_e,
+            sc.dims,
+            yb,
+            sc.weight,
+            sc.lengths,
+            weights,
+            r.core_args(graph),
+        )
+        _warn_unconverged(r, conv, change)
     c = sc.classes
     gn = _fold(gn, sc.node_batch, sc, (graph.num_nodes, c), sc.s_n_shape)
     if sc.weighted:
@@ -174,11 +219,17 @@ def decode(
 
     Exact (max-product) on forests; ``method="bp"`` (the default on loopy graphs) runs
     max-product BP and takes each node's best label, an approximation on loopy graphs.
-    ``"trw"`` and ``"mean_field"`` take the argmax of their approximate marginals. Ties go
-    to the smallest label; padded chain positions are -1.
+    ``"trw"`` and ``"mean_field"`` take the argmax of their approximate marginals;
+    ``"gibbs"`` returns the best-scoring labelling its chains visited. Ties go to the
+    smallest label; padded chain positions are -1.
     """
     r = resolve(graph, method, options, "decode")
     sc = prepare(graph, s_n, s_e, lengths=lengths)
+    if r.method == "gibbs":
+        y = _core.gibbs_labels(
+            graph._core, sc.s_n, sc.s_e, sc.dims, r.core_args(graph), 0, sc.weight
+        )
+        return y.reshape(sc.batch_shape + (graph.num_nodes,))
     if r.method in ("trw", "mean_field"):
         _, node, _, _, conv, change = _core.marginals(
             graph._core, sc.s_n, sc.s_e, sc.dims, sc.weight, None, False, r.core_args(graph)
@@ -204,7 +255,8 @@ def sample(
     lengths: Any = None,
     **options: Any,
 ) -> np.ndarray:
-    """Samples from ``P``: int64 ``(num_samples, ..., I)`` (exact on forests).
+    """Samples from ``P``: int64 ``(num_samples, ..., I)``: exact on forests; with
+    ``method="gibbs"`` (any graph) the kept sweeps of ``num_chains`` chains, interleaved.
 
     Sample ``s`` of batch item ``b`` depends only on ``(seed, b, s)``, so the same seed
     gives the same samples whatever the number of threads. ``seed=None`` draws fresh
@@ -220,7 +272,11 @@ def sample(
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
     sc = prepare(graph, s_n, s_e, lengths=lengths)
-    del r
+    if r.method == "gibbs" and ns > 0:
+        args = list(r.core_args(graph))
+        args[4] = seed % (1 << 64)
+        y = _core.gibbs_labels(graph._core, sc.s_n, sc.s_e, sc.dims, tuple(args), ns, sc.weight)
+        return y.reshape((ns,) + sc.batch_shape + (graph.num_nodes,))
     y = _core.exact_sample(
         graph._core, sc.s_n, sc.s_e, sc.dims, ns, seed % (1 << 64), sc.weight, sc.lengths
     )

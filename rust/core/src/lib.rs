@@ -14,6 +14,7 @@ pub mod batch;
 pub mod error;
 pub mod exact;
 pub mod forest;
+pub mod gibbs;
 pub mod graph;
 pub mod grid;
 pub mod logspace;

@@ -8,6 +8,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use expsoftmax_core::gibbs::{self, Gibbs, GibbsOptions};
 use expsoftmax_core::loopy::{self, Loopy, LoopyOptions, Method, Schedule};
 use expsoftmax_core::objective::{self, ItemInfo};
 use expsoftmax_core::{exact, EdgeScores, Error, Graph, NodeScores, Problem, Real};
@@ -435,11 +436,140 @@ fn get_num_threads() -> usize {
     pool::threads()
 }
 
+/// Gibbs options from Python:
+/// `(num_samples, burn_in, thin, num_chains, seed, init_gold, ais_steps, ais_runs)`.
+type GibbsArgs = (usize, usize, usize, usize, u64, bool, usize, usize);
+
+fn gibbs_options(a: GibbsArgs) -> GibbsOptions {
+    let (num_samples, burn_in, thin, num_chains, seed, init_gold, ais_steps, ais_runs) = a;
+    GibbsOptions {
+        num_samples,
+        burn_in,
+        thin,
+        num_chains,
+        seed,
+        init_gold,
+        ais_steps,
+        ais_runs,
+    }
+}
+
+/// Gibbs estimates. Returns flat `(log_z, log_z_stderr, node, node_stderr, edge, rhat)`.
+#[pyfunction]
+#[pyo3(signature = (graph, s_n, s_e, dims, options, weight=None))]
+fn gibbs_infer<'py>(
+    py: Python<'py>,
+    graph: &GraphCore,
+    s_n: &Bound<'py, PyAny>,
+    s_e: &Bound<'py, PyAny>,
+    dims: Dims,
+    options: GibbsArgs,
+    weight: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Py<PyAny>> {
+    let g = &*graph.inner;
+    let o = gibbs_options(options);
+    by_dtype!(s_n, s_e, weight, |sn, se, w| {
+        let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
+        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
+        let r = enter(py, || gibbs::infer(&problem(g, sn, se, w, dims, None)?, &o))?;
+        Ok((
+            arr(py, r.0),
+            arr(py, r.1),
+            arr(py, r.2),
+            arr(py, r.3),
+            arr(py, r.4),
+            arr(py, r.5),
+        )
+            .into_pyobject(py)?
+            .into_any()
+            .unbind())
+    })
+}
+
+/// Gibbs loss (AIS log Z − s(y)) and gradients (sampled marginals − gold). Returns flat
+/// `(loss, grad_n, grad_e, grad_weight or None, rhat)`.
+#[pyfunction]
+#[pyo3(signature = (graph, s_n, s_e, dims, y, options, weight=None, item_weights=None))]
+#[allow(clippy::too_many_arguments)]
+fn gibbs_loss_and_grad<'py>(
+    py: Python<'py>,
+    graph: &GraphCore,
+    s_n: &Bound<'py, PyAny>,
+    s_e: &Bound<'py, PyAny>,
+    dims: Dims,
+    y: PyReadonlyArray1<'py, i64>,
+    options: GibbsArgs,
+    weight: Option<&Bound<'py, PyAny>>,
+    item_weights: Option<PyReadonlyArray1<'py, f64>>,
+) -> PyResult<Py<PyAny>> {
+    let g = &*graph.inner;
+    let o = gibbs_options(options);
+    let y = slice(&y, "y")?;
+    let iw = item_weights
+        .as_ref()
+        .map(|w| slice(w, "item_weights"))
+        .transpose()?;
+    by_dtype!(s_n, s_e, weight, |sn, se, w| {
+        let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
+        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
+        let r = enter(py, || {
+            let pb = problem(g, sn, se, w, dims, None)?;
+            objective::loss_and_grad(&pb, &Gibbs::new(&pb, o, Some(y))?, y, iw)
+        })?;
+        Ok((
+            arr(py, r.loss),
+            arr(py, r.grad_node),
+            arr(py, r.grad_edge),
+            r.grad_weight.map(|v| arr(py, v)),
+            arr(py, r.max_change),
+        )
+            .into_pyobject(py)?
+            .into_any()
+            .unbind())
+    })
+}
+
+/// Gibbs decode (best sample) or samples. `num_samples = 0` decodes; otherwise returns
+/// flat `(num_samples * B * I,)` samples.
+#[pyfunction]
+#[pyo3(signature = (graph, s_n, s_e, dims, options, num_samples, weight=None))]
+#[allow(clippy::too_many_arguments)]
+fn gibbs_labels<'py>(
+    py: Python<'py>,
+    graph: &GraphCore,
+    s_n: &Bound<'py, PyAny>,
+    s_e: &Bound<'py, PyAny>,
+    dims: Dims,
+    options: GibbsArgs,
+    num_samples: usize,
+    weight: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let g = &*graph.inner;
+    let o = gibbs_options(options);
+    by_dtype!(s_n, s_e, weight, |sn, se, w| {
+        let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
+        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
+        let y = enter(py, || {
+            let pb = problem(g, sn, se, w, dims, None)?;
+            o.check()?;
+            if num_samples == 0 {
+                gibbs::decode(&pb, &o)
+            } else {
+                gibbs::sample(&pb, &o, num_samples)
+            }
+        })?;
+        Ok(PyArray1::from_vec(py, y))
+    })
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<GraphCore>()?;
     m.add_function(wrap_pyfunction!(marginals, m)?)?;
+    m.add_function(wrap_pyfunction!(gibbs_infer, m)?)?;
+    m.add_function(wrap_pyfunction!(gibbs_loss_and_grad, m)?)?;
+    m.add_function(wrap_pyfunction!(gibbs_labels, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(loss_and_grad, m)?)?;

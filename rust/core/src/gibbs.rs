@@ -1,0 +1,607 @@
+//! Chromatic Gibbs sampling: marginals with Monte Carlo error bars, and log Z by annealed
+//! importance sampling (AIS).
+//!
+//! Nodes of one colour (greedy colouring; the checkerboard on grids) are conditionally
+//! independent given the others, so a sweep updates one colour class at a time, in fixed
+//! chunks of nodes that may run in parallel. Every chunk draws from its own random stream
+//! keyed by (seed, item, chain, sweep, colour, chunk) — never by thread — so the same seed
+//! gives bit-identical samples whatever the number of threads. Chains of one item run in
+//! parallel too.
+//!
+//! Error bars: each chain's kept samples are cut into `BATCHES` consecutive batches; the
+//! standard error of a marginal is the standard deviation of the batch means over
+//! `sqrt(#batches)` (batch means, which accounts for autocorrelation when batches are
+//! long). `rhat` is the Gelman–Rubin ratio over chains, maximised over nodes and labels.
+
+use rayon::prelude::*;
+
+use crate::adjacency::Adjacency;
+use crate::error::{Error, Result};
+use crate::logspace::{exp_shifted, logsumexp, max};
+use crate::objective::{EdgeSink, Inference, ItemInfo};
+use crate::real::Real;
+use crate::rng::Rng;
+use crate::scores::{ItemEdges, Problem};
+
+/// Batches per chain for batch-means error bars.
+pub const BATCHES: usize = 5;
+const NODE_CHUNK: usize = 1024;
+const PARALLEL_NODES: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GibbsOptions {
+    /// Kept sweeps per chain.
+    pub num_samples: usize,
+    pub burn_in: usize,
+    /// Keep every `thin`-th sweep.
+    pub thin: usize,
+    pub num_chains: usize,
+    pub seed: u64,
+    /// Start chains at the gold labelling (needs labels) instead of random labels.
+    pub init_gold: bool,
+    /// AIS temperatures (0 skips log Z) and runs.
+    pub ais_steps: usize,
+    pub ais_runs: usize,
+}
+
+impl GibbsOptions {
+    pub fn check(&self) -> Result<()> {
+        if self.num_samples == 0 || self.num_chains == 0 || self.thin == 0 {
+            return Err(Error::Value(
+                "num_samples, num_chains and thin must be at least 1".into(),
+            ));
+        }
+        if self.ais_steps > 0 && self.ais_runs == 0 {
+            return Err(Error::Value("ais_runs must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Conditional scores of node `v` given the current labels: `a[x] = θ_v[x] + Σ θ_e(x, y_w)`,
+/// with edge scores multiplied by `beta` (AIS).
+#[inline(always)]
+fn conditional<T: Real>(
+    adj: &Adjacency,
+    v: usize,
+    node: &[T],
+    edges: &ItemEdges<'_, T>,
+    lab: &[u32],
+    beta: f64,
+    a: &mut [f64],
+) {
+    let c = a.len();
+    for (x, ax) in a.iter_mut().enumerate() {
+        *ax = node[v * c + x].to_f64();
+    }
+    if beta == 0.0 {
+        return;
+    }
+    for k in adj.start[v]..adj.start[v + 1] {
+        let (e, w) = (adj.edge[k] as usize, adj.nbr[k] as usize);
+        let yw = lab[w] as usize;
+        for (x, ax) in a.iter_mut().enumerate() {
+            let t = if adj.first[k] {
+                edges.value(e, x, yw)
+            } else {
+                edges.value(e, yw, x)
+            };
+            // beta * (-inf) stays -inf for beta > 0.
+            *ax += if t == f64::NEG_INFINITY { t } else { beta * t };
+        }
+    }
+}
+
+/// One chromatic sweep at inverse temperature `beta` on the edges.
+#[allow(clippy::too_many_arguments)]
+fn sweep<T: Real>(
+    adj: &Adjacency,
+    n: usize,
+    node: &[T],
+    edges: &ItemEdges<'_, T>,
+    lab: &mut [u32],
+    beta: f64,
+    seed: u64,
+    key: [u64; 3],
+    c: usize,
+) -> Result<()> {
+    for (cl, class) in adj.colours.iter().enumerate() {
+        let chunks = class.len().div_ceil(NODE_CHUNK);
+        let draw = |ch: usize, lab: &[u32], out: &mut Vec<(u32, u32)>| -> Result<()> {
+            let mut rng = Rng::stream(seed, &[key[0], key[1], key[2], cl as u64, ch as u64]);
+            let mut a = vec![0.0; c];
+            for &v in &class[ch * NODE_CHUNK..((ch + 1) * NODE_CHUNK).min(class.len())] {
+                conditional(adj, v as usize, node, edges, lab, beta, &mut a);
+                let m = max(&a);
+                if m == f64::NEG_INFINITY {
+                    return Err(Error::Infeasible(format!(
+                        "Gibbs: every label of node {v} is forbidden given its neighbours' \
+                         labels; the scores may forbid every labelling, or the chain started \
+                         in a forbidden state"
+                    )));
+                }
+                exp_shifted(&mut a, m);
+                out.push((v, rng.categorical(&a) as u32));
+            }
+            Ok(())
+        };
+        // Nodes of one colour do not see each other, so drawing them all from the
+        // current labels and then writing equals updating them one by one.
+        if n >= PARALLEL_NODES {
+            let frozen: &[u32] = lab;
+            let updates: Vec<Vec<(u32, u32)>> = (0..chunks)
+                .into_par_iter()
+                .map(|ch| {
+                    let mut out = Vec::new();
+                    draw(ch, frozen, &mut out).map(|_| out)
+                })
+                .collect::<Result<_>>()?;
+            for (v, x) in updates.into_iter().flatten() {
+                lab[v as usize] = x;
+            }
+        } else {
+            let mut out = Vec::new();
+            for ch in 0..chunks {
+                out.clear();
+                draw(ch, lab, &mut out)?;
+                for &(v, x) in &out {
+                    lab[v as usize] = x;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Edge part of the score, `Σ_e θ_e(y_i, y_j)`.
+fn edge_energy<T: Real>(pb: &Problem<'_, T>, b: usize, lab: &[u32]) -> f64 {
+    let es = pb.edge.item(b);
+    pb.graph
+        .edges()
+        .iter()
+        .enumerate()
+        .map(|(e, &[i, j])| es.value(e, lab[i as usize] as usize, lab[j as usize] as usize))
+        .sum()
+}
+
+/// What one chain gathers.
+struct ChainStats {
+    /// Node label counts per batch `(BATCHES, I, C)`.
+    node: Vec<u32>,
+    /// Pair counts `(E, C, C)`.
+    pair: Vec<u32>,
+    /// Best labelling seen and its score.
+    best: (f64, Vec<u32>),
+    /// Kept labellings, if asked for.
+    kept: Vec<Vec<u32>>,
+}
+
+/// Runs one chain of item `b`.
+fn run_chain<T: Real>(
+    pb: &Problem<'_, T>,
+    adj: &Adjacency,
+    b: usize,
+    chain: usize,
+    opts: &GibbsOptions,
+    init: Option<&[i64]>,
+    keep: bool,
+) -> Result<ChainStats> {
+    let (n, c) = (pb.graph.num_nodes(), pb.classes());
+    let (node, edges) = (pb.node.item(b), pb.edge.item(b));
+    let mut lab: Vec<u32> = match init {
+        Some(y) => y.iter().map(|&l| l as u32).collect(),
+        None => {
+            // Random start among each node's allowed labels (node scores > -inf).
+            let mut rng = Rng::stream(opts.seed, &[b as u64, chain as u64, u64::MAX]);
+            (0..n)
+                .map(|v| {
+                    let w: Vec<f64> = (0..c)
+                        .map(|x| (node[v * c + x].to_f64() > f64::NEG_INFINITY) as u8 as f64)
+                        .collect();
+                    if w.iter().all(|&x| x == 0.0) {
+                        0
+                    } else {
+                        rng.categorical(&w) as u32
+                    }
+                })
+                .collect()
+        }
+    };
+    let total = opts.burn_in + opts.num_samples * opts.thin;
+    let per_batch = opts.num_samples.div_ceil(BATCHES);
+    let mut st = ChainStats {
+        node: vec![0; BATCHES * n * c],
+        pair: vec![0; pb.graph.num_edges() * c * c],
+        best: (f64::NEG_INFINITY, lab.clone()),
+        kept: Vec::new(),
+    };
+    let mut kept = 0;
+    for s in 0..total {
+        sweep(
+            adj,
+            n,
+            node,
+            &edges,
+            &mut lab,
+            1.0,
+            opts.seed,
+            [b as u64, chain as u64, s as u64],
+            c,
+        )?;
+        if s < opts.burn_in || (s - opts.burn_in + 1) % opts.thin != 0 {
+            continue;
+        }
+        let batch = (kept / per_batch).min(BATCHES - 1);
+        for v in 0..n {
+            st.node[(batch * n + v) * c + lab[v] as usize] += 1;
+        }
+        for (e, &[i, j]) in pb.graph.edges().iter().enumerate() {
+            st.pair[(e * c + lab[i as usize] as usize) * c + lab[j as usize] as usize] += 1;
+        }
+        let score: f64 = (0..n)
+            .map(|v| node[v * c + lab[v] as usize].to_f64())
+            .sum::<f64>()
+            + edge_energy(pb, b, &lab);
+        if score > st.best.0 {
+            st.best = (score, lab.clone());
+        }
+        if keep {
+            st.kept.push(lab.clone());
+        }
+        kept += 1;
+    }
+    Ok(st)
+}
+
+/// AIS estimate of log Z and its standard error for item `b`: anneal the edge scores from
+/// 0 to 1 over `ais_steps` temperatures, starting from exact samples of the node-only
+/// model (whose log Z is `Σ_v logsumexp θ_v`), one Gibbs sweep per temperature.
+fn ais<T: Real>(
+    pb: &Problem<'_, T>,
+    adj: &Adjacency,
+    b: usize,
+    opts: &GibbsOptions,
+) -> Result<(f64, f64)> {
+    let (n, c) = (pb.graph.num_nodes(), pb.classes());
+    let node = pb.node.item(b);
+    let mut tmp = vec![0.0; c];
+    let mut log_z0 = 0.0;
+    for v in 0..n {
+        let row: Vec<f64> = node[v * c..(v + 1) * c]
+            .iter()
+            .map(|x| x.to_f64())
+            .collect();
+        log_z0 += logsumexp(&row, &mut tmp);
+    }
+    if log_z0 == f64::NEG_INFINITY {
+        return Err(Error::Infeasible(
+            "every label of some node is forbidden".into(),
+        ));
+    }
+    let k = opts.ais_steps;
+    let logw: Vec<f64> = (0..opts.ais_runs)
+        .into_par_iter()
+        .map(|run| -> Result<f64> {
+            let key = (1u64 << 40) + run as u64;
+            let mut rng = Rng::stream(opts.seed, &[b as u64, key, u64::MAX]);
+            let mut lab: Vec<u32> = (0..n)
+                .map(|v| {
+                    let mut w: Vec<f64> = node[v * c..(v + 1) * c]
+                        .iter()
+                        .map(|x| x.to_f64())
+                        .collect();
+                    let m = max(&w);
+                    exp_shifted(&mut w, m);
+                    rng.categorical(&w) as u32
+                })
+                .collect();
+            let mut lw = 0.0;
+            for step in 1..=k {
+                let (b0, b1) = ((step - 1) as f64 / k as f64, step as f64 / k as f64);
+                let en = edge_energy(pb, b, &lab);
+                if en == f64::NEG_INFINITY {
+                    return Ok(f64::NEG_INFINITY); // this run's weight is zero
+                }
+                lw += (b1 - b0) * en;
+                if step < k {
+                    sweep(
+                        adj,
+                        n,
+                        node,
+                        &pb.edge.item(b),
+                        &mut lab,
+                        b1,
+                        opts.seed,
+                        [b as u64, key, step as u64],
+                        c,
+                    )?;
+                }
+            }
+            Ok(lw)
+        })
+        .collect::<Result<_>>()?;
+    let m = max(&logw);
+    if m == f64::NEG_INFINITY {
+        return Err(Error::Infeasible(
+            "AIS: every annealing run ended in a forbidden labelling; the scores may forbid \
+             every labelling (or raise ais_steps)"
+                .into(),
+        ));
+    }
+    let w: Vec<f64> = logw.iter().map(|&l| (l - m).exp()).collect();
+    let r = w.len() as f64;
+    let mean = w.iter().sum::<f64>() / r;
+    let var = if w.len() > 1 {
+        w.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (r - 1.0)
+    } else {
+        0.0
+    };
+    // Delta method: se(log mean w) = se(mean w) / mean w.
+    let se = (var / r).sqrt() / mean;
+    Ok((log_z0 + m + mean.ln(), se))
+}
+
+/// Per-item extra outputs of `infer`.
+pub struct Extras {
+    pub node_stderr: Vec<f64>,
+    pub log_z_stderr: f64,
+    pub rhat: f64,
+}
+
+/// Gibbs marginals (and AIS log Z) for item `b`, with error bars and R-hat. `init` gives
+/// start labels for `init_gold`. Also returns the best labelling seen.
+#[allow(clippy::type_complexity)]
+pub fn item_estimates<T: Real>(
+    pb: &Problem<'_, T>,
+    adj: &Adjacency,
+    b: usize,
+    opts: &GibbsOptions,
+    init: Option<&[i64]>,
+) -> Result<(f64, Vec<f64>, Vec<f64>, Extras, Vec<u32>)> {
+    let (n, c, ne) = (pb.graph.num_nodes(), pb.classes(), pb.graph.num_edges());
+    let chains: Vec<ChainStats> = (0..opts.num_chains)
+        .into_par_iter()
+        .map(|k| run_chain(pb, adj, b, k, opts, init, false))
+        .collect::<Result<_>>()?;
+    let total = (opts.num_samples * opts.num_chains) as f64;
+    let mut node = vec![0.0; n * c];
+    let mut pair = vec![0.0; ne * c * c];
+    let per_batch = opts.num_samples.div_ceil(BATCHES);
+    // Batch sizes (the last batch may be short).
+    let sizes: Vec<f64> = (0..BATCHES)
+        .map(|k| (opts.num_samples.saturating_sub(k * per_batch)).min(per_batch) as f64)
+        .collect();
+    for ch in &chains {
+        for k in 0..BATCHES {
+            for (o, &x) in node.iter_mut().zip(&ch.node[k * n * c..(k + 1) * n * c]) {
+                *o += x as f64;
+            }
+        }
+        for (o, &x) in pair.iter_mut().zip(&ch.pair) {
+            *o += x as f64;
+        }
+    }
+    node.iter_mut().for_each(|x| *x /= total);
+    pair.iter_mut().for_each(|x| *x /= total);
+    // Batch means over all chains' non-empty batches.
+    let mut stderr = vec![0.0; n * c];
+    let nb: usize = sizes.iter().filter(|&&s| s > 0.0).count() * chains.len();
+    let mut rhat: f64 = 1.0;
+    let m = chains.len() as f64;
+    let len = opts.num_samples as f64;
+    for i in 0..n * c {
+        let mut ss = 0.0;
+        let mut chain_means = Vec::with_capacity(chains.len());
+        let mut within = 0.0;
+        for ch in &chains {
+            let mut cm = 0.0;
+            for k in 0..BATCHES {
+                if sizes[k] == 0.0 {
+                    continue;
+                }
+                let cnt = ch.node[k * n * c + i] as f64;
+                let bm = cnt / sizes[k];
+                ss += (bm - node[i]).powi(2);
+                cm += cnt;
+            }
+            let p = cm / len;
+            chain_means.push(p);
+            within += p * (1.0 - p) * len / (len - 1.0).max(1.0);
+        }
+        stderr[i] = if nb > 1 {
+            (ss / (nb as f64 - 1.0)).sqrt() / (nb as f64).sqrt()
+        } else {
+            0.0
+        };
+        if chains.len() > 1 {
+            let w = within / m;
+            let mean = chain_means.iter().sum::<f64>() / m;
+            let bvar = chain_means.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (m - 1.0);
+            if w > 0.0 {
+                let v = (len - 1.0) / len * w + bvar;
+                rhat = rhat.max((v / w).sqrt());
+            } else if bvar > 0.0 {
+                rhat = f64::INFINITY; // chains stuck on different labels
+            }
+        }
+    }
+    let best = chains
+        .iter()
+        .map(|ch| &ch.best)
+        .fold((f64::NEG_INFINITY, Vec::new()), |acc, x| {
+            if x.0 > acc.0 {
+                x.clone()
+            } else {
+                acc
+            }
+        });
+    let (log_z, lz_se) = if opts.ais_steps > 0 {
+        ais(pb, adj, b, opts)?
+    } else {
+        (f64::NAN, f64::NAN)
+    };
+    Ok((
+        log_z,
+        node,
+        pair,
+        Extras {
+            node_stderr: stderr,
+            log_z_stderr: lz_se,
+            rhat,
+        },
+        best.1,
+    ))
+}
+
+/// Gibbs as an [`Inference`] method (loss and gradients: AIS log Z, sampled marginals).
+pub struct Gibbs<'g> {
+    adj: &'g Adjacency,
+    opts: GibbsOptions,
+    /// Gold labels `(B, I)` for chains started at the gold labelling.
+    init: Option<&'g [i64]>,
+}
+
+impl<'g> Gibbs<'g> {
+    pub fn new<T: Real>(
+        pb: &Problem<'g, T>,
+        opts: GibbsOptions,
+        gold: Option<&'g [i64]>,
+    ) -> Result<Self> {
+        opts.check()?;
+        if pb.lengths.is_some() {
+            return Err(Error::Value(
+                "lengths are only supported by exact inference on chains".into(),
+            ));
+        }
+        if opts.init_gold && gold.is_none() {
+            return Err(Error::Value(
+                "init=\"gold\" needs gold labels (use it with loss_and_grad)".into(),
+            ));
+        }
+        let init = if opts.init_gold { gold } else { None };
+        Ok(Gibbs {
+            adj: pb.graph.adjacency(),
+            opts,
+            init,
+        })
+    }
+}
+
+impl<T: Real> Inference<T> for Gibbs<'_> {
+    type Ws = ();
+
+    fn workspace(&self, _pb: &Problem<'_, T>) {}
+
+    fn item<S: EdgeSink>(
+        &self,
+        pb: &Problem<'_, T>,
+        _ws: &mut (),
+        b: usize,
+        node_sink: &mut dyn FnMut(usize, &[f64]),
+        edges: &mut S,
+    ) -> Result<ItemInfo> {
+        let (n, c) = (pb.graph.num_nodes(), pb.classes());
+        let init = self.init.map(|y| &y[b * n..(b + 1) * n]);
+        let (log_z, node, pair, ex, _) = item_estimates(pb, self.adj, b, &self.opts, init)?;
+        for v in 0..n {
+            node_sink(v, &node[v * c..(v + 1) * c]);
+        }
+        let cc = c * c;
+        for e in 0..pb.graph.num_edges() {
+            let slot = edges.slot(e);
+            let p = &pair[e * cc..(e + 1) * cc];
+            if S::ACCUMULATE {
+                slot.iter_mut().zip(p).for_each(|(o, &x)| *o += x);
+            } else {
+                slot.copy_from_slice(p);
+            }
+            edges.commit(e);
+        }
+        Ok(ItemInfo {
+            log_z,
+            iterations: (self.opts.burn_in + self.opts.num_samples * self.opts.thin) as u32,
+            converged: ex.rhat < 1.1,
+            max_change: ex.rhat,
+        })
+    }
+}
+
+/// Batched Gibbs estimates: `(log_z, log_z_stderr, node, node_stderr, edge, rhat)` flat.
+#[allow(clippy::type_complexity)]
+pub fn infer<T: Real>(
+    pb: &Problem<'_, T>,
+    opts: &GibbsOptions,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> {
+    opts.check()?;
+    if opts.init_gold {
+        return Err(Error::Value(
+            "init=\"gold\" needs gold labels (use it with loss_and_grad)".into(),
+        ));
+    }
+    let adj = pb.graph.adjacency();
+    let items: Vec<_> = (0..pb.batch)
+        .map(|b| item_estimates(pb, adj, b, opts, None))
+        .collect::<Result<_>>()?;
+    let mut out = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for (lz, node, pair, ex, _) in items {
+        out.0.push(lz);
+        out.1.push(ex.log_z_stderr);
+        out.2.extend(node);
+        out.3.extend(ex.node_stderr);
+        out.4.extend(pair);
+        out.5.push(ex.rhat);
+    }
+    Ok(out)
+}
+
+/// The best-scoring labelling among the kept samples of every chain `(B, I)`.
+pub fn decode<T: Real>(pb: &Problem<'_, T>, opts: &GibbsOptions) -> Result<Vec<i64>> {
+    let o = GibbsOptions {
+        ais_steps: 0,
+        ..opts.clone()
+    };
+    let adj = pb.graph.adjacency();
+    let mut out = Vec::with_capacity(pb.batch * pb.graph.num_nodes());
+    for b in 0..pb.batch {
+        let (_, _, _, _, best) = item_estimates(pb, adj, b, &o, None)?;
+        out.extend(best.into_iter().map(|x| x as i64));
+    }
+    Ok(out)
+}
+
+/// `num_samples` labellings per item `(num_samples, B, I)`: chains run in parallel and
+/// their kept samples are interleaved (sample `s` is chain `s % num_chains`).
+pub fn sample<T: Real>(
+    pb: &Problem<'_, T>,
+    opts: &GibbsOptions,
+    num_samples: usize,
+) -> Result<Vec<i64>> {
+    let (n, bsz) = (pb.graph.num_nodes(), pb.batch);
+    let per_chain = num_samples.div_ceil(opts.num_chains);
+    let o = GibbsOptions {
+        num_samples: per_chain.max(1),
+        ..opts.clone()
+    };
+    let adj = pb.graph.adjacency();
+    let mut out = vec![0i64; num_samples * bsz * n];
+    for b in 0..bsz {
+        let chains: Vec<ChainStats> = (0..o.num_chains)
+            .into_par_iter()
+            .map(|k| run_chain(pb, adj, b, k, &o, None, true))
+            .collect::<Result<_>>()?;
+        for s in 0..num_samples {
+            let lab = &chains[s % o.num_chains].kept[s / o.num_chains];
+            for v in 0..n {
+                out[(s * bsz + b) * n + v] = lab[v] as i64;
+            }
+        }
+    }
+    Ok(out)
+}
