@@ -58,3 +58,21 @@ def test_lengths_are_checked():
     tree = es.Graph.tree([-1, 0, 0, 1])
     with pytest.raises(ValueError, match="chain"):
         es.infer(tree, s_n, np.zeros((2, 2)), lengths=[1, 2])
+
+
+def test_mask_is_an_equivalent_way_to_give_lengths():
+    rng = np.random.default_rng(41)
+    g = es.Graph.chain(6)
+    s_n, t = rng.normal(size=(3, 6, 3)), rng.normal(size=(3, 3))
+    lengths = np.array([6, 2, 4])
+    mask = np.arange(6) < lengths[:, None]
+    y = rng.integers(0, 3, (3, 6))
+    a = es.loss_and_grad(g, s_n, t, y, lengths=lengths)
+    b = es.loss_and_grad(g, s_n, t, y, mask=mask)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    np.testing.assert_array_equal(
+        es.decode(g, s_n, t, mask=mask), es.decode(g, s_n, t, lengths=lengths)
+    )
+    with pytest.raises(ValueError, match="prefix"):
+        es.infer(g, s_n, t, mask=~mask)

@@ -36,6 +36,10 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 LOOPY_METHODS = ("bp", "trw", "mean_field", "gibbs")
 SCHEDULES = ("checkerboard", "parallel")
+# Other names users reach for: flooding is the parallel update; a colour-by-colour sweep is
+# the checkerboard on grids (and its greedy-colouring generalisation elsewhere).
+_SCHEDULE_ALIASES = {"flooding": "parallel", "colour": "checkerboard", "color": "checkerboard",
+                     "sequential": "checkerboard"}  # fmt: skip
 
 # Which methods each entry point offers.
 _SUPPORTED = {
@@ -132,6 +136,7 @@ def _check_loopy(o: dict[str, Any]) -> None:
         if not (lo <= v < hi) or np.isnan(v):
             raise OptionError(f"{name} must lie in [{lo}, {hi}), got {v}")
         o[name] = v
+    o["schedule"] = _SCHEDULE_ALIASES.get(o["schedule"], o["schedule"])
     if o["schedule"] not in SCHEDULES:
         raise OptionError(f"schedule must be one of {SCHEDULES}, got {o['schedule']!r}")
     rho = o.get("edge_appearance")

@@ -41,6 +41,22 @@ def _warn_unconverged(r: Resolved, converged: np.ndarray, max_change: np.ndarray
         )
 
 
+def _lengths(lengths: Any, mask: Any) -> Any:
+    """``mask`` (..., I) bool, True on real positions, as lengths: chains pad at the end,
+    so each row must be a run of True followed by False."""
+    if mask is None:
+        return lengths
+    if lengths is not None:
+        raise ValueError("give lengths or mask, not both")
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise TypeError(f"mask must be boolean, got dtype {m.dtype}")
+    n = m.sum(-1)
+    if m.ndim < 1 or not np.array_equal(m, np.arange(m.shape[-1]) < n[..., None]):
+        raise ValueError("mask must be True on a prefix of each chain and False after it")
+    return n
+
+
 def _shape(flat: np.ndarray, sc: Scores, tail: tuple[int, ...] = ()) -> np.ndarray:
     return flat.reshape(sc.batch_shape + tail)
 
@@ -52,6 +68,7 @@ def infer(
     method: str = "auto",
     *,
     lengths: Any = None,
+    mask: Any = None,
     **options: Any,
 ) -> InferenceResult:
     """log Z and marginals of ``P(y) ∝ exp(s(y))`` over all labellings of ``graph``.
@@ -65,7 +82,8 @@ def infer(
         method: ``"auto"`` (exact on forests, ``"bp"`` otherwise), ``"exact"``, ``"bp"``
             (loopy BP, Bethe log Z), ``"trw"`` (tree-reweighted BP, upper bound on log Z)
             or ``"mean_field"`` (lower bound).
-        lengths: for chains with exact inference, ``(...)`` real lengths (rest is padding).
+        lengths: for chains with exact inference, ``(...)`` real lengths (rest is padding);
+            or ``mask`` ``(..., I)`` bool, True on the real prefix.
         **options: for the loopy methods ``max_iter`` (100), ``tol`` (1e-6), ``damping``
             (0.0), ``schedule`` (``"checkerboard"`` or ``"parallel"``); for ``"trw"`` also
             ``edge_appearance`` (float or ``(E,)``; default from spanning trees). For
@@ -80,6 +98,7 @@ def infer(
         converge emit a :class:`ConvergenceWarning` and report ``converged=False``.
     """
     r = resolve(graph, method, options, "infer")
+    lengths = _lengths(lengths, mask)
     sc = prepare(graph, s_n, s_e, lengths=lengths)
     if r.method == "gibbs":
         return _gibbs_infer(graph, sc, r)
@@ -130,6 +149,7 @@ def loss_and_grad(
     method: str = "auto",
     *,
     lengths: Any = None,
+    mask: Any = None,
     **options: Any,
 ) -> tuple[np.ndarray, np.ndarray, Any]:
     """The loss ``log Z − s(y)`` per item and its gradients.
@@ -146,7 +166,7 @@ def loss_and_grad(
         indicators, i.e. the gradient of ``loss.sum()``. A gold labelling the scores forbid
         has loss ``+inf``.
     """
-    return _loss_and_grad(graph, s_n, s_e, y, method, lengths, options, None)
+    return _loss_and_grad(graph, s_n, s_e, y, method, _lengths(lengths, mask), options, None)
 
 
 def _loss_and_grad(
@@ -213,6 +233,7 @@ def decode(
     method: str = "auto",
     *,
     lengths: Any = None,
+    mask: Any = None,
     **options: Any,
 ) -> np.ndarray:
     """The MAP labelling ``argmax_y s(y)``, int64 ``(..., I)``.
@@ -224,6 +245,7 @@ def decode(
     smallest label; padded chain positions are -1.
     """
     r = resolve(graph, method, options, "decode")
+    lengths = _lengths(lengths, mask)
     sc = prepare(graph, s_n, s_e, lengths=lengths)
     if r.method == "gibbs":
         y = _core.gibbs_labels(
@@ -253,6 +275,7 @@ def sample(
     method: str = "auto",
     *,
     lengths: Any = None,
+    mask: Any = None,
     **options: Any,
 ) -> np.ndarray:
     """Samples from ``P``: int64 ``(num_samples, ..., I)``: exact on forests; with
@@ -271,7 +294,7 @@ def sample(
     seed = int(seed)
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    sc = prepare(graph, s_n, s_e, lengths=lengths)
+    sc = prepare(graph, s_n, s_e, lengths=_lengths(lengths, mask))
     if r.method == "gibbs" and ns > 0:
         args = list(r.core_args(graph))
         args[4] = seed % (1 << 64)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ._scores import WeightedEdges
-from .api import _loss_and_grad
+from .api import _lengths, _loss_and_grad
 from .errors import DTypeError, OptionError
 from .graph import Graph
 
@@ -105,6 +105,7 @@ def exp_softmax_loss(
     reduction: str = "mean",
     *,
     lengths: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
     **options: Any,
 ) -> Tensor:
     """Exponential-softmax loss ``log Z − s(y)``.
@@ -119,12 +120,15 @@ def exp_softmax_loss(
         method: inference method (``"auto"``: exact on forests, ``"bp"`` otherwise;
             ``"trw"``, ``"mean_field"``); ``**options`` as in :func:`expsoftmax.infer`.
         reduction: ``"none"`` (per item, shape ``(...)``), ``"sum"`` or ``"mean"`` over items.
-        lengths: for chains, ``(...)`` real lengths; padded positions add nothing.
+        lengths: for chains, ``(...)`` real lengths; padded positions add nothing. Or
+            ``mask`` ``(..., I)`` bool, True on the real prefix of each chain.
 
     Returns:
         The loss; its backward gives ``marginals − gold`` to ``s_n`` and ``s_e``.
     """
     _check(reduction, s_n, s_e)
+    if mask is not None:
+        lengths = _lengths(None, _numpy(mask))
     table, weight = (s_e[1], s_e[0]) if isinstance(s_e, tuple) else (s_e, None)
     loss = _ExpSoftmaxLossFn.apply(s_n, table, weight, y, graph, method, lengths, options)
     if reduction == "sum":
