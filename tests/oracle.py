@@ -5,6 +5,10 @@ Slow and simple on purpose: these are the oracles the library is checked against
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 import expsoftmax as es
@@ -123,3 +127,16 @@ def grid_exact(h: int, w: int, s_n: np.ndarray, s_e: np.ndarray):
         for r in range(h):
             np.add.at(node[r, x], cols[:, r], p)
     return float(log_z), node.reshape(h * w, c)
+
+
+def outputs_per_thread_count(code: str, counts=("1", "2", "3")) -> set:
+    """Runs ``code`` (which prints a digest) in fresh interpreters with each
+    ``RAYON_NUM_THREADS``; returns the set of outputs (one element when deterministic)."""
+    outs = set()
+    for threads in counts:
+        env = dict(os.environ, RAYON_NUM_THREADS=threads, PYTHONWARNINGS="ignore")
+        run = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        outs.add(run.stdout)
+    return outs

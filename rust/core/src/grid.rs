@@ -206,6 +206,26 @@ pub struct RowWs {
     out: Vec<f64>,
 }
 
+/// Scales each column `i < len` of the class-major block `out[x][i]` (row stride `w`) to
+/// sum to one; an all-zero column (every label forbidden) stays zero.
+#[inline(always)]
+fn normalise_columns(out: &mut [f64], norm: &mut [f64], c: usize, w: usize, len: usize) {
+    norm.fill(0.0);
+    for xo in 0..c {
+        for (s, &v) in norm.iter_mut().zip(&out[xo * w..xo * w + len]) {
+            *s += v;
+        }
+    }
+    for s in norm.iter_mut() {
+        *s = if *s > 0.0 { 1.0 / *s } else { 0.0 };
+    }
+    for xo in 0..c {
+        for (o, &s) in out[xo * w..xo * w + len].iter_mut().zip(norm.iter()) {
+            *o *= s;
+        }
+    }
+}
+
 crate::simd_dispatch! {
     /// Computes every message leaving the nodes of row `r` from `old`, writes those of
     /// nodes with colour `colour` (all nodes for `None`) into `new`; returns the largest
@@ -317,20 +337,9 @@ fn row_update_body(
         }
         // Normalise, damp, measure, write: loops across the columns of the row.
         let norm = &mut ws.norm[..len];
-        norm.fill(0.0);
-        for xo in 0..c {
-            for (s, &v) in norm.iter_mut().zip(&ws.out[xo * w..xo * w + len]) {
-                *s += v;
-            }
-        }
-        for s in norm.iter_mut() {
-            *s = if *s > 0.0 { 1.0 / *s } else { 0.0 };
-        }
+        normalise_columns(&mut ws.out, norm, c, w, len);
         for xo in 0..c {
             let out = &mut ws.out[xo * w..xo * w + len];
-            for (o, &s) in out.iter_mut().zip(norm.iter()) {
-                *o *= s;
-            }
             // SAFETY: rows of `old` are only read; this row of `new` (entries of this
             // row's sources) is written by this task only.
             let prev = unsafe { &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len] };
@@ -346,21 +355,7 @@ fn row_update_body(
             }
         }
         if damping > 0.0 {
-            norm.fill(0.0);
-            for xo in 0..c {
-                for (s, &v) in norm.iter_mut().zip(&ws.out[xo * w..xo * w + len]) {
-                    *s += v;
-                }
-            }
-            for s in norm.iter_mut() {
-                *s = if *s > 0.0 { 1.0 / *s } else { 0.0 };
-            }
-            for xo in 0..c {
-                let out = &mut ws.out[xo * w..xo * w + len];
-                for (o, &s) in out.iter_mut().zip(norm.iter()) {
-                    *o *= s;
-                }
-            }
+            normalise_columns(&mut ws.out, norm, c, w, len);
         }
         for xo in 0..c {
             let out = &ws.out[xo * w..xo * w + len];

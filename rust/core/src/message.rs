@@ -68,17 +68,7 @@ impl Table {
     /// whatever `w` is.
     #[inline(always)]
     pub fn load_scaled<T: Real>(&mut self, t: &[T], w: f64, transpose: bool) {
-        let c = self.c;
-        for s in 0..c {
-            for d in 0..c {
-                let v = if transpose {
-                    t[d * c + s]
-                } else {
-                    t[s * c + d]
-                };
-                self.raw[s * c + d] = crate::scores::scaled(w, v.to_f64());
-            }
-        }
+        crate::scores::oriented(t, w, transpose, self.c, &mut self.raw);
         self.prepare();
     }
 

@@ -111,6 +111,21 @@ pub struct ItemEdges<'a, T> {
     weight: Option<&'a [T]>,
 }
 
+/// `out[s, d] = w * t[s, d]` (or `w * t[d, s]` with `transpose`) in f64, `C x C`.
+#[inline(always)]
+pub fn oriented<T: Real>(t: &[T], w: f64, transpose: bool, c: usize, out: &mut [f64]) {
+    for s in 0..c {
+        for d in 0..c {
+            let v = if transpose {
+                t[d * c + s]
+            } else {
+                t[s * c + d]
+            };
+            out[s * c + d] = scaled(w, v.to_f64());
+        }
+    }
+}
+
 /// `w * t` where a forbidden (−inf) pair stays forbidden whatever the weight.
 #[inline(always)]
 pub fn scaled(w: f64, t: f64) -> f64 {
@@ -173,19 +188,7 @@ impl<'a, T: Real> ItemEdges<'a, T> {
     /// Writes edge `e`'s table as f64 into `out` (`C x C`), oriented as in [`Self::load`].
     #[inline(always)]
     pub fn raw(&self, e: usize, transpose: bool, out: &mut [f64]) {
-        let t = self.stored(e);
-        let w = self.weight(e);
-        let c = self.c;
-        for s in 0..c {
-            for d in 0..c {
-                let v = if transpose {
-                    t[d * c + s]
-                } else {
-                    t[s * c + d]
-                };
-                out[s * c + d] = scaled(w, v.to_f64());
-            }
-        }
+        oriented(self.stored(e), self.weight(e), transpose, self.c, out);
     }
 }
 
