@@ -13,8 +13,8 @@ from expsoftmax import demo  # noqa: E402
 
 def test_tiny_demo_trains_and_writes_a_figure(tmp_path):
     out = demo.main(
-        ["--size", "16", "--train", "48", "--test", "8", "--steps", "30", "--crf-steps", "30", "--batch", "16",
-         "--methods", "bp", "--bp-iters", "5", "--out", str(tmp_path)]
+        ["--size", "16", "--train", "48", "--test", "8", "--steps", "30", "--crf-steps", "30",
+         "--batch", "16", "--methods", "bp", "--bp-iters", "5", "--out", str(tmp_path)]
     )  # fmt: skip
     losses = np.array(out["history"]["bp"])
     assert losses[-10:].mean() < losses[:10].mean()
