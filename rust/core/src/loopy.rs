@@ -632,6 +632,7 @@ fn bp_beliefs_body<T: Real, S: EdgeSink>(
                 &mut ws.msg,
                 &mut ws.marg,
                 &mut nw.sc,
+                None,
             );
             // Energy with the unscaled table; mutual information against the node beliefs.
             log_z += expect(&ws.pair, t.raw.iter().map(|&x| x * r));

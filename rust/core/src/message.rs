@@ -92,6 +92,17 @@ impl Table {
     }
 }
 
+impl Table {
+    /// `out += ex ⊙ m` (then `m = 0`): completes pair marginals accumulated without the
+    /// table factor by [`joint_and_message`]'s `outer`.
+    pub fn finish_outer(&self, m: &mut [f64], out: &mut [f64]) {
+        for ((o, x), &e) in out.iter_mut().zip(m.iter_mut()).zip(&self.ex) {
+            *o += *x * e;
+            *x = 0.0;
+        }
+    }
+}
+
 /// Scratch buffers (length C, and one C x C).
 #[derive(Clone, Debug)]
 pub struct Scratch {
@@ -204,6 +215,9 @@ const SAFE_Z: f64 = 1e-200;
 /// - writes the normalised pair marginal `p[s, d] ∝ exp(x[s] + t[s, d] + y[d])` into `out`
 ///   (oriented `[d, s]` when `transpose`; added to what is there when `accumulate`);
 /// - writes the message into `dst`, `msg[d] = log Σ_s exp(x[s] + t[s, d])`, not normalised;
+/// - with `outer` (accumulating into one slot shared by every edge with this table, not
+///   transposed), adds the probability-domain pair marginal without the table factor,
+///   `(qx/z) ⊗ qy`, to `outer` instead; [`Table::finish_outer`] applies the table once;
 /// - writes the marginal of `dst`, `Σ_s p[s, d]`, into `marg` and returns true, or returns
 ///   false when that is not safe in the probability domain (then the caller computes it
 ///   from `y + msg`).
@@ -220,6 +234,7 @@ pub fn joint_and_message(
     msg: &mut [f64],
     marg: &mut [f64],
     sc: &mut Scratch,
+    mut outer: Option<&mut [f64]>,
 ) -> bool {
     let c = t.c;
     let (mx, my) = (max(x), max(y));
@@ -236,7 +251,13 @@ pub fn joint_and_message(
             for s in 0..c {
                 let w = qx[s] * inv;
                 let row = &t.ex[s * c..(s + 1) * c];
-                if transpose {
+                if let Some(m) = outer.as_deref_mut().filter(|_| !transpose) {
+                    // Summed over edges sharing this table: Σ_e w_e ⊗ qy_e now, times the
+                    // table once at the end (`Table::finish_outer`).
+                    for (o, &q) in m[s * c..(s + 1) * c].iter_mut().zip(qy.iter()) {
+                        *o += w * q;
+                    }
+                } else if transpose {
                     for d in 0..c {
                         put(out, c, s, d, w * row[d] * qy[d], true, accumulate);
                     }

@@ -43,6 +43,12 @@ pub trait EdgeSink {
     /// Called once the slot of edge `e` holds its value.
     #[inline(always)]
     fn commit(&mut self, _e: usize) {}
+    /// True when every edge's slot is the same one (a shared table's gradient), so a
+    /// method may sum pair marginals in any factored form it likes before adding them.
+    #[inline(always)]
+    fn shared_slot(&self) -> bool {
+        false
+    }
 }
 
 /// An inference method, as the drivers see it.
@@ -128,6 +134,10 @@ struct Accumulate<'a> {
 
 impl EdgeSink for Accumulate<'_> {
     const ACCUMULATE: bool = true;
+    #[inline(always)]
+    fn shared_slot(&self) -> bool {
+        self.shared
+    }
     #[inline(always)]
     fn slot(&mut self, e: usize) -> &mut [f64] {
         let k = if self.shared { 0 } else { e };

@@ -32,6 +32,8 @@ pub struct Workspace {
     x: Vec<f64>,
     msg: Vec<f64>,
     marg: Vec<f64>,
+    /// Outer-product accumulator for pair marginals of a shared table.
+    outer: Vec<f64>,
 }
 
 impl Workspace {
@@ -48,6 +50,7 @@ impl Workspace {
             x: vec![0.0; c],
             msg: vec![0.0; c],
             marg: vec![0.0; c],
+            outer: vec![0.0; c * c],
         }
     }
 }
@@ -172,6 +175,7 @@ fn downward_body<T: Real, S: EdgeSink>(
     edges_out: &mut S,
 ) {
     let c = ws.c;
+    let (mut outer_used, mut last_edge) = (false, 0);
     for p in 0..active {
         let par = f.parent[p];
         if par != ROOT {
@@ -189,18 +193,25 @@ fn downward_body<T: Real, S: EdgeSink>(
             let t = edge_table(f, edges, &mut ws.table, &ws.shared, p, false);
             let y = &ws.bel[p * c..(p + 1) * c];
             let e = f.edge[p] as usize;
+            // A shared table summed into one slot: accumulate outer products and apply
+            // the table once per item.
+            let use_outer = S::ACCUMULATE && edges_out.shared_slot() && edges.shared();
+            let transpose = f.child_first[p];
             let have_marg = joint_and_message(
                 &ws.x,
                 y,
                 &ws.qup[p * c..(p + 1) * c],
                 t,
                 edges_out.slot(e),
-                f.child_first[p],
+                transpose,
                 S::ACCUMULATE,
                 &mut ws.msg,
                 &mut ws.marg,
                 &mut ws.sc,
+                use_outer.then_some(&mut ws.outer[..]),
             );
+            outer_used |= use_outer && !transpose;
+            last_edge = e;
             edges_out.commit(e);
             let shift = max(&ws.msg);
             for (b, m) in ws.bel[p * c..(p + 1) * c].iter_mut().zip(&ws.msg) {
@@ -213,5 +224,9 @@ fn downward_body<T: Real, S: EdgeSink>(
             softmax(&ws.bel[p * c..(p + 1) * c], &mut ws.marg);
         }
         node_sink(f.node[p] as usize, &ws.marg);
+    }
+    if outer_used {
+        // The downward table of a shared, non-transposed edge is `shared[0]`.
+        ws.shared[0].finish_outer(&mut ws.outer, edges_out.slot(last_edge));
     }
 }
