@@ -23,6 +23,8 @@ use crate::scores::ItemEdges;
 
 /// Largest span of finite scores (per node row, per table) the probability domain takes.
 const SPAN: f64 = 120.0;
+/// Largest table span for f32 message storage (e^-60 is well inside f32's normal range).
+const SPAN_F32: f64 = 60.0;
 /// Largest cache of per-edge potentials (bytes) before falling back to the general kernel.
 const MAX_CACHE: usize = 1 << 30;
 
@@ -43,6 +45,9 @@ pub struct GridPotentials {
     /// Vertical tables: shared `[x][x']`, or per edge `[r][x][x'][c]` (r < h − 1).
     vert: Vec<f64>,
     shared: bool,
+    /// Messages may be stored in f32: float32 scores, and tables with no forbidden pair
+    /// and a span of at most `SPAN_F32`, so no message entry leaves f32's normal range.
+    f32_ok: bool,
 }
 
 fn span_ok(v: &[f64]) -> bool {
@@ -98,11 +103,18 @@ impl GridPotentials {
             }
         }
         let mut t = vec![0.0; cc];
-        let load = |e: usize, t: &mut Vec<f64>| -> bool {
+        let mut f32_ok = std::mem::size_of::<T>() == 4;
+        let mut load = |e: usize, t: &mut Vec<f64>| -> bool {
             edges.raw(e, false, t);
             if !span_ok(t) {
                 return false;
             }
+            let (hi, lo) = t
+                .iter()
+                .fold((f64::NEG_INFINITY, f64::INFINITY), |(h, l), &x| {
+                    (h.max(x), l.min(x))
+                });
+            f32_ok &= lo > f64::NEG_INFINITY && hi - lo <= SPAN_F32;
             exp_rel(t);
             true
         };
@@ -144,6 +156,7 @@ impl GridPotentials {
             horiz,
             vert,
             shared,
+            f32_ok,
         })
     }
 
@@ -181,18 +194,20 @@ fn axpy(out: &mut [f64], t: &Tab<'_>, off: usize, cav: &[f64]) {
 
 /// Raw shared view of the four message buffers; see the module doc for why concurrent
 /// row tasks never touch the same element.
+/// Messages are stored as `M` (f64, or f32 when that is safe: half the memory traffic,
+/// which bounds large grids at small C); arithmetic is in f64.
 #[derive(Clone, Copy)]
-pub struct Bufs {
-    ptr: [*mut f64; 4],
+pub struct Bufs<M> {
+    ptr: [*mut M; 4],
 }
-unsafe impl Send for Bufs {}
-unsafe impl Sync for Bufs {}
+unsafe impl<M> Send for Bufs<M> {}
+unsafe impl<M> Sync for Bufs<M> {}
 
-impl Bufs {
+impl<M: Real> Bufs<M> {
     /// Row `r`, label `x` of direction `d` (length w).
     #[allow(clippy::mut_from_ref)]
     #[inline(always)]
-    unsafe fn row(&self, d: usize, r: usize, x: usize, c: usize, w: usize) -> &mut [f64] {
+    unsafe fn row(&self, d: usize, r: usize, x: usize, c: usize, w: usize) -> &mut [M] {
         std::slice::from_raw_parts_mut(self.ptr[d].add((r * c + x) * w), w)
     }
 }
@@ -230,26 +245,28 @@ crate::simd_dispatch! {
     /// Computes every message leaving the nodes of row `r` from `old`, writes those of
     /// nodes with colour `colour` (all nodes for `None`) into `new`; returns the largest
     /// change.
-    pub fn row_update<>(
+    pub fn row_update<M: Real>(
         p: &GridPotentials,
         r: usize,
-        old: Bufs,
-        new: Bufs,
+        old: Bufs<M>,
+        new: Bufs<M>,
         colour: Option<usize>,
         damping: f64,
+        need_change: bool,
         ws: &mut RowWs,
     ) -> f64 => row_update_body
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn row_update_body(
+fn row_update_body<M: Real>(
     p: &GridPotentials,
     r: usize,
-    old: Bufs,
-    new: Bufs,
+    old: Bufs<M>,
+    new: Bufs<M>,
     colour: Option<usize>,
     damping: f64,
+    need_change: bool,
     ws: &mut RowWs,
 ) -> f64 {
     let (h, w, c) = (p.h, p.w, p.c);
@@ -266,8 +283,8 @@ fn row_update_body(
         let a = &mut ws.a[x * w..(x + 1) * w];
         let b = &mut ws.b[x * w..(x + 1) * w];
         for i in 0..w {
-            a[i] = phi[i] * u[i] * d[i];
-            b[i] = phi[i] * l[i] * rr[i];
+            a[i] = phi[i] * u[i].to_f64() * d[i].to_f64();
+            b[i] = phi[i] * l[i].to_f64() * rr[i].to_f64();
         }
     }
     let mut change = 0.0f64;
@@ -311,7 +328,7 @@ fn row_update_body(
             let cav = &mut ws.cav[x * w..(x + 1) * w];
             let bx = &base[x * w..(x + 1) * w];
             for i in 0..w {
-                cav[i] = bx[i] * other[i];
+                cav[i] = bx[i] * other[i].to_f64();
             }
         }
         // out[x'][i] = Σ_x t[x, x'] cav[x][i]: the table row is the edge's, oriented
@@ -346,6 +363,7 @@ fn row_update_body(
             if damping > 0.0 {
                 // Geometric mixture (damping in the log domain); renormalised below.
                 for (o, &p) in out.iter_mut().zip(prev) {
+                    let p = p.to_f64();
                     *o = if *o > 0.0 && p > 0.0 {
                         (o.ln() * (1.0 - damping) + p.ln() * damping).exp()
                     } else {
@@ -362,28 +380,36 @@ fn row_update_body(
             let prev = unsafe { &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len] };
             let dst = unsafe { &mut new.row(dir, tr, xo, c, w)[dst_off..dst_off + len] };
             match colour {
+                None if !need_change => {
+                    // Nobody will look at the change: skip reading the old messages.
+                    for (d, &o) in dst.iter_mut().zip(out) {
+                        *d = M::from_f64(o);
+                    }
+                }
                 None => {
                     // Four running maxima so the reduction vectorises.
                     let mut m = [0.0f64; 4];
                     let mut k = 0;
                     while k + 4 <= len {
                         for l in 0..4 {
-                            m[l] = m[l].max((out[k + l] - prev[k + l]).abs());
+                            m[l] = m[l].max((out[k + l] - prev[k + l].to_f64()).abs());
                         }
                         k += 4;
                     }
                     while k < len {
-                        m[0] = m[0].max((out[k] - prev[k]).abs());
+                        m[0] = m[0].max((out[k] - prev[k].to_f64()).abs());
                         k += 1;
                     }
                     change = change.max(m[0].max(m[1]).max(m[2].max(m[3])));
-                    dst.copy_from_slice(out);
+                    for (d, &o) in dst.iter_mut().zip(out) {
+                        *d = M::from_f64(o);
+                    }
                 }
                 Some(col) => {
                     for i in 0..len {
                         if (r + i + src_off) % 2 == col {
-                            change = change.max((out[i] - prev[i]).abs());
-                            dst[i] = out[i];
+                            change = change.max((out[i] - prev[i].to_f64()).abs());
+                            dst[i] = M::from_f64(out[i]);
                         }
                     }
                 }
@@ -406,15 +432,16 @@ impl RowWs {
 }
 
 /// One sweep over all rows from `old` into `new`; returns the largest change.
-fn sweep(
+fn sweep<M: Real>(
     p: &GridPotentials,
-    old: &mut [f64],
-    new: &mut [f64],
+    old: &mut [M],
+    new: &mut [M],
     colour: Option<usize>,
     damping: f64,
+    need_change: bool,
 ) -> f64 {
     let n = p.h * p.w * p.c;
-    let bufs = |v: &mut [f64]| {
+    let bufs = |v: &mut [M]| {
         let base = v.as_mut_ptr();
         // SAFETY: four disjoint blocks of n entries.
         Bufs {
@@ -428,7 +455,7 @@ fn sweep(
         .with_min_len(4)
         .map_init(
             || RowWs::new(c, w),
-            |ws, r| row_update(p, r, o, nw, colour, damping, ws),
+            |ws, r| row_update(p, r, o, nw, colour, damping, need_change, ws),
         )
         .reduce(|| 0.0, f64::max)
 }
@@ -453,15 +480,32 @@ pub fn iterate(
     schedule: Schedule,
     msgs: &mut [f64],
 ) -> (u32, bool, f64) {
+    if p.f32_ok {
+        iterate_in::<f32>(p, max_iter, tol, damping, schedule, msgs)
+    } else {
+        iterate_in::<f64>(p, max_iter, tol, damping, schedule, msgs)
+    }
+}
+
+fn iterate_in<M: Real>(
+    p: &GridPotentials,
+    max_iter: usize,
+    tol: f64,
+    damping: f64,
+    schedule: Schedule,
+    msgs: &mut [f64],
+) -> (u32, bool, f64) {
     let (h, w, c) = (p.h, p.w, p.c);
     let n = h * w * c;
-    let mut cur = vec![1.0 / c as f64; 4 * n];
+    let mut cur = vec![M::from_f64(1.0 / c as f64); 4 * n];
     let mut nxt = cur.clone();
     let mut result = (max_iter as u32, false, f64::INFINITY);
     for it in 1..=max_iter {
+        // With tol = 0 no iteration can converge: the change matters only at the end.
+        let need = tol > 0.0 || it == max_iter;
         let change = match schedule {
             Schedule::Parallel => {
-                let ch = sweep(p, &mut cur, &mut nxt, None, damping);
+                let ch = sweep(p, &mut cur, &mut nxt, None, damping, need);
                 std::mem::swap(&mut cur, &mut nxt);
                 ch
             }
@@ -469,7 +513,7 @@ pub fn iterate(
                 let mut ch = 0.0f64;
                 for k in 0..2 {
                     nxt.copy_from_slice(&cur);
-                    ch = ch.max(sweep(p, &mut cur, &mut nxt, Some(k), damping));
+                    ch = ch.max(sweep(p, &mut cur, &mut nxt, Some(k), damping, true));
                     std::mem::swap(&mut cur, &mut nxt);
                 }
                 ch
@@ -482,7 +526,7 @@ pub fn iterate(
         }
     }
     // Back to the general layout.
-    let at = |d: usize, r: usize, x: usize, col: usize| cur[d * n + (r * c + x) * w + col];
+    let at = |d: usize, r: usize, x: usize, col: usize| cur[d * n + (r * c + x) * w + col].to_f64();
     let n_h = h * (w - 1);
     for r in 0..h {
         for col in 0..w {
