@@ -137,7 +137,7 @@ def main() -> None:
     nan = float("nan")
     for h, w, c in shapes:
         s_n, t = model(h, w, c)
-        k1, k2 = (2, 202) if c < 16 else (2, 12)
+        k1, k2 = (2, 202) if c < 16 else (2, 42)
         r = {}
         for tool, make in (("ours", ours), ("numpy", numpy_lbp), ("pgmax", pgmax_lbp)):
             if tool in args.tools:
