@@ -25,6 +25,7 @@ import argparse
 import struct
 import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -66,6 +67,58 @@ def edge_weights(imgs: np.ndarray, sigma: float = 0.2) -> tuple[np.ndarray, np.n
     dh = imgs[:, :, 1:] - imgs[:, :, :-1]
     dv = imgs[:, 1:, :] - imgs[:, :-1, :]
     return np.exp(-(dh**2) / (2 * sigma**2)), np.exp(-(dv**2) / (2 * sigma**2))
+
+
+def _cnn(c: int):
+    import torch
+
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 5, padding=2), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 32, 3, padding=2, dilation=2), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, c, 1),
+    )  # fmt: skip
+
+
+def _crf_net_class():
+    import torch
+
+    class CRFNet(torch.nn.Module):
+        """The CNN (node scores) and the learned (C, C) edge table, as one module so that
+        DistributedDataParallel synchronises both."""
+
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.cnn = _cnn(c)
+            self.table = torch.nn.Parameter(torch.eye(c) * 0.5)
+
+        def forward(self, x):
+            return self.cnn(x)
+
+    return CRFNet
+
+
+def __getattr__(name: str):
+    # torch stays optional: the module class is built on first use.
+    if name == "CRFNet":
+        return _crf_net_class()
+    raise AttributeError(name)
+
+
+def crf_step(model, opt, graph, xb, yb, wh, wv, method: str, opts: dict) -> float:
+    """One optimiser step of the exponential-softmax loss (mean over the local batch;
+    under DistributedDataParallel the gradients are averaged over ranks, so equal local
+    batches give the global-batch step). Returns the loss per pixel."""
+    from expsoftmax.torch import exp_softmax_loss, grid_scores
+
+    net = getattr(model, "module", model)
+    s_n, s_e = grid_scores(model(xb), wh, wv, net.table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", es.ConvergenceWarning)
+        loss = exp_softmax_loss(s_n, s_e, yb.reshape(len(yb), -1), graph, method, **opts)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item() / yb[0].numel()
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -153,20 +206,57 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--bp-iters", type=int, default=10, help="message-passing iterations per step")
     ap.add_argument("--threads", type=int, default=0, help="threads (0: all cores)")
+    ap.add_argument(
+        "--world-size",
+        type=int,
+        default=1,
+        help="train with N DistributedDataParallel processes (gloo, CPU, localhost); "
+        "each takes 1/N of every global batch",
+    )
     ap.add_argument("--out", type=Path, default=Path("expsoftmax_demo"), help="output folder")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.size < 16:
         ap.error("--size must be at least 16 (digits are 16 x 16)")
+    if args.world_size < 1 or args.batch % args.world_size:
+        ap.error("--world-size must be >= 1 and divide --batch")
+    if args.world_size == 1:
+        return _run(args, 0, 1, None)
+    import socket
 
+    import torch.multiprocessing as tmp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tmp.spawn(_worker, args=(args, port), nprocs=args.world_size, join=True)
+    return {}
+
+
+def _worker(rank: int, args, port: int) -> None:
+    _run(args, rank, args.world_size, port)
+
+
+def _run(args, rank: int, world: int, port) -> dict:
     import torch
     from sklearn.datasets import load_digits
 
-    from expsoftmax.torch import exp_softmax_loss, grid_scores
+    from expsoftmax.torch import grid_scores
 
     if args.threads:
         torch.set_num_threads(args.threads)
         es.set_num_threads(args.threads)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+        )
+
+    def wrap(m):
+        return torch.nn.parallel.DistributedDataParallel(m) if world > 1 else m
+
+    lead = rank == 0
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     d = load_digits()
@@ -176,21 +266,20 @@ def main(argv=None) -> dict:
     h = w = args.size
     graph = es.Graph.grid(h, w)
 
-    def cnn() -> torch.nn.Module:
-        return torch.nn.Sequential(
-            torch.nn.Conv2d(1, 32, 5, padding=2), torch.nn.ReLU(),
-            torch.nn.Conv2d(32, 32, 3, padding=2, dilation=2), torch.nn.ReLU(),
-            torch.nn.Conv2d(32, C, 1),
-        )  # fmt: skip
-
     def batches(steps):
+        # Every rank draws the same global batch and keeps its share.
         for _ in range(steps):
-            idx = rng.integers(0, len(x_tr), args.batch)
+            idx = rng.integers(0, len(x_tr), args.batch)[rank::world]
             yield torch.from_numpy(x_tr[idx, None]), torch.from_numpy(y_tr[idx]), idx
+
+    def show(*a):
+        if lead:
+            progress(*a)
 
     t_start = time.perf_counter()
     # Stage 1: per-pixel cross-entropy.
-    base = cnn()
+    torch.manual_seed(args.seed)
+    base = wrap(_cnn(C))
     opt = torch.optim.Adam(base.parameters(), lr=3e-3)
     t0 = time.perf_counter()
     for step, (xb, yb, _) in enumerate(batches(args.steps), 1):
@@ -198,42 +287,36 @@ def main(argv=None) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        progress(step, args.steps, loss.item(), "cross-entropy", t0)
+        show(step, args.steps, loss.item(), "cross-entropy", t0)
 
     wh_tr, wv_tr = edge_weights(x_tr)
     wh_te, wv_te = edge_weights(x_te)
     opts = dict(max_iter=args.bp_iters, tol=1e-4, damping=0.3)
     results = {}
     with torch.no_grad():
-        logits = base(torch.from_numpy(x_te[:, None])).numpy()
+        logits = getattr(base, "module", base)(torch.from_numpy(x_te[:, None])).numpy()
     pix = logits.argmax(1)
     results["per-pixel (cross-entropy)"] = scores(confusion(pix, y_te))
     history = {}
     crf_out = {}
-    import warnings
-
     for method in args.methods:
-        model = cnn()
-        model.load_state_dict(base.state_dict())
-        table = torch.nn.Parameter(torch.eye(C) * 0.5)
-        opt = torch.optim.Adam([*model.parameters(), table], lr=1e-3)
+        torch.manual_seed(args.seed)
+        net = _crf_net_class()(C)
+        net.cnn.load_state_dict(getattr(base, "module", base).state_dict())
+        model = wrap(net)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         t0 = time.perf_counter()
         losses = []
         for step, (xb, yb, idx) in enumerate(batches(args.crf_steps), 1):
-            s_n, s_e = grid_scores(
-                model(xb), torch.from_numpy(wh_tr[idx]), torch.from_numpy(wv_tr[idx]), table
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", es.ConvergenceWarning)
-                loss = exp_softmax_loss(s_n, s_e, yb.reshape(len(idx), -1), graph, method, **opts)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item() / (h * w))
-            progress(step, args.crf_steps, losses[-1], f"CRF ({method})", t0)
+            wh, wv = torch.from_numpy(wh_tr[idx]), torch.from_numpy(wv_tr[idx])
+            losses.append(crf_step(model, opt, graph, xb, yb, wh, wv, method, opts))
+            show(step, args.crf_steps, losses[-1], f"CRF ({method})", t0)
+        table = net.table
         history[method] = losses
+        if not lead:
+            continue
         with torch.no_grad():
-            node = model(torch.from_numpy(x_te[:, None]))
+            node = net(torch.from_numpy(x_te[:, None]))
             s_n, (wt, tb) = grid_scores(
                 node, torch.from_numpy(wh_te), torch.from_numpy(wv_te), table.detach()
             )
@@ -246,6 +329,12 @@ def main(argv=None) -> dict:
         results[f"CRF ({method}), MAP decode"] = scores(confusion(y_map, y_te))
         crf_out[method] = (y_map, ent)
 
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if not lead:
+        return {}
     elapsed = time.perf_counter() - t_start
     print(f"\nHeld-out scenes: {args.test} ({args.size}x{args.size}, C = {C}); {elapsed:.0f} s")
     print(f"{'model':<32} {'pixel acc':>9} {'mean IoU':>9}")
