@@ -58,14 +58,24 @@ impl GibbsOptions {
     }
 }
 
+/// A table shared by every edge, in f64, both orientations, read row by row.
+struct SharedTab {
+    /// `t[y * c + x] = θ(y, x)`: rows for a neighbour that is the edge's first node.
+    t: Vec<f64>,
+    /// `tt[y * c + x] = θ(x, y)`: rows for a neighbour that is the edge's second node.
+    tt: Vec<f64>,
+}
+
 /// Conditional scores of node `v` given the current labels: `a[x] = θ_v[x] + Σ θ_e(x, y_w)`,
 /// with edge scores multiplied by `beta` (AIS).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn conditional<T: Real>(
     adj: &Adjacency,
     v: usize,
     node: &[T],
     edges: &ItemEdges<'_, T>,
+    shared: Option<&SharedTab>,
     lab: &[u32],
     beta: f64,
     a: &mut [f64],
@@ -80,6 +90,13 @@ fn conditional<T: Real>(
     for k in adj.start[v]..adj.start[v + 1] {
         let (e, w) = (adj.edge[k] as usize, adj.nbr[k] as usize);
         let yw = lab[w] as usize;
+        if let Some(st) = shared {
+            let row = if adj.first[k] { &st.tt } else { &st.t };
+            for (ax, &t) in a.iter_mut().zip(&row[yw * c..(yw + 1) * c]) {
+                *ax += if t == f64::NEG_INFINITY { t } else { beta * t };
+            }
+            continue;
+        }
         for (x, ax) in a.iter_mut().enumerate() {
             let t = if adj.first[k] {
                 edges.value(e, x, yw)
@@ -105,13 +122,20 @@ fn sweep<T: Real>(
     key: [u64; 3],
     c: usize,
 ) -> Result<()> {
+    let shared = edges.shared().then(|| {
+        let (mut t, mut tt) = (vec![0.0; c * c], vec![0.0; c * c]);
+        edges.raw(0, false, &mut t);
+        edges.raw(0, true, &mut tt);
+        SharedTab { t, tt }
+    });
+    let shared = shared.as_ref();
     for (cl, class) in adj.colours.iter().enumerate() {
         let chunks = class.len().div_ceil(NODE_CHUNK);
         let draw = |ch: usize, lab: &[u32], out: &mut Vec<(u32, u32)>| -> Result<()> {
             let mut rng = Rng::stream(seed, &[key[0], key[1], key[2], cl as u64, ch as u64]);
             let mut a = vec![0.0; c];
             for &v in &class[ch * NODE_CHUNK..((ch + 1) * NODE_CHUNK).min(class.len())] {
-                conditional(adj, v as usize, node, edges, lab, beta, &mut a);
+                conditional(adj, v as usize, node, edges, shared, lab, beta, &mut a);
                 let m = max(&a);
                 if m == f64::NEG_INFINITY {
                     return Err(Error::Infeasible(format!(
