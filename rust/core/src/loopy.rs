@@ -311,7 +311,7 @@ fn update_node_body<T: Real>(
             }
         } else {
             let t = table_for(edges, e, !first, 1.0 / r, &mut ws.table, &mut ws.cache);
-            message(&ws.x, t, &mut ws.out, &mut ws.q, &mut ws.sc);
+            message(&ws.x, t, &mut ws.out, &mut ws.q, &mut ws.sc, false);
         }
         let out_slot = slot(e, first);
         // SAFETY: slot `out_slot` leaves v: only this update touches it in `write`, and in
@@ -633,6 +633,7 @@ fn bp_beliefs_body<T: Real, S: EdgeSink>(
                 &mut ws.marg,
                 &mut nw.sc,
                 None,
+                false,
             );
             // Energy with the unscaled table; mutual information against the node beliefs.
             log_z += expect(&ws.pair, t.raw.iter().map(|&x| x * r));

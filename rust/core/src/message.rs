@@ -18,6 +18,10 @@ use crate::real::Real;
 const RANGE: f64 = 500.0;
 /// Sums below this may have lost terms to underflow; recompute them in the log domain.
 const TINY: f64 = 1e-250;
+/// Widest table span for float32 multiply-adds (e^-60 is far inside f32's normal range).
+const RANGE_F32: f64 = 60.0;
+/// `TINY` for float32 sums (f32's normal range ends near 1e-38).
+const TINY_F32: f64 = 1e-30;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
@@ -33,6 +37,10 @@ pub struct Table {
     c: usize,
     pub raw: Vec<f64>,
     ex: Vec<f64>,
+    /// `ex` in f32, valid when `f32_ok` (span at most `RANGE_F32`): float32 models run
+    /// their multiply-adds at twice the vector width.
+    ex32: Vec<f32>,
+    f32_ok: bool,
     kind: Kind,
 }
 
@@ -42,6 +50,8 @@ impl Table {
             c,
             raw: vec![0.0; c * c],
             ex: vec![0.0; c * c],
+            ex32: vec![0.0; c * c],
+            f32_ok: false,
             kind: Kind::Log,
         }
     }
@@ -89,6 +99,12 @@ impl Table {
         self.ex.copy_from_slice(&self.raw);
         exp_shifted(&mut self.ex, hi);
         self.kind = Kind::Prob { tmax: hi };
+        self.f32_ok = hi - lo <= RANGE_F32;
+        if self.f32_ok {
+            for (o, &e) in self.ex32.iter_mut().zip(&self.ex) {
+                *o = e as f32;
+            }
+        }
     }
 }
 
@@ -110,6 +126,8 @@ pub struct Scratch {
     pub q_dst: Vec<f64>,
     pub acc: Vec<f64>,
     pub pair: Vec<f64>,
+    q32: Vec<f32>,
+    acc32: Vec<f32>,
 }
 
 impl Scratch {
@@ -119,6 +137,8 @@ impl Scratch {
             q_dst: vec![0.0; c],
             acc: vec![0.0; c],
             pair: vec![0.0; c * c],
+            q32: vec![0.0; c],
+            acc32: vec![0.0; c],
         }
     }
 }
@@ -156,18 +176,53 @@ fn vecmat(q: &[f64], ex: &[f64], acc: &mut [f64]) {
     }
 }
 
-/// `out[d] = shift + ln acc[d]`, recomputed exactly where `acc[d]` is too small to trust.
+/// `sc.acc = q · t.ex` (see [`vecmat`]), in f32 when `low` (float32 model) and the table
+/// allows it; returns the threshold below which a sum is not trusted.
 #[inline(always)]
-fn log_message(acc: &[f64], shift: f64, x: &[f64], raw: &[f64], out: &mut [f64]) {
+fn table_product(
+    q: &[f64],
+    t: &Table,
+    acc: &mut [f64],
+    q32: &mut [f32],
+    acc32: &mut [f32],
+    low: bool,
+) -> f64 {
+    if low && t.f32_ok {
+        let c = t.c;
+        for (o, &x) in q32.iter_mut().zip(q) {
+            *o = x as f32;
+        }
+        acc32.fill(0.0);
+        for s in 0..c {
+            let w = q32[s];
+            if w != 0.0 {
+                for (a, &r) in acc32.iter_mut().zip(&t.ex32[s * c..(s + 1) * c]) {
+                    *a += w * r;
+                }
+            }
+        }
+        for (o, &a) in acc.iter_mut().zip(acc32.iter()) {
+            *o = a as f64;
+        }
+        TINY_F32
+    } else {
+        vecmat(q, &t.ex, acc);
+        TINY
+    }
+}
+
+/// `out[d] = shift + ln acc[d]`, recomputed exactly where `acc[d]` is below `tiny`.
+#[inline(always)]
+fn log_message(acc: &[f64], shift: f64, x: &[f64], raw: &[f64], out: &mut [f64], tiny: f64) {
     let c = acc.len();
     let mut suspect = false;
     for (o, &a) in out.iter_mut().zip(acc) {
-        suspect |= a < TINY;
-        *o = shift + ln_pos(a.max(TINY));
+        suspect |= a < tiny;
+        *o = shift + ln_pos(a.max(tiny));
     }
     if suspect {
         for d in 0..c {
-            if acc[d] < TINY {
+            if acc[d] < tiny {
                 out[d] = lse_column(x, raw, c, d);
             }
         }
@@ -177,15 +232,15 @@ fn log_message(acc: &[f64], shift: f64, x: &[f64], raw: &[f64], out: &mut [f64])
 /// `out[d] = log Σ_s exp(x[s] + t[s, d])` (not normalised). Also leaves
 /// `q = exp(x - max x)` (all zero when every `x` is −inf), which the caller may keep.
 #[inline(always)]
-pub fn message(x: &[f64], t: &Table, out: &mut [f64], q: &mut [f64], sc: &mut Scratch) {
+pub fn message(x: &[f64], t: &Table, out: &mut [f64], q: &mut [f64], sc: &mut Scratch, low: bool) {
     let c = t.c;
     let mx = max(x);
     q.copy_from_slice(x);
     exp_shifted(q, if mx > f64::NEG_INFINITY { mx } else { 0.0 });
     match t.kind {
         Kind::Prob { tmax } if mx > f64::NEG_INFINITY => {
-            vecmat(q, &t.ex, &mut sc.acc);
-            log_message(&sc.acc, mx + tmax, x, &t.raw, out);
+            let tiny = table_product(q, t, &mut sc.acc, &mut sc.q32, &mut sc.acc32, low);
+            log_message(&sc.acc, mx + tmax, x, &t.raw, out, tiny);
         }
         _ => {
             for (d, o) in out.iter_mut().enumerate() {
@@ -235,6 +290,7 @@ pub fn joint_and_message(
     marg: &mut [f64],
     sc: &mut Scratch,
     mut outer: Option<&mut [f64]>,
+    low: bool,
 ) -> bool {
     let c = t.c;
     let (mx, my) = (max(x), max(y));
@@ -243,8 +299,9 @@ pub fn joint_and_message(
         let qx = &mut sc.q_src;
         qx.copy_from_slice(x);
         exp_shifted(qx, mx);
-        vecmat(qx, &t.ex, &mut sc.acc);
-        log_message(&sc.acc, mx + tmax, x, &t.raw, msg);
+        let tiny = table_product(&sc.q_src, t, &mut sc.acc, &mut sc.q32, &mut sc.acc32, low);
+        let qx = &sc.q_src;
+        log_message(&sc.acc, mx + tmax, x, &t.raw, msg, tiny);
         let z: f64 = sc.acc.iter().zip(qy.iter()).map(|(a, q)| a * q).sum();
         if z >= TINY {
             let inv = 1.0 / z;
@@ -356,7 +413,7 @@ mod tests {
         let mut q = vec![0.0; c];
         for (x, raw) in cases {
             t.load(&raw, false);
-            message(&x, &t, &mut out, &mut q, &mut sc);
+            message(&x, &t, &mut out, &mut q, &mut sc, false);
             let want = naive(&x, &raw, c);
             for d in 0..c {
                 if want[d] == f64::NEG_INFINITY {

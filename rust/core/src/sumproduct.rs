@@ -150,6 +150,7 @@ fn upward_body<T: Real>(
             out,
             &mut ws.qup[p * c..(p + 1) * c],
             &mut ws.sc,
+            std::mem::size_of::<T>() == 4,
         );
         let shift = max(out);
         if shift == f64::NEG_INFINITY {
@@ -209,6 +210,7 @@ fn downward_body<T: Real, S: EdgeSink>(
                 &mut ws.marg,
                 &mut ws.sc,
                 use_outer.then_some(&mut ws.outer[..]),
+                std::mem::size_of::<T>() == 4,
             );
             outer_used |= use_outer && !transpose;
             last_edge = e;
