@@ -29,23 +29,8 @@ impl Forest {
     pub fn new(g: &Graph) -> Forest {
         let n = g.num_nodes();
         let edges = g.edges();
-        // Compressed adjacency: for node v, (neighbour, edge) pairs.
-        let mut deg = vec![0u32; n + 1];
-        for &[i, j] in edges {
-            deg[i as usize + 1] += 1;
-            deg[j as usize + 1] += 1;
-        }
-        for v in 0..n {
-            deg[v + 1] += deg[v];
-        }
-        let mut fill = deg.clone();
-        let mut adj = vec![(0u32, 0u32); 2 * edges.len()];
-        for (e, &[i, j]) in edges.iter().enumerate() {
-            adj[fill[i as usize] as usize] = (j, e as u32);
-            fill[i as usize] += 1;
-            adj[fill[j as usize] as usize] = (i, e as u32);
-            fill[j as usize] += 1;
-        }
+        // The graph's cached adjacency lists: neighbours and edges of each node.
+        let adj = g.adjacency();
 
         let mut pos = vec![ROOT; n];
         let mut f = Forest {
@@ -68,7 +53,8 @@ impl Forest {
             let mut head = start;
             while head < f.node.len() {
                 let v = f.node[head] as usize;
-                for &(w, e) in &adj[deg[v] as usize..deg[v + 1] as usize] {
+                for k in adj.start[v]..adj.start[v + 1] {
+                    let (w, e) = (adj.nbr[k], adj.edge[k]);
                     if pos[w as usize] != ROOT {
                         continue;
                     }
