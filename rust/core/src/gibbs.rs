@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use crate::adjacency::Adjacency;
 use crate::error::{Error, Result};
+use crate::gridgibbs::GridFactors;
 use crate::logspace::{exp_shifted, logsumexp, max};
 use crate::objective::{EdgeSink, Inference, ItemInfo};
 use crate::real::Real;
@@ -188,7 +189,25 @@ fn edge_energy<T: Real>(pb: &Problem<'_, T>, b: usize, lab: &[u32]) -> f64 {
         .sum()
 }
 
-/// What one chain gathers.
+/// The grid fast path's factors for item `b` at edge temperature `beta`, when the graph
+/// is a grid and the scores allow it.
+fn grid_factors<T: Real>(pb: &Problem<'_, T>, b: usize, beta: f64) -> Option<GridFactors> {
+    let (h, w) = pb.graph.grid_shape()?;
+    GridFactors::new(h, w, pb.node.item(b), &pb.edge.item(b), beta)
+}
+
+/// What a chain gathers from its kept sweeps.
+#[derive(Clone, Copy, PartialEq)]
+enum Collect {
+    /// Node counts per batch and pair counts (marginals, error bars).
+    Counts,
+    /// The best-scoring labelling (decode).
+    Best,
+    /// Every kept labelling (sample).
+    Keep,
+}
+
+/// What one chain gathers (empty where its [`Collect`] mode does not ask).
 struct ChainStats {
     /// Node label counts per batch `(BATCHES, I, C)`.
     node: Vec<u32>,
@@ -200,7 +219,8 @@ struct ChainStats {
     kept: Vec<Vec<u32>>,
 }
 
-/// Runs one chain of item `b`.
+/// Runs one chain of item `b` (`fast`: the grid path's prepared factors).
+#[allow(clippy::too_many_arguments)]
 fn run_chain<T: Real>(
     pb: &Problem<'_, T>,
     adj: &Adjacency,
@@ -208,7 +228,8 @@ fn run_chain<T: Real>(
     chain: usize,
     opts: &GibbsOptions,
     init: Option<&[i64]>,
-    keep: bool,
+    collect: Collect,
+    fast: Option<&GridFactors>,
 ) -> Result<ChainStats> {
     let (n, c) = (pb.graph.num_nodes(), pb.classes());
     let (node, edges) = (pb.node.item(b), pb.edge.item(b));
@@ -233,44 +254,51 @@ fn run_chain<T: Real>(
     };
     let total = opts.burn_in + opts.num_samples * opts.thin;
     let per_batch = opts.num_samples.div_ceil(BATCHES);
+    let counts = collect == Collect::Counts;
     let mut st = ChainStats {
-        node: vec![0; BATCHES * n * c],
-        pair: vec![0; pb.graph.num_edges() * c * c],
-        best: (f64::NEG_INFINITY, lab.clone()),
+        node: vec![0; if counts { BATCHES * n * c } else { 0 }],
+        pair: vec![
+            0;
+            if counts {
+                pb.graph.num_edges() * c * c
+            } else {
+                0
+            }
+        ],
+        best: (f64::NEG_INFINITY, Vec::new()),
         kept: Vec::new(),
     };
     let mut kept = 0;
     for s in 0..total {
-        sweep(
-            adj,
-            n,
-            node,
-            &edges,
-            &mut lab,
-            1.0,
-            opts.seed,
-            [b as u64, chain as u64, s as u64],
-            c,
-        )?;
+        let key = [b as u64, chain as u64, s as u64];
+        match fast {
+            Some(f) => f.sweep(&mut lab, opts.seed, key)?,
+            None => sweep(adj, n, node, &edges, &mut lab, 1.0, opts.seed, key, c)?,
+        }
         if s < opts.burn_in || (s - opts.burn_in + 1) % opts.thin != 0 {
             continue;
         }
-        let batch = (kept / per_batch).min(BATCHES - 1);
-        for v in 0..n {
-            st.node[(batch * n + v) * c + lab[v] as usize] += 1;
-        }
-        for (e, &[i, j]) in pb.graph.edges().iter().enumerate() {
-            st.pair[(e * c + lab[i as usize] as usize) * c + lab[j as usize] as usize] += 1;
-        }
-        let score: f64 = (0..n)
-            .map(|v| node[v * c + lab[v] as usize].to_f64())
-            .sum::<f64>()
-            + edge_energy(pb, b, &lab);
-        if score > st.best.0 {
-            st.best = (score, lab.clone());
-        }
-        if keep {
-            st.kept.push(lab.clone());
+        match collect {
+            Collect::Counts => {
+                let batch = (kept / per_batch).min(BATCHES - 1);
+                for v in 0..n {
+                    st.node[(batch * n + v) * c + lab[v] as usize] += 1;
+                }
+                for (e, &[i, j]) in pb.graph.edges().iter().enumerate() {
+                    let (a, b) = (lab[i as usize] as usize, lab[j as usize] as usize);
+                    st.pair[(e * c + a) * c + b] += 1;
+                }
+            }
+            Collect::Best => {
+                let score: f64 = (0..n)
+                    .map(|v| node[v * c + lab[v] as usize].to_f64())
+                    .sum::<f64>()
+                    + edge_energy(pb, b, &lab);
+                if st.best.1.is_empty() || score > st.best.0 {
+                    st.best = (score, lab.clone());
+                }
+            }
+            Collect::Keep => st.kept.push(lab.clone()),
         }
         kept += 1;
     }
@@ -328,17 +356,14 @@ fn ais<T: Real>(
                 }
                 lw += (b1 - b0) * en;
                 if step < k {
-                    sweep(
-                        adj,
-                        n,
-                        node,
-                        &pb.edge.item(b),
-                        &mut lab,
-                        b1,
-                        opts.seed,
-                        [b as u64, key, step as u64],
-                        c,
-                    )?;
+                    let key = [b as u64, key, step as u64];
+                    // Per-edge factors would cost more to prepare per temperature than
+                    // the sweep they serve; a shared table is C² exponentials.
+                    let edges = pb.edge.item(b);
+                    match edges.shared().then(|| grid_factors(pb, b, b1)).flatten() {
+                        Some(f) => f.sweep(&mut lab, opts.seed, key)?,
+                        None => sweep(adj, n, node, &edges, &mut lab, b1, opts.seed, key, c)?,
+                    }
                 }
             }
             Ok(lw)
@@ -373,19 +398,19 @@ pub struct Extras {
 }
 
 /// Gibbs marginals (and AIS log Z) for item `b`, with error bars and R-hat. `init` gives
-/// start labels for `init_gold`. Also returns the best labelling seen.
-#[allow(clippy::type_complexity)]
+/// start labels for `init_gold`.
 pub fn item_estimates<T: Real>(
     pb: &Problem<'_, T>,
     adj: &Adjacency,
     b: usize,
     opts: &GibbsOptions,
     init: Option<&[i64]>,
-) -> Result<(f64, Vec<f64>, Vec<f64>, Extras, Vec<u32>)> {
+) -> Result<(f64, Vec<f64>, Vec<f64>, Extras)> {
     let (n, c, ne) = (pb.graph.num_nodes(), pb.classes(), pb.graph.num_edges());
+    let fast = grid_factors(pb, b, 1.0);
     let chains: Vec<ChainStats> = (0..opts.num_chains)
         .into_par_iter()
-        .map(|k| run_chain(pb, adj, b, k, opts, init, false))
+        .map(|k| run_chain(pb, adj, b, k, opts, init, Collect::Counts, fast.as_ref()))
         .collect::<Result<_>>()?;
     let total = (opts.num_samples * opts.num_chains) as f64;
     let mut node = vec![0.0; n * c];
@@ -449,16 +474,6 @@ pub fn item_estimates<T: Real>(
             }
         }
     }
-    let best = chains
-        .iter()
-        .map(|ch| &ch.best)
-        .fold((f64::NEG_INFINITY, Vec::new()), |acc, x| {
-            if x.0 > acc.0 {
-                x.clone()
-            } else {
-                acc
-            }
-        });
     let (log_z, lz_se) = if opts.ais_steps > 0 {
         ais(pb, adj, b, opts)?
     } else {
@@ -473,7 +488,6 @@ pub fn item_estimates<T: Real>(
             log_z_stderr: lz_se,
             rhat,
         },
-        best.1,
     ))
 }
 
@@ -526,7 +540,7 @@ impl<T: Real> Inference<T> for Gibbs<'_> {
     ) -> Result<ItemInfo> {
         let (n, c) = (pb.graph.num_nodes(), pb.classes());
         let init = self.init.map(|y| &y[b * n..(b + 1) * n]);
-        let (log_z, node, pair, ex, _) = item_estimates(pb, self.adj, b, &self.opts, init)?;
+        let (log_z, node, pair, ex) = item_estimates(pb, self.adj, b, &self.opts, init)?;
         for v in 0..n {
             node_sink(v, &node[v * c..(v + 1) * c]);
         }
@@ -574,7 +588,7 @@ pub fn infer<T: Real>(
         Vec::new(),
         Vec::new(),
     );
-    for (lz, node, pair, ex, _) in items {
+    for (lz, node, pair, ex) in items {
         out.0.push(lz);
         out.1.push(ex.log_z_stderr);
         out.2.extend(node);
@@ -587,15 +601,22 @@ pub fn infer<T: Real>(
 
 /// The best-scoring labelling among the kept samples of every chain `(B, I)`.
 pub fn decode<T: Real>(pb: &Problem<'_, T>, opts: &GibbsOptions) -> Result<Vec<i64>> {
-    let o = GibbsOptions {
-        ais_steps: 0,
-        ..opts.clone()
-    };
+    opts.check()?;
     let adj = pb.graph.adjacency();
     let mut out = Vec::with_capacity(pb.batch * pb.graph.num_nodes());
     for b in 0..pb.batch {
-        let (_, _, _, _, best) = item_estimates(pb, adj, b, &o, None)?;
-        out.extend(best.into_iter().map(|x| x as i64));
+        let fast = grid_factors(pb, b, 1.0);
+        let chains: Vec<ChainStats> = (0..opts.num_chains)
+            .into_par_iter()
+            .map(|k| run_chain(pb, adj, b, k, opts, None, Collect::Best, fast.as_ref()))
+            .collect::<Result<_>>()?;
+        // Ties go to the lowest chain, so the answer does not depend on scheduling.
+        let best = chains
+            .iter()
+            .map(|ch| &ch.best)
+            .reduce(|a, x| if x.0 > a.0 { x } else { a })
+            .expect("num_chains >= 1");
+        out.extend(best.1.iter().map(|&x| x as i64));
     }
     Ok(out)
 }
@@ -616,9 +637,10 @@ pub fn sample<T: Real>(
     let adj = pb.graph.adjacency();
     let mut out = vec![0i64; num_samples * bsz * n];
     for b in 0..bsz {
+        let fast = grid_factors(pb, b, 1.0);
         let chains: Vec<ChainStats> = (0..o.num_chains)
             .into_par_iter()
-            .map(|k| run_chain(pb, adj, b, k, &o, None, true))
+            .map(|k| run_chain(pb, adj, b, k, &o, None, Collect::Keep, fast.as_ref()))
             .collect::<Result<_>>()?;
         for s in 0..num_samples {
             let lab = &chains[s % o.num_chains].kept[s / o.num_chains];

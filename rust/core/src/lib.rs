@@ -17,6 +17,7 @@ pub mod forest;
 pub mod gibbs;
 pub mod graph;
 pub mod grid;
+pub mod gridgibbs;
 pub mod logspace;
 pub mod loopy;
 pub mod maxproduct;
