@@ -69,6 +69,13 @@ pub fn loss_and_grad<T: Real>(
     y: &[i64],
     weights: Option<&[f64]>,
 ) -> Result<LossGrad<T>> {
+    // Linear-chain CRFs with one transition table: the batch-major kernel, when it applies
+    // (input errors are left to the general driver, which reports them).
+    if weights.is_none_or(|w| w.len() == pb.batch) && objective::check_labels(pb, y).is_ok() {
+        if let Some(r) = crate::chain::loss_and_grad(pb, y, weights) {
+            return r;
+        }
+    }
     objective::loss_and_grad(pb, &Exact::new(pb.graph)?, y, weights)
 }
 

@@ -11,6 +11,7 @@
 
 pub mod adjacency;
 pub mod batch;
+pub mod chain;
 pub mod error;
 pub mod exact;
 pub mod forest;
