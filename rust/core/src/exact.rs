@@ -45,9 +45,132 @@ impl<T: Real> Inference<T> for Exact<'_> {
         edges: &mut S,
     ) -> Result<ItemInfo> {
         let (es, act) = (pb.edge.item(b), pb.active(b));
-        let z = upward(self.forest, pb.node.item(b), &es, act, ws)?;
-        downward(self.forest, &es, act, ws, node_sink, edges);
+        let groups = component_groups(self.forest, act, pb.batch);
+        if groups.len() < 2 {
+            let z = upward(self.forest, pb.node.item(b), &es, 0..act, ws)?;
+            downward(self.forest, &es, 0..act, ws, node_sink, edges);
+            return Ok(ItemInfo::exact(z));
+        }
+        // Independent components in parallel, each group into its own buffers, then
+        // handed to the sinks in position order.
+        let c = pb.classes();
+        let shared = edges.shared_slot();
+        let parts: Vec<(f64, Vec<f64>, LocalEdges)> = groups
+            .par_iter()
+            .map(|r| {
+                let mut ws = Workspace::new(r.len(), c);
+                let z = upward(self.forest, pb.node.item(b), &es, r.clone(), &mut ws)?;
+                let mut nodes = Vec::with_capacity(r.len() * c);
+                let mut local = LocalEdges::new(c * c, shared);
+                let mut sink = |_v: usize, m: &[f64]| nodes.extend_from_slice(m);
+                downward(self.forest, &es, r.clone(), &mut ws, &mut sink, &mut local);
+                Ok((z, nodes, local))
+            })
+            .collect::<Result<_>>()?;
+        let mut z = 0.0;
+        for (r, (lz, nodes, local)) in groups.iter().zip(parts) {
+            z += lz;
+            for (p, m) in r.clone().zip(nodes.chunks_exact(c)) {
+                node_sink(self.forest.node[p] as usize, m);
+            }
+            local.replay(edges);
+        }
         Ok(ItemInfo::exact(z))
+    }
+}
+
+/// Fewest nodes in a group of components worth a parallel task.
+const GROUP_NODES: usize = 4096;
+/// Largest batch whose items are split into component groups (larger batches are
+/// parallel over items already). A function of the batch, never of the thread count, so
+/// the summation order — and every bit of the result — does not depend on threads.
+const GROUP_BATCH: usize = 4;
+
+/// Position ranges of whole components, each of at least `GROUP_NODES` nodes (the last
+/// takes the remainder), for items of a small batch; one range otherwise.
+fn component_groups(f: &Forest, active: usize, batch: usize) -> Vec<std::ops::Range<usize>> {
+    if batch > GROUP_BATCH || f.num_components() < 2 || active < 2 * GROUP_NODES {
+        return std::iter::once(0..active).collect();
+    }
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for &end in &f.comp[1..] {
+        if end - start >= GROUP_NODES {
+            groups.push(start..end);
+            start = end;
+        }
+    }
+    match groups.last_mut() {
+        Some(last) if start < active => last.end = active,
+        None => return std::iter::once(0..active).collect(),
+        _ => {}
+    }
+    groups
+}
+
+/// Pair marginals of one component group, kept until they are handed to the real sink
+/// in order: one `C x C` slot per edge, or a single slot when the real sink sums every
+/// edge into one (a shared table's gradient).
+struct LocalEdges {
+    cc: usize,
+    shared: bool,
+    ids: Vec<u32>,
+    buf: Vec<f64>,
+}
+
+impl LocalEdges {
+    fn new(cc: usize, shared: bool) -> LocalEdges {
+        LocalEdges {
+            cc,
+            shared,
+            ids: Vec::new(),
+            buf: if shared { vec![0.0; cc] } else { Vec::new() },
+        }
+    }
+
+    /// Adds (or writes) every kept slot into `out` and commits it.
+    fn replay<S: EdgeSink>(&self, out: &mut S) {
+        if self.shared {
+            if let Some(&e) = self.ids.first() {
+                let slot = out.slot(e as usize);
+                slot.iter_mut().zip(&self.buf).for_each(|(o, x)| *o += x);
+                out.commit(e as usize);
+            }
+            return;
+        }
+        for (&e, v) in self.ids.iter().zip(self.buf.chunks_exact(self.cc)) {
+            let slot = out.slot(e as usize);
+            if S::ACCUMULATE {
+                slot.iter_mut().zip(v).for_each(|(o, x)| *o += x);
+            } else {
+                slot.copy_from_slice(v);
+            }
+            out.commit(e as usize);
+        }
+    }
+}
+
+impl EdgeSink for LocalEdges {
+    // Slots start at zero, so adding into them equals writing them.
+    const ACCUMULATE: bool = true;
+
+    fn slot(&mut self, e: usize) -> &mut [f64] {
+        if self.shared {
+            if self.ids.is_empty() {
+                self.ids.push(e as u32);
+            }
+            return &mut self.buf;
+        }
+        if self.ids.last() != Some(&(e as u32)) {
+            self.ids.push(e as u32);
+            self.buf.resize(self.buf.len() + self.cc, 0.0);
+        }
+        let k = self.buf.len() - self.cc;
+        &mut self.buf[k..]
+    }
+
+    fn shared_slot(&self) -> bool {
+        self.shared
     }
 }
 
@@ -115,7 +238,7 @@ pub fn sample<T: Real>(pb: &Problem<'_, T>, num_samples: usize, seed: u64) -> Re
     bels.par_iter_mut().enumerate().try_for_each_init(
         || Workspace::new(n, c),
         |ws, (b, out)| {
-            upward(f, pb.node.item(b), &pb.edge.item(b), pb.active(b), ws)
+            upward(f, pb.node.item(b), &pb.edge.item(b), 0..pb.active(b), ws)
                 .map_err(|er| item_error(er, b, bsz))?;
             *out = ws.bel[..pb.active(b) * c].to_vec();
             Ok::<(), Error>(())

@@ -3,6 +3,8 @@
 //! node and edge marginals. Messages are kept normalised (maximum 0) and their shifts are
 //! summed into log Z in f64, so nothing grows with the length of a chain.
 
+use std::ops::Range;
+
 use crate::error::{Error, Result};
 use crate::forest::{Forest, ROOT};
 use crate::logspace::{logsumexp, max, softmax};
@@ -83,24 +85,26 @@ fn infeasible() -> Error {
 }
 
 simd_dispatch! {
-    /// Upward pass over positions `0..active`. Leaves `ws.bel` = upward beliefs and `ws.up`
-    /// = normalised messages to parents; returns log Z.
+    /// Upward pass over positions `range` (whole components; the workspace is indexed
+    /// relative to `range.start`). Leaves `ws.bel` = upward beliefs and `ws.up` =
+    /// normalised messages to parents; returns the range's log Z.
     pub fn upward<T: Real>(
         f: &Forest,
         node: &[T],
         edges: &ItemEdges<'_, T>,
-        active: usize,
+        range: Range<usize>,
         ws: &mut Workspace,
     ) -> Result<f64> => upward_body
 }
 
 simd_dispatch! {
-    /// Downward pass after [`upward`]: calls `node_sink(node, marginal)` for every active
-    /// node and fills `edges_out` with the pair marginal of every active edge.
+    /// Downward pass after [`upward`] on the same `range`: calls `node_sink(node,
+    /// marginal)` for every node there and fills `edges_out` with the pair marginal of
+    /// every edge there.
     pub fn downward<T: Real, S: EdgeSink>(
         f: &Forest,
         edges: &ItemEdges<'_, T>,
-        active: usize,
+        range: Range<usize>,
         ws: &mut Workspace,
         node_sink: &mut dyn FnMut(usize, &[f64]),
         edges_out: &mut S,
@@ -112,18 +116,19 @@ fn upward_body<T: Real>(
     f: &Forest,
     node: &[T],
     edges: &ItemEdges<'_, T>,
-    active: usize,
+    range: Range<usize>,
     ws: &mut Workspace,
 ) -> Result<f64> {
     let c = ws.c;
-    if edges.shared() && active > 1 && ws.shared_at != edges.shared_key() {
+    let lo = range.start;
+    if edges.shared() && range.len() > 1 && ws.shared_at != edges.shared_key() {
         edges.load(0, false, 1.0, &mut ws.shared[0]);
         edges.load(0, true, 1.0, &mut ws.shared[1]);
         ws.shared_at = edges.shared_key();
     }
-    for p in 0..active {
-        let v = f.node[p] as usize;
-        for (b, &s) in ws.bel[p * c..(p + 1) * c]
+    for p in range.clone() {
+        let (v, q) = (f.node[p] as usize, p - lo);
+        for (b, &s) in ws.bel[q * c..(q + 1) * c]
             .iter_mut()
             .zip(&node[v * c..(v + 1) * c])
         {
@@ -131,10 +136,10 @@ fn upward_body<T: Real>(
         }
     }
     let mut log_z = 0.0;
-    for p in (0..active).rev() {
-        let par = f.parent[p];
+    for p in range.rev() {
+        let (par, q) = (f.parent[p], p - lo);
         if par == ROOT {
-            let lz = logsumexp(&ws.bel[p * c..(p + 1) * c], &mut ws.x);
+            let lz = logsumexp(&ws.bel[q * c..(q + 1) * c], &mut ws.x);
             if lz == f64::NEG_INFINITY {
                 return Err(infeasible());
             }
@@ -142,13 +147,13 @@ fn upward_body<T: Real>(
             continue;
         }
         let t = edge_table(f, edges, &mut ws.table, &ws.shared, p, true);
-        let (head, tail) = ws.bel.split_at_mut(p * c);
-        let out = &mut ws.up[p * c..(p + 1) * c];
+        let (head, tail) = ws.bel.split_at_mut(q * c);
+        let out = &mut ws.up[q * c..(q + 1) * c];
         message(
             &tail[..c],
             t,
             out,
-            &mut ws.qup[p * c..(p + 1) * c],
+            &mut ws.qup[q * c..(q + 1) * c],
             &mut ws.sc,
             std::mem::size_of::<T>() == 4,
         );
@@ -157,7 +162,8 @@ fn upward_body<T: Real>(
             return Err(infeasible());
         }
         log_z += shift;
-        let pb = &mut head[par as usize * c..(par as usize + 1) * c];
+        let pq = par as usize - lo;
+        let pb = &mut head[pq * c..(pq + 1) * c];
         for (b, o) in pb.iter_mut().zip(out.iter_mut()) {
             *o -= shift;
             *b += *o;
@@ -170,21 +176,22 @@ fn upward_body<T: Real>(
 fn downward_body<T: Real, S: EdgeSink>(
     f: &Forest,
     edges: &ItemEdges<'_, T>,
-    active: usize,
+    range: Range<usize>,
     ws: &mut Workspace,
     node_sink: &mut dyn FnMut(usize, &[f64]),
     edges_out: &mut S,
 ) {
     let c = ws.c;
+    let lo = range.start;
     let (mut outer_used, mut last_edge) = (false, 0);
-    for p in 0..active {
-        let par = f.parent[p];
+    for p in range {
+        let (par, q) = (f.parent[p], p - lo);
         if par != ROOT {
-            let par = par as usize;
+            let par = par as usize - lo;
             // Belief at the parent without this edge's own message. Where that message is
             // −inf the parent label is impossible through this edge whatever else holds.
             for k in 0..c {
-                let u = ws.up[p * c + k];
+                let u = ws.up[q * c + k];
                 ws.x[k] = if u == f64::NEG_INFINITY {
                     u
                 } else {
@@ -192,7 +199,7 @@ fn downward_body<T: Real, S: EdgeSink>(
                 };
             }
             let t = edge_table(f, edges, &mut ws.table, &ws.shared, p, false);
-            let y = &ws.bel[p * c..(p + 1) * c];
+            let y = &ws.bel[q * c..(q + 1) * c];
             let e = f.edge[p] as usize;
             // A shared table summed into one slot: accumulate outer products and apply
             // the table once per item.
@@ -201,7 +208,7 @@ fn downward_body<T: Real, S: EdgeSink>(
             let have_marg = joint_and_message(
                 &ws.x,
                 y,
-                &ws.qup[p * c..(p + 1) * c],
+                &ws.qup[q * c..(q + 1) * c],
                 t,
                 edges_out.slot(e),
                 transpose,
@@ -216,14 +223,14 @@ fn downward_body<T: Real, S: EdgeSink>(
             last_edge = e;
             edges_out.commit(e);
             let shift = max(&ws.msg);
-            for (b, m) in ws.bel[p * c..(p + 1) * c].iter_mut().zip(&ws.msg) {
+            for (b, m) in ws.bel[q * c..(q + 1) * c].iter_mut().zip(&ws.msg) {
                 *b += m - shift;
             }
             if !have_marg {
-                softmax(&ws.bel[p * c..(p + 1) * c], &mut ws.marg);
+                softmax(&ws.bel[q * c..(q + 1) * c], &mut ws.marg);
             }
         } else {
-            softmax(&ws.bel[p * c..(p + 1) * c], &mut ws.marg);
+            softmax(&ws.bel[q * c..(q + 1) * c], &mut ws.marg);
         }
         node_sink(f.node[p] as usize, &ws.marg);
     }
