@@ -54,3 +54,16 @@ def test_large_grid_builds_fast():
     assert g.num_edges == 2 * 1024 * 1023
     # Generous bound so a loaded CI machine passes; typical is ~0.1 s.
     assert elapsed < 3.0
+
+
+def test_extension_stub_names_every_function_of_the_extension():
+    import ast
+    from pathlib import Path
+
+    from expsoftmax import _core
+
+    stub = Path(es.__file__).with_name("_core.pyi")
+    tree = ast.parse(stub.read_text())
+    declared = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    public = {k for k in dir(_core) if not k.startswith("_")}
+    assert declared == public
