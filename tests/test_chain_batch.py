@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import expsoftmax as es
-from oracle import brute_force
+from oracle import brute_force, chain_log_z
 
 
 def _reference(s_n, table, y, lengths):
@@ -73,3 +73,20 @@ def test_batch_kernel_equals_per_item_calls_on_a_long_batch():
     np.testing.assert_allclose(loss, np.concatenate([p[0] for p in per]), rtol=1e-12)
     np.testing.assert_allclose(gn, np.concatenate([p[1] for p in per]), atol=1e-12)
     np.testing.assert_allclose(ge, sum(p[2] for p in per), atol=1e-10)
+
+
+@pytest.mark.parametrize("node_scale,table_scale", [(1e4, 30.0), (1e4, 1e4), (50.0, 5.0)])
+def test_batch_of_chains_with_large_scores_matches_a_log_domain_reference(node_scale, table_scale):
+    # Node scores up to ~1e4 (labels far below a node's best flush to zero) with a table
+    # the scaled kernel takes (span < 300) or leaves to the log-domain kernel (1e4).
+    rng = np.random.default_rng(73)
+    b, t, c = 10, 50, 4
+    s_n = rng.normal(0, node_scale, (b, t, c))
+    table = rng.normal(0, table_scale, (c, c))
+    y = rng.integers(0, c, (b, t))
+    loss, gn, _ = es.loss_and_grad(es.Graph.chain(t), s_n, table[None], y)
+    gold = s_n[np.arange(b)[:, None], np.arange(t), y].sum(1) + table[y[:, :-1], y[:, 1:]].sum(1)
+    se = np.broadcast_to(table, (t - 1, c, c))
+    want = np.array([chain_log_z(s_n[i], se) for i in range(b)])
+    np.testing.assert_allclose(loss + gold, want, rtol=1e-12)
+    assert np.isfinite(gn).all() and np.abs(gn.sum(-1)).max() < 1e-9

@@ -39,6 +39,8 @@ pub const MIN_BATCH: usize = 8;
 
 /// The float type of the products: f32 for float32 models when the table allows.
 trait Gemm: Copy + Send + Sync + Default + PartialOrd + 'static {
+    /// Smallest positive normal value, as f64.
+    const MIN_NORMAL: f64;
     fn of(x: f64) -> Self;
     fn f(self) -> f64;
     /// `c = alpha a b + beta c` on strided matrices (see `matrixmultiply`).
@@ -66,6 +68,7 @@ trait Gemm: Copy + Send + Sync + Default + PartialOrd + 'static {
 macro_rules! gemm_impl {
     ($t:ty, $f:path) => {
         impl Gemm for $t {
+            const MIN_NORMAL: f64 = <$t>::MIN_POSITIVE as f64;
             #[inline(always)]
             fn of(x: f64) -> Self {
                 x as $t
@@ -234,7 +237,10 @@ fn chunk<T: Real, F: Gemm>(
             log_z[i] += m;
             let o = &mut phi[i * nc + t * c..i * nc + (t + 1) * c];
             for (p, &r) in o.iter_mut().zip(&row) {
-                *p = F::of(exp(r - m));
+                // Flushed to zero below the type's normal range (no slow subnormals);
+                // such a label weighs less than e^-87 relative to the node's best.
+                let v = F::of(exp(r - m));
+                *p = if v.f() < F::MIN_NORMAL { zero } else { v };
             }
         }
     }
