@@ -195,10 +195,64 @@ fn run<T: Real, F: Gemm>(
     }))
 }
 
+/// `Σ_k f(k)` over `0..len` with four partial sums (a fixed order, so deterministic):
+/// the rows here are short and a single running sum is a chain of dependent additions.
+#[inline(always)]
+fn sum4(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let full = len / 4 * 4;
+    for k in (0..full).step_by(4) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a += f(k + j);
+        }
+    }
+    let tail: f64 = (full..len).map(&f).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
 /// Forward–backward for items `items` (at most `CHUNK`); writes their losses and node
 /// gradients and returns the chunk's table statistics, or `None` if an item is infeasible.
+/// Runs the element-wise work (exponentials, rescaling) with AVX2 where the CPU has it.
 #[allow(clippy::too_many_arguments)]
 fn chunk<T: Real, F: Gemm>(
+    pb: &Problem<'_, T>,
+    y: &[i64],
+    weights: Option<&[f64]>,
+    raw: &[f64],
+    e_tab: &[F],
+    tmax: f64,
+    items: std::ops::Range<usize>,
+    loss: &mut [T],
+    gn: &mut [T],
+) -> Option<Part> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx2<T: Real, F: Gemm>(
+            pb: &Problem<'_, T>,
+            y: &[i64],
+            weights: Option<&[f64]>,
+            raw: &[f64],
+            e_tab: &[F],
+            tmax: f64,
+            items: std::ops::Range<usize>,
+            loss: &mut [T],
+            gn: &mut [T],
+        ) -> Option<Part> {
+            chunk_body(pb, y, weights, raw, e_tab, tmax, items, loss, gn)
+        }
+        if crate::batch::has_avx2() {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(pb, y, weights, raw, e_tab, tmax, items, loss, gn) };
+        }
+    }
+    chunk_body(pb, y, weights, raw, e_tab, tmax, items, loss, gn)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn chunk_body<T: Real, F: Gemm>(
     pb: &Problem<'_, T>,
     y: &[i64],
     weights: Option<&[f64]>,
@@ -246,7 +300,7 @@ fn chunk<T: Real, F: Gemm>(
     }
     // Normalises row `v` in place by its sum; returns the sum (0: infeasible).
     let normalise = |v: &mut [F]| -> f64 {
-        let s: f64 = v.iter().map(|x| x.f()).sum();
+        let s = sum4(v.len(), |k| v[k].f());
         if s > 0.0 {
             let inv = 1.0 / s;
             v.iter_mut().for_each(|x| *x = F::of(x.f() * inv));
@@ -368,11 +422,8 @@ fn chunk<T: Real, F: Gemm>(
         let mut gold = 0.0;
         for t in 0..act[i] {
             let o = i * nc + t * c;
-            let d: f64 = alpha[o..o + c]
-                .iter()
-                .zip(&beta[o..o + c])
-                .map(|(a, b)| a.f() * b.f())
-                .sum();
+            let (a, bt) = (&alpha[o..o + c], &beta[o..o + c]);
+            let d = sum4(c, |k| a[k].f() * bt[k].f());
             let inv = w / d;
             let out = &mut gn[o..o + c];
             for ((gv, a), bv) in out.iter_mut().zip(&alpha[o..o + c]).zip(&beta[o..o + c]) {
