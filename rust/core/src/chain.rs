@@ -22,7 +22,7 @@
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::logspace::exp;
+use crate::logspace::{exp, exp_nonpos_f32};
 use crate::objective::LossGrad;
 use crate::real::Real;
 use crate::scores::Problem;
@@ -42,6 +42,8 @@ trait Gemm: Copy + Send + Sync + Default + PartialOrd + 'static {
     /// Smallest positive normal value, as f64.
     const MIN_NORMAL: f64;
     fn of(x: f64) -> Self;
+    /// `e^x` for `x <= 0` at this type's precision (0 below its normal range).
+    fn exp_nonpos(x: f64) -> Self;
     fn f(self) -> f64;
     /// `c = alpha a b + beta c` on strided matrices (see `matrixmultiply`).
     ///
@@ -66,9 +68,13 @@ trait Gemm: Copy + Send + Sync + Default + PartialOrd + 'static {
 }
 
 macro_rules! gemm_impl {
-    ($t:ty, $f:path) => {
+    ($t:ty, $f:path, $exp:expr) => {
         impl Gemm for $t {
             const MIN_NORMAL: f64 = <$t>::MIN_POSITIVE as f64;
+            #[inline(always)]
+            fn exp_nonpos(x: f64) -> Self {
+                $exp(x)
+            }
             #[inline(always)]
             fn of(x: f64) -> Self {
                 x as $t
@@ -98,8 +104,10 @@ macro_rules! gemm_impl {
         }
     };
 }
-gemm_impl!(f32, matrixmultiply::sgemm);
-gemm_impl!(f64, matrixmultiply::dgemm);
+gemm_impl!(f32, matrixmultiply::sgemm, |x: f64| exp_nonpos_f32(
+    x as f32
+));
+gemm_impl!(f64, matrixmultiply::dgemm, exp);
 
 /// Whether `pb` is a batch of chains (Graph.chain) with one table shared by every edge and
 /// item, per-item node scores and gold labels: the shape this kernel serves.
@@ -293,7 +301,7 @@ fn chunk_body<T: Real, F: Gemm>(
             for (p, &r) in o.iter_mut().zip(&row) {
                 // Flushed to zero below the type's normal range (no slow subnormals);
                 // such a label weighs less than e^-87 relative to the node's best.
-                let v = F::of(exp(r - m));
+                let v = F::exp_nonpos(r - m);
                 *p = if v.f() < F::MIN_NORMAL { zero } else { v };
             }
         }

@@ -45,6 +45,36 @@ pub fn exp(x: f64) -> f64 {
     }
 }
 
+/// `e^x` in f32 for `x <= 0`, to a few ulp (Cephes' `expf` polynomial); exactly 0 below
+/// −87 (where f32's normal range ends) and for −inf. Branch-free so loops vectorise at
+/// eight lanes: float32 models exponentiate at f32 cost.
+#[inline(always)]
+pub fn exp_nonpos_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    /// 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.0, 0.0);
+    let t = xc * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let scale = f32::from_bits(((ni + 127) << 23) as u32);
+    if x < -87.0 {
+        0.0
+    } else {
+        y * scale
+    }
+}
+
 /// Natural log of a positive, normal, finite `x` (x >= 2.3e-308), to about 1 ulp.
 /// Branch-free so loops over it vectorise; callers keep 0, subnormals and inf away.
 #[inline(always)]
@@ -128,6 +158,22 @@ mod tests {
         assert_eq!(exp(f64::NEG_INFINITY), 0.0);
         assert_eq!(exp(-1e4), 0.0);
         assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_f32_matches_std_to_a_few_ulp() {
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let (a, b) = (exp_nonpos_f32(x), (x as f64).exp());
+            assert!(
+                ((a as f64 - b) / b).abs() < 4e-7,
+                "exp({x}) = {a}, std gives {b}"
+            );
+            x += 0.00731;
+        }
+        assert_eq!(exp_nonpos_f32(0.0), 1.0);
+        assert_eq!(exp_nonpos_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_nonpos_f32(-100.0), 0.0);
     }
 
     #[test]
