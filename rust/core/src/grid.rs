@@ -45,9 +45,54 @@ pub struct GridPotentials {
     /// Vertical tables: shared `[x][x']`, or per edge `[r][x][x'][c]` (r < h − 1).
     vert: Vec<f64>,
     shared: bool,
+    /// Weighted edge scores `w_e θ`: potentials made row by row when they are needed
+    /// instead of cached per edge (which would be `E C²` numbers).
+    weighted: Option<Weighted>,
     /// Messages may be stored in f32: float32 scores, and tables with no forbidden pair
     /// and a span of at most `SPAN_F32`, so no message entry leaves f32's normal range.
     f32_ok: bool,
+}
+
+/// One table `θ` and per-edge weights laid out like the grid's edge rows.
+struct Weighted {
+    theta: Vec<f64>,
+    /// Exponentials in f32 (eight lanes): messages are stored in f32 anyway.
+    low: bool,
+    /// Largest and smallest finite entries of `θ`.
+    hi: f64,
+    lo: f64,
+    /// Horizontal weights `[r][col]` (col < w − 1, stride w) and vertical `[r][col]`.
+    wh: Vec<f64>,
+    wv: Vec<f64>,
+}
+
+impl Weighted {
+    /// Potentials `exp(w_i θ_k − max_k w_i θ_k)` of edge row `r` (horizontal or vertical)
+    /// into `out[k][i]`, `k < C²`, `i < w`; a forbidden entry is 0 whatever the weight.
+    #[inline(always)]
+    fn fill(&self, vertical: bool, r: usize, w: usize, out: &mut [f64]) {
+        let wr = if vertical { &self.wv } else { &self.wh };
+        let wr = &wr[r * w..(r + 1) * w];
+        for (k, &t) in self.theta.iter().enumerate() {
+            let o = &mut out[k * w..(k + 1) * w];
+            if t == f64::NEG_INFINITY {
+                o.fill(0.0);
+                continue;
+            }
+            // The table's maximum under weight wi is wi·hi (wi >= 0) or wi·lo.
+            if self.low {
+                for (p, &wi) in o.iter_mut().zip(wr) {
+                    let m = (wi * self.hi).max(wi * self.lo);
+                    *p = crate::logspace::exp_nonpos_f32((wi * t - m) as f32) as f64;
+                }
+            } else {
+                for (p, &wi) in o.iter_mut().zip(wr) {
+                    let m = (wi * self.hi).max(wi * self.lo);
+                    *p = crate::logspace::exp(wi * t - m);
+                }
+            }
+        }
+    }
 }
 
 fn span_ok(v: &[f64]) -> bool {
@@ -77,12 +122,26 @@ impl GridPotentials {
         node: &[T],
         edges: &ItemEdges<'_, T>,
     ) -> Option<GridPotentials> {
+        Self::with_cache(h, w, node, edges, MAX_CACHE)
+    }
+
+    /// [`Self::new`] with a cache limit (bytes) for per-edge potentials. Weighted edge
+    /// scores beyond it have their potentials made row by row at each sweep; full
+    /// per-edge tables beyond it leave the fast path.
+    pub fn with_cache<T: Real>(
+        h: usize,
+        w: usize,
+        node: &[T],
+        edges: &ItemEdges<'_, T>,
+        max_cache: usize,
+    ) -> Option<GridPotentials> {
         let c = node.len() / (h * w);
         let cc = c * c;
         let n_h = h * (w - 1);
         let shared = edges.shared();
         let n_tables = if shared { 1 } else { n_h + (h - 1) * w };
-        if n_tables * cc * 8 > MAX_CACHE {
+        let weighted = edges.weighted() && n_tables * cc * 8 > max_cache;
+        if !weighted && n_tables * cc * 8 > max_cache {
             return None;
         }
         let mut phi = vec![0.0; h * w * c];
@@ -118,7 +177,49 @@ impl GridPotentials {
             exp_rel(t);
             true
         };
-        let (horiz, vert) = if shared {
+        let mut wtd = None;
+        let (horiz, vert) = if weighted {
+            let mut theta = vec![0.0; cc];
+            edges.unweighted(0, &mut theta);
+            let (mut hi, mut lo) = (f64::NEG_INFINITY, f64::INFINITY);
+            for &x in theta.iter().filter(|&&x| x > f64::NEG_INFINITY) {
+                hi = hi.max(x);
+                lo = lo.min(x);
+            }
+            let span = if hi == f64::NEG_INFINITY {
+                0.0
+            } else {
+                hi - lo
+            };
+            let (mut wh, mut wv) = (vec![0.0; h * w], vec![0.0; h * w]);
+            let mut wmax = 0.0f64;
+            for r in 0..h {
+                for col in 0..w {
+                    if col + 1 < w {
+                        wh[r * w + col] = edges.weight(r * (w - 1) + col);
+                        wmax = wmax.max(wh[r * w + col].abs());
+                    }
+                    if r + 1 < h {
+                        wv[r * w + col] = edges.weight(n_h + r * w + col);
+                        wmax = wmax.max(wv[r * w + col].abs());
+                    }
+                }
+            }
+            if wmax * span > SPAN {
+                return None;
+            }
+            let forbidden = theta.contains(&f64::NEG_INFINITY);
+            f32_ok &= !forbidden && wmax * span <= SPAN_F32;
+            wtd = Some(Weighted {
+                theta,
+                low: f32_ok,
+                hi,
+                lo,
+                wh,
+                wv,
+            });
+            (Vec::new(), Vec::new())
+        } else if shared {
             if !load(0, &mut t) {
                 return None;
             }
@@ -156,6 +257,7 @@ impl GridPotentials {
             horiz,
             vert,
             shared,
+            weighted: wtd,
             f32_ok,
         })
     }
@@ -214,6 +316,9 @@ impl<M: Real> Bufs<M> {
 
 /// Per-thread scratch rows.
 pub struct RowWs {
+    /// Weighted potentials of one edge row `[k][col]`, and which row they are.
+    pot: Vec<f64>,
+    pot_at: Option<(bool, usize)>,
     norm: Vec<f64>,
     a: Vec<f64>,
     b: Vec<f64>,
@@ -339,6 +444,13 @@ fn row_update_body<M: Real>(
             FROM_RIGHT => r,
             _ => r - 1,
         };
+        if let Some(wt) = &p.weighted {
+            // Made once per edge row and reused by the two directions that share it.
+            if ws.pot_at != Some((vertical, tab_row)) {
+                wt.fill(vertical, tab_row, w, &mut ws.pot);
+                ws.pot_at = Some((vertical, tab_row));
+            }
+        }
         for xo in 0..c {
             let out = &mut ws.out[xo * w..xo * w + len];
             for x in 0..c {
@@ -346,7 +458,11 @@ fn row_update_body<M: Real>(
                     FROM_LEFT | FROM_UP => x * c + xo,
                     _ => xo * c + x,
                 };
-                let t = p.tab(vertical, tab_row, k);
+                let t = if p.weighted.is_some() {
+                    Tab::Row(&ws.pot[k * w..(k + 1) * w])
+                } else {
+                    p.tab(vertical, tab_row, k)
+                };
                 let cav = &ws.cav[x * w + src_off..x * w + src_off + len];
                 // Horizontal per-edge rows are indexed by the edge's left column.
                 axpy(out, &t, 0, cav);
@@ -420,8 +536,14 @@ fn row_update_body<M: Real>(
 }
 
 impl RowWs {
-    fn new(c: usize, w: usize) -> RowWs {
+    fn new(c: usize, w: usize, weighted: bool) -> RowWs {
         RowWs {
+            pot: if weighted {
+                vec![0.0; c * c * w]
+            } else {
+                Vec::new()
+            },
+            pot_at: None,
             norm: vec![0.0; w],
             a: vec![0.0; c * w],
             b: vec![0.0; c * w],
@@ -454,7 +576,7 @@ fn sweep<M: Real>(
         .into_par_iter()
         .with_min_len(4)
         .map_init(
-            || RowWs::new(c, w),
+            || RowWs::new(c, w, p.weighted.is_some()),
             |ws, r| row_update(p, r, o, nw, colour, damping, need_change, ws),
         )
         .reduce(|| 0.0, f64::max)
@@ -547,4 +669,48 @@ fn iterate_in<M: Real>(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use crate::scores::EdgeScores;
+
+    /// Weighted edge scores give the same messages whether their potentials are cached
+    /// per edge or made row by row (the path for grids too large to cache), in f64 and
+    /// f32 storage, with negative weights and a forbidden pair.
+    fn weighted_paths_agree<T: Real>(tol: f64) {
+        let (h, w, c) = (5, 7, 3);
+        let ne = h * (w - 1) + (h - 1) * w;
+        let mut rng = Rng::stream(9, &[]);
+        let mut u = |a: f64, b: f64| T::from_f64(a + (b - a) * rng.uniform());
+        let node: Vec<T> = (0..h * w * c).map(|_| u(-2.0, 2.0)).collect();
+        let wt: Vec<T> = (0..ne).map(|_| u(-1.0, 2.0)).collect();
+        let mut tab: Vec<T> = (0..c * c).map(|_| u(-1.5, 1.5)).collect();
+        let finite = tab.clone();
+        tab[1] = T::from_f64(f64::NEG_INFINITY);
+        for table in [&finite, &tab] {
+            let es = EdgeScores::weighted(&wt, 1, table, 1, c).item(0);
+            let cached = GridPotentials::with_cache(h, w, &node, &es, MAX_CACHE).unwrap();
+            let rows = GridPotentials::with_cache(h, w, &node, &es, 0).unwrap();
+            assert!(cached.weighted.is_none() && rows.weighted.is_some());
+            assert_eq!(cached.f32_ok, rows.f32_ok);
+            for schedule in [Schedule::Parallel, Schedule::Colour] {
+                let (mut m1, mut m2) = (vec![0.0; 2 * ne * c], vec![0.0; 2 * ne * c]);
+                let r1 = iterate(&cached, 15, 0.0, 0.3, schedule, &mut m1);
+                let r2 = iterate(&rows, 15, 0.0, 0.3, schedule, &mut m2);
+                assert_eq!(r1.0, r2.0);
+                for (a, b) in m1.iter().zip(&m2) {
+                    assert!(a == b || (a - b).abs() <= tol, "{a} vs {b} ({schedule:?})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_potentials_cached_or_made_per_row_agree() {
+        weighted_paths_agree::<f64>(1e-12);
+        weighted_paths_agree::<f32>(1e-5);
+    }
 }

@@ -474,11 +474,10 @@ pub struct ItemWs {
     nb: Vec<f64>,
     lnb: Vec<f64>,
     node: NodeWs,
-    xj: Vec<f64>,
-    qj: Vec<f64>,
-    msg: Vec<f64>,
     marg: Vec<f64>,
     pair: Vec<f64>,
+    /// Scratch of the sequential belief pass (small graphs).
+    edge: EdgeWs,
 }
 
 impl ItemWs {
@@ -491,11 +490,9 @@ impl ItemWs {
             nb: vec![0.0; n * c],
             lnb: vec![0.0; n * c],
             node: NodeWs::new(c),
-            xj: vec![0.0; c],
-            qj: vec![0.0; c],
-            msg: vec![0.0; c],
             marg: vec![0.0; c],
             pair: vec![0.0; c * c],
+            edge: EdgeWs::new(c),
         }
     }
 }
@@ -529,6 +526,166 @@ fn entropy(p: &[f64]) -> f64 {
         .filter(|&&p| p > 0.0)
         .map(|&p| p * p.ln())
         .sum::<f64>()
+}
+
+/// Edges per block of the belief pass, and per parallel task inside a block.
+const BELIEF_BLOCK: usize = 8192;
+const BELIEF_SUB: usize = 256;
+/// Fewest edges for which the belief pass runs in parallel.
+const PARALLEL_BELIEF_EDGES: usize = 2048;
+
+/// Scratch for one edge of the belief pass.
+pub struct EdgeWs {
+    nw: NodeWs,
+    xj: Vec<f64>,
+    qj: Vec<f64>,
+    msg: Vec<f64>,
+    marg: Vec<f64>,
+}
+
+impl EdgeWs {
+    fn new(c: usize) -> EdgeWs {
+        EdgeWs {
+            nw: NodeWs::new(c),
+            xj: vec![0.0; c],
+            qj: vec![0.0; c],
+            msg: vec![0.0; c],
+            marg: vec![0.0; c],
+        }
+    }
+}
+
+/// Pair marginal of the edge at adjacency slot `k` of its first node `v` into `pair`
+/// (`C x C`, oriented like the edge's table); returns the edge's free-energy term
+/// `E_p[θ] − ρ I(p)` (mutual information against the node beliefs, logs in `lnb`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn edge_belief<T: Real>(
+    adj: &Adjacency,
+    node: &[T],
+    edges: &ItemEdges<'_, T>,
+    msgs: &Shared,
+    a: &[f64],
+    lnb: &[f64],
+    rho: Option<&[f64]>,
+    v: usize,
+    k: usize,
+    ew: &mut EdgeWs,
+    pair: &mut [f64],
+) -> f64 {
+    let c = ew.xj.len();
+    let (e, w) = (adj.edge[k] as usize, adj.nbr[k] as usize);
+    let r = rho.map_or(1.0, |r| r[e]);
+    let nw = &mut ew.nw;
+    for (t, &s) in nw.th.iter_mut().zip(&node[v * c..(v + 1) * c]) {
+        *t = s.to_f64();
+    }
+    cavity(
+        adj,
+        v,
+        k,
+        &nw.th,
+        &a[v * c..(v + 1) * c],
+        msgs,
+        rho,
+        &mut nw.x,
+    );
+    for (t, &s) in nw.th.iter_mut().zip(&node[w * c..(w + 1) * c]) {
+        *t = s.to_f64();
+    }
+    cavity(
+        adj,
+        w,
+        adj.twin[k] as usize,
+        &nw.th,
+        &a[w * c..(w + 1) * c],
+        msgs,
+        rho,
+        &mut ew.xj,
+    );
+    let my = max(&ew.xj);
+    for (q, &x) in ew.qj.iter_mut().zip(&ew.xj) {
+        *q = if my > f64::NEG_INFINITY {
+            exp(x - my)
+        } else {
+            0.0
+        };
+    }
+    let t = table_for(edges, e, false, 1.0 / r, &mut nw.table, &mut nw.cache);
+    joint_and_message(
+        &nw.x,
+        &ew.xj,
+        &ew.qj,
+        t,
+        pair,
+        false,
+        false,
+        &mut ew.msg,
+        &mut ew.marg,
+        &mut nw.sc,
+        None,
+        false,
+    );
+    // Energy with the unscaled table; mutual information against the node beliefs.
+    let mut term = expect(pair, t.raw.iter().map(|&x| x * r));
+    // I = Σ p ln p − Σ_s p_s· ln b_v[s] − Σ_d p_·d ln b_w[d], with the logs of the node
+    // beliefs taken once per node (`lnb`) and a vectorised log here.
+    let (lv, lw) = (&lnb[v * c..(v + 1) * c], &lnb[w * c..(w + 1) * c]);
+    let mut mi = 0.0;
+    for s in 0..c {
+        let row = &pair[s * c..(s + 1) * c];
+        // Terms into a scratch row first (a map vectorises; a running sum would not).
+        let ls = lv[s];
+        for ((o, &p), &l) in ew.msg.iter_mut().zip(row).zip(lw) {
+            // All logs are floored at ln 1e-300 (finite), so p = 0 gives exactly 0 with
+            // no branch.
+            *o = p * (ln_pos(p.max(1e-300)) - ls - l);
+        }
+        mi += ew.msg.iter().sum::<f64>();
+    }
+    term -= r * mi;
+    term
+}
+
+simd_dispatch! {
+    /// [`edge_belief`] for the edges at `slots` (`(first node, adjacency slot)`): pair
+    /// marginals into consecutive `C x C` blocks of `pairs`, free-energy terms into `terms`.
+    pub fn edge_beliefs<T: Real>(
+        adj: &Adjacency,
+        node: &[T],
+        edges: &ItemEdges<'_, T>,
+        msgs: &Shared,
+        a: &[f64],
+        lnb: &[f64],
+        rho: Option<&[f64]>,
+        slots: &[(u32, u32)],
+        ew: &mut EdgeWs,
+        pairs: &mut [f64],
+        terms: &mut [f64],
+    ) -> () => edge_beliefs_body
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn edge_beliefs_body<T: Real>(
+    adj: &Adjacency,
+    node: &[T],
+    edges: &ItemEdges<'_, T>,
+    msgs: &Shared,
+    a: &[f64],
+    lnb: &[f64],
+    rho: Option<&[f64]>,
+    slots: &[(u32, u32)],
+    ew: &mut EdgeWs,
+    pairs: &mut [f64],
+    terms: &mut [f64],
+) {
+    let cc = ew.xj.len() * ew.xj.len();
+    for ((p, t), &(v, k)) in pairs.chunks_exact_mut(cc).zip(terms.iter_mut()).zip(slots) {
+        *t = edge_belief(
+            adj, node, edges, msgs, a, lnb, rho, v as usize, k as usize, ew, p,
+        );
+    }
 }
 
 simd_dispatch! {
@@ -578,82 +735,51 @@ fn bp_beliefs_body<T: Real, S: EdgeSink>(
         }
         node_sink(v, bv);
     }
-    for v in 0..n {
-        for k in adj.start[v]..adj.start[v + 1] {
-            if !adj.first[k] {
-                continue;
-            }
-            let (e, w) = (adj.edge[k] as usize, adj.nbr[k] as usize);
-            let r = rho.map_or(1.0, |r| r[e]);
-            let nw = &mut ws.node;
-            for (t, &s) in nw.th.iter_mut().zip(&node[v * c..(v + 1) * c]) {
-                *t = s.to_f64();
-            }
-            cavity(
+    // Edges in blocks: pair marginals of a block in parallel (fixed sub-chunks, each
+    // with its own scratch), then handed to the sink and summed into log Z in edge order,
+    // so memory stays bounded and the result does not depend on the number of threads.
+    let cc = c * c;
+    let slots: Vec<(u32, u32)> = (0..n)
+        .flat_map(|v| {
+            (adj.start[v]..adj.start[v + 1])
+                .filter(|&k| adj.first[k])
+                .map(move |k| (v as u32, k as u32))
+        })
+        .collect();
+    let block_len = BELIEF_BLOCK.min(slots.len());
+    let mut pairs = vec![0.0; block_len * cc];
+    let mut terms = vec![0.0; block_len];
+    let (a, lnb) = (&ws.a[..], &ws.lnb[..]);
+    for block in slots.chunks(BELIEF_BLOCK.max(1)) {
+        let (pb, tb) = (&mut pairs[..block.len() * cc], &mut terms[..block.len()]);
+        if slots.len() >= PARALLEL_BELIEF_EDGES {
+            pb.par_chunks_mut(BELIEF_SUB * cc)
+                .zip(tb.par_chunks_mut(BELIEF_SUB))
+                .zip(block.par_chunks(BELIEF_SUB))
+                .for_each_init(
+                    || EdgeWs::new(c),
+                    |ew, ((pp, tt), sl)| {
+                        edge_beliefs(adj, node, &edges, &msgs, a, lnb, rho, sl, ew, pp, tt)
+                    },
+                );
+        } else {
+            edge_beliefs(
                 adj,
-                v,
-                k,
-                &nw.th,
-                &ws.a[v * c..(v + 1) * c],
+                node,
+                &edges,
                 &msgs,
+                a,
+                lnb,
                 rho,
-                &mut nw.x,
+                block,
+                &mut ws.edge,
+                pb,
+                tb,
             );
-            for (t, &s) in nw.th.iter_mut().zip(&node[w * c..(w + 1) * c]) {
-                *t = s.to_f64();
-            }
-            cavity(
-                adj,
-                w,
-                adj.twin[k] as usize,
-                &nw.th,
-                &ws.a[w * c..(w + 1) * c],
-                &msgs,
-                rho,
-                &mut ws.xj,
-            );
-            let my = max(&ws.xj);
-            for (q, &x) in ws.qj.iter_mut().zip(&ws.xj) {
-                *q = if my > f64::NEG_INFINITY {
-                    exp(x - my)
-                } else {
-                    0.0
-                };
-            }
-            let t = table_for(&edges, e, false, 1.0 / r, &mut nw.table, &mut nw.cache);
-            joint_and_message(
-                &nw.x,
-                &ws.xj,
-                &ws.qj,
-                t,
-                &mut ws.pair,
-                false,
-                false,
-                &mut ws.msg,
-                &mut ws.marg,
-                &mut nw.sc,
-                None,
-                false,
-            );
-            // Energy with the unscaled table; mutual information against the node beliefs.
-            log_z += expect(&ws.pair, t.raw.iter().map(|&x| x * r));
-            // I = Σ p ln p − Σ_s p_s· ln b_v[s] − Σ_d p_·d ln b_w[d], with the logs of the
-            // node beliefs taken once per node (`lnb`) and a vectorised log here.
-            let (lv, lw) = (&ws.lnb[v * c..(v + 1) * c], &ws.lnb[w * c..(w + 1) * c]);
-            let mut mi = 0.0;
-            for s in 0..c {
-                let row = &ws.pair[s * c..(s + 1) * c];
-                // Terms into a scratch row first (a map vectorises; a running sum would not).
-                let ls = lv[s];
-                for ((o, &p), &l) in ws.msg.iter_mut().zip(row).zip(lw) {
-                    // All logs are floored at ln 1e-300 (finite), so p = 0 gives exactly 0
-                    // with no branch.
-                    *o = p * (ln_pos(p.max(1e-300)) - ls - l);
-                }
-                mi += ws.msg.iter().sum::<f64>();
-            }
-            log_z -= r * mi;
-            deliver(sink, e, &ws.pair);
+        }
+        for ((p, &t), &(_, k)) in pb.chunks_exact(cc).zip(tb.iter()).zip(block) {
+            log_z += t;
+            deliver(sink, adj.edge[k as usize] as usize, p);
         }
     }
     Ok(log_z)

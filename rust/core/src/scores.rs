@@ -156,6 +156,20 @@ impl<'a, T: Real> ItemEdges<'a, T> {
         self.data.as_ptr() as usize
     }
 
+    /// True for weighted edge scores `w_e * table` (one table, a weight per edge).
+    #[inline(always)]
+    pub fn weighted(&self) -> bool {
+        self.weight.is_some()
+    }
+
+    /// The stored table of edge `e` before any weight, as f64 `[first, second]`.
+    #[inline(always)]
+    pub fn unweighted(&self, e: usize, out: &mut [f64]) {
+        for (o, x) in out.iter_mut().zip(self.stored(e)) {
+            *o = x.to_f64();
+        }
+    }
+
     /// The weight of edge `e` (1 without weights).
     #[inline(always)]
     pub fn weight(&self, e: usize) -> f64 {
