@@ -17,6 +17,7 @@
 use rayon::prelude::*;
 
 use crate::adjacency::slot;
+use crate::logspace::{exp_rel, finite_span};
 use crate::loopy::Schedule;
 use crate::real::Real;
 use crate::scores::ItemEdges;
@@ -96,21 +97,7 @@ impl Weighted {
 }
 
 fn span_ok(v: &[f64]) -> bool {
-    let (mut hi, mut lo) = (f64::NEG_INFINITY, f64::INFINITY);
-    for &x in v {
-        if x > f64::NEG_INFINITY {
-            hi = hi.max(x);
-            lo = lo.min(x);
-        }
-    }
-    hi == f64::NEG_INFINITY || hi - lo <= SPAN
-}
-
-/// `exp(v − max v)`, −inf → 0.
-fn exp_rel(v: &mut [f64]) {
-    let m = v.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-    let m = if m == f64::NEG_INFINITY { 0.0 } else { m };
-    v.iter_mut().for_each(|x| *x = crate::logspace::exp(*x - m));
+    finite_span(v) <= SPAN
 }
 
 impl GridPotentials {

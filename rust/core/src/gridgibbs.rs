@@ -25,6 +25,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::logspace::{exp_rel, finite_span};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::scores::ItemEdges;
@@ -55,29 +56,6 @@ pub struct GridFactors {
     ones: usize,
 }
 
-/// Largest minus smallest finite entry (0 when none is finite).
-fn span(v: &[f64]) -> f64 {
-    let (mut hi, mut lo) = (f64::NEG_INFINITY, f64::INFINITY);
-    for &x in v {
-        if x > f64::NEG_INFINITY {
-            hi = hi.max(x);
-            lo = lo.min(x);
-        }
-    }
-    if hi == f64::NEG_INFINITY {
-        0.0
-    } else {
-        hi - lo
-    }
-}
-
-/// `exp(v − max v)` in place, −inf → 0.
-fn exp_rel(v: &mut [f64]) {
-    let m = v.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-    let m = if m == f64::NEG_INFINITY { 0.0 } else { m };
-    v.iter_mut().for_each(|x| *x = crate::logspace::exp(*x - m));
-}
-
 impl GridFactors {
     /// The factors of an `h x w` grid item at edge temperature `beta`, or `None` when the
     /// fast path does not apply (scores too spread, or per-edge factors too large).
@@ -99,7 +77,7 @@ impl GridFactors {
         }
         let mut phi: Vec<f64> = node.iter().map(|x| x.to_f64()).collect();
         for row in phi.chunks_exact_mut(c) {
-            if span(row) > SPAN {
+            if finite_span(row) > SPAN {
                 return None;
             }
             exp_rel(row);
@@ -115,7 +93,7 @@ impl GridFactors {
                         *x *= beta;
                     }
                 }
-                if span(&t) > SPAN {
+                if finite_span(&t) > SPAN {
                     return None;
                 }
                 exp_rel(&mut t);

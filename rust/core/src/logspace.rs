@@ -113,6 +113,29 @@ pub fn exp_shifted(xs: &mut [f64], shift: f64) {
     }
 }
 
+/// Largest minus smallest finite entry (0 when none is finite): how far apart the scores
+/// a probability-domain kernel must hold are.
+#[inline]
+pub fn finite_span(v: &[f64]) -> f64 {
+    let (mut hi, mut lo) = (f64::NEG_INFINITY, f64::INFINITY);
+    for &x in v.iter().filter(|&&x| x > f64::NEG_INFINITY) {
+        hi = hi.max(x);
+        lo = lo.min(x);
+    }
+    if hi == f64::NEG_INFINITY {
+        0.0
+    } else {
+        hi - lo
+    }
+}
+
+/// `v = exp(v − max v)` in place (−inf → 0; all −inf → all 0).
+#[inline]
+pub fn exp_rel(v: &mut [f64]) {
+    let m = max(v);
+    exp_shifted(v, if m == f64::NEG_INFINITY { 0.0 } else { m });
+}
+
 /// Maximum of a slice (−inf when empty or all −inf).
 #[inline(always)]
 pub fn max(xs: &[f64]) -> f64 {
