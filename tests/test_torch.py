@@ -30,6 +30,17 @@ def test_gradcheck(shared, reduction):
     )
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_gradcheck_through_the_batch_major_chain_kernel(reduction):
+    # A batch of 9 chains sharing one table: the batch-major kernel, with the upstream
+    # gradient of reduction="none" arriving as per-item weights.
+    g = es.Graph.chain(5)
+    s_n, s_e, y = _inputs(torch.float64, True, batch=(9,))
+    assert torch.autograd.gradcheck(
+        lambda a, b: exp_softmax_loss(a, b, y, g, reduction=reduction), (s_n, s_e)
+    )
+
+
 def test_gradcheck_on_a_tree_with_batch_shape():
     g = es.Graph.tree([-1, 0, 0, 1, 1])
     gen = torch.Generator().manual_seed(1)
