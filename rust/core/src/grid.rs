@@ -49,6 +49,9 @@ pub struct GridPotentials {
     /// Weighted edge scores `w_e θ`: potentials made row by row when they are needed
     /// instead of cached per edge (which would be `E C²` numbers).
     weighted: Option<Weighted>,
+    /// TRW edge appearances laid out like the edge rows: `ρ` of the edge right of
+    /// `(r, col)` at `[r * w + col]`, and of the edge below it (1 where there is none).
+    rho: Option<(Vec<f64>, Vec<f64>)>,
     /// Messages may be stored in f32: float32 scores, and tables with no forbidden pair
     /// and a span of at most `SPAN_F32`, so no message entry leaves f32's normal range.
     f32_ok: bool,
@@ -108,26 +111,33 @@ impl GridPotentials {
         w: usize,
         node: &[T],
         edges: &ItemEdges<'_, T>,
+        rho: Option<&[f64]>,
     ) -> Option<GridPotentials> {
-        Self::with_cache(h, w, node, edges, MAX_CACHE)
+        Self::with_cache(h, w, node, edges, rho, MAX_CACHE)
     }
 
-    /// [`Self::new`] with a cache limit (bytes) for per-edge potentials. Weighted edge
-    /// scores beyond it have their potentials made row by row at each sweep; full
-    /// per-edge tables beyond it leave the fast path.
+    /// [`Self::new`] with a cache limit (bytes) for per-edge potentials. With `rho` (TRW
+    /// edge appearances, graph edge order) the potentials are `exp(θ_e / ρ_e)`. Edges that
+    /// share one stored table (weighted, or reweighted by TRW) have their potentials made
+    /// row by row at each sweep beyond the limit; full per-edge tables beyond it leave
+    /// the fast path.
     pub fn with_cache<T: Real>(
         h: usize,
         w: usize,
         node: &[T],
         edges: &ItemEdges<'_, T>,
+        rho: Option<&[f64]>,
         max_cache: usize,
     ) -> Option<GridPotentials> {
         let c = node.len() / (h * w);
         let cc = c * c;
         let n_h = h * (w - 1);
-        let shared = edges.shared();
+        // One potential for every edge only without weights and without TRW scaling.
+        let shared = edges.shared() && rho.is_none();
+        let one_table = edges.shared() || edges.weighted();
+        let scale = |e: usize| edges.weight(e) / rho.map_or(1.0, |r| r[e]);
         let n_tables = if shared { 1 } else { n_h + (h - 1) * w };
-        let weighted = edges.weighted() && n_tables * cc * 8 > max_cache;
+        let weighted = one_table && !shared && n_tables * cc * 8 > max_cache;
         if !weighted && n_tables * cc * 8 > max_cache {
             return None;
         }
@@ -152,6 +162,11 @@ impl GridPotentials {
         let mut f32_ok = std::mem::size_of::<T>() == 4;
         let mut load = |e: usize, t: &mut Vec<f64>| -> bool {
             edges.raw(e, false, t);
+            if let Some(r) = rho {
+                // θ / ρ; a forbidden pair stays forbidden.
+                t.iter_mut()
+                    .for_each(|x| *x = crate::scores::scaled(1.0 / r[e], *x));
+            }
             if !span_ok(t) {
                 return false;
             }
@@ -183,11 +198,11 @@ impl GridPotentials {
             for r in 0..h {
                 for col in 0..w {
                     if col + 1 < w {
-                        wh[r * w + col] = edges.weight(r * (w - 1) + col);
+                        wh[r * w + col] = scale(r * (w - 1) + col);
                         wmax = wmax.max(wh[r * w + col].abs());
                     }
                     if r + 1 < h {
-                        wv[r * w + col] = edges.weight(n_h + r * w + col);
+                        wv[r * w + col] = scale(n_h + r * w + col);
                         wmax = wmax.max(wv[r * w + col].abs());
                     }
                 }
@@ -245,6 +260,20 @@ impl GridPotentials {
             vert,
             shared,
             weighted: wtd,
+            rho: rho.map(|r| {
+                let (mut rh, mut rv) = (vec![1.0; h * w], vec![1.0; h * w]);
+                for row in 0..h {
+                    for col in 0..w {
+                        if col + 1 < w {
+                            rh[row * w + col] = r[row * (w - 1) + col];
+                        }
+                        if row + 1 < h {
+                            rv[row * w + col] = r[n_h + row * w + col];
+                        }
+                    }
+                }
+                (rh, rv)
+            }),
             f32_ok,
         })
     }
@@ -303,6 +332,8 @@ impl<M: Real> Bufs<M> {
 
 /// Per-thread scratch rows.
 pub struct RowWs {
+    /// TRW: appearances of the left, right, up and down edges of each column.
+    rho_rows: [Vec<f64>; 4],
     /// Weighted potentials of one edge row `[k][col]`, and which row they are.
     pot: Vec<f64>,
     pot_at: Option<(bool, usize)>,
@@ -329,6 +360,61 @@ fn normalise_columns(out: &mut [f64], norm: &mut [f64], c: usize, w: usize, len:
     for xo in 0..c {
         for (o, &s) in out[xo * w..xo * w + len].iter_mut().zip(norm.iter()) {
             *o *= s;
+        }
+    }
+}
+
+/// `ln m`, −inf for `m = 0` (a forbidden label); branch-free so loops vectorise.
+#[inline(always)]
+fn ln0(m: f64) -> f64 {
+    let l = crate::logspace::ln_pos(m.max(f64::MIN_POSITIVE));
+    if m > 0.0 {
+        l
+    } else {
+        f64::NEG_INFINITY
+    }
+}
+
+/// TRW reweighted beliefs of row `r` into `ws.a` (class-major): `φ Π_j M_j^{ρ_j}`, with
+/// `ρ = 1` for the constant messages from outside the grid.
+#[inline(always)]
+fn trw_beliefs<M: Real>(
+    p: &GridPotentials,
+    r: usize,
+    old: &Bufs<M>,
+    rh: &[f64],
+    rv: &[f64],
+    ws: &mut RowWs,
+) {
+    let (h, w, c) = (p.h, p.w, p.c);
+    // Appearances of the four edges around each column of the row.
+    let [rl, rr, ru, rd] = &mut ws.rho_rows;
+    for i in 0..w {
+        rl[i] = if i > 0 { rh[r * w + i - 1] } else { 1.0 };
+        rr[i] = rh[r * w + i];
+        ru[i] = if r > 0 { rv[(r - 1) * w + i] } else { 1.0 };
+        rd[i] = if r + 1 < h { rv[r * w + i] } else { 1.0 };
+    }
+    for x in 0..c {
+        // SAFETY: rows of `old` are only read during a sweep.
+        let get = |d: usize| unsafe { &*old.row(d, r, x, c, w) };
+        let (u, d, l, rt) = (
+            get(FROM_UP),
+            get(FROM_DOWN),
+            get(FROM_LEFT),
+            get(FROM_RIGHT),
+        );
+        let phi = &p.phi[(r * c + x) * w..(r * c + x + 1) * w];
+        let a = &mut ws.a[x * w..(x + 1) * w];
+        // In the log domain: five logarithms and one exponential per entry (ρ > 0, so
+        // ρ · (−inf) = −inf and a zero stays zero).
+        for i in 0..w {
+            let s = ln0(phi[i])
+                + rl[i] * ln0(l[i].to_f64())
+                + rr[i] * ln0(rt[i].to_f64())
+                + ru[i] * ln0(u[i].to_f64())
+                + rd[i] * ln0(d[i].to_f64());
+            a[i] = crate::logspace::exp(s);
         }
     }
 }
@@ -363,8 +449,16 @@ fn row_update_body<M: Real>(
 ) -> f64 {
     let (h, w, c) = (p.h, p.w, p.c);
     let get = |d: usize, x: usize| unsafe { &*old.row(d, r, x, c, w) };
-    // a = φ·U·D (for left/right messages), b = φ·L·R (for up/down messages), class-major.
+    // TRW: a = φ Π_j M_j^{ρ_j} (the reweighted belief), and a cavity is a / M_k (which
+    // leaves M_k^{ρ_k − 1}), 0 where M_k = 0 (the label is impossible through that edge).
+    if let Some((rh, rv)) = &p.rho {
+        trw_beliefs(p, r, &old, rh, rv, ws);
+    }
+    // BP: a = φ·U·D (for left/right messages), b = φ·L·R (for up/down), class-major.
     for x in 0..c {
+        if p.rho.is_some() {
+            break;
+        }
         let phi = &p.phi[(r * c + x) * w..(r * c + x + 1) * w];
         let (u, d, l, rr) = (
             get(FROM_UP, x),
@@ -418,6 +512,15 @@ fn row_update_body<M: Real>(
                 x,
             );
             let cav = &mut ws.cav[x * w..(x + 1) * w];
+            if p.rho.is_some() {
+                let ax = &ws.a[x * w..(x + 1) * w];
+                let mk = get(skip, x);
+                for i in 0..w {
+                    let m = mk[i].to_f64();
+                    cav[i] = if m > 0.0 { ax[i] / m } else { 0.0 };
+                }
+                continue;
+            }
             let bx = &base[x * w..(x + 1) * w];
             for i in 0..w {
                 cav[i] = bx[i] * other[i].to_f64();
@@ -525,6 +628,7 @@ fn row_update_body<M: Real>(
 impl RowWs {
     fn new(c: usize, w: usize, weighted: bool) -> RowWs {
         RowWs {
+            rho_rows: std::array::from_fn(|_| vec![1.0; w]),
             pot: if weighted {
                 vec![0.0; c * c * w]
             } else {
@@ -567,16 +671,6 @@ fn sweep<M: Real>(
             |ws, r| row_update(p, r, o, nw, colour, damping, need_change, ws),
         )
         .reduce(|| 0.0, f64::max)
-}
-
-/// `ln x`, with `ln 0 = −inf` (a forbidden label).
-#[inline(always)]
-fn ln0(x: f64) -> f64 {
-    if x > 0.0 {
-        crate::logspace::ln_pos(x.max(f64::MIN_POSITIVE))
-    } else {
-        f64::NEG_INFINITY
-    }
 }
 
 /// Runs BP on the grid and leaves the messages, normalised, in the general layout of
@@ -679,8 +773,8 @@ mod tests {
         tab[1] = T::from_f64(f64::NEG_INFINITY);
         for table in [&finite, &tab] {
             let es = EdgeScores::weighted(&wt, 1, table, 1, c).item(0);
-            let cached = GridPotentials::with_cache(h, w, &node, &es, MAX_CACHE).unwrap();
-            let rows = GridPotentials::with_cache(h, w, &node, &es, 0).unwrap();
+            let cached = GridPotentials::with_cache(h, w, &node, &es, None, MAX_CACHE).unwrap();
+            let rows = GridPotentials::with_cache(h, w, &node, &es, None, 0).unwrap();
             assert!(cached.weighted.is_none() && rows.weighted.is_some());
             assert_eq!(cached.f32_ok, rows.f32_ok);
             for schedule in [Schedule::Parallel, Schedule::Colour] {

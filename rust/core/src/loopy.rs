@@ -994,14 +994,14 @@ impl<'g> Loopy<'g> {
         })
     }
 
-    /// Grid potentials when the grid kernel applies: plain BP on a `Graph.grid` layout with
-    /// scores whose spans the probability domain can hold.
+    /// Grid potentials when the grid kernel applies: BP or TRW on a `Graph.grid` layout
+    /// with scores whose spans the probability domain can hold.
     fn grid_fast_path<T: Real>(&self, pb: &Problem<'_, T>, b: usize) -> Option<GridPotentials> {
-        if self.opts.method != Method::Bp {
+        if !matches!(self.opts.method, Method::Bp | Method::Trw(_)) {
             return None;
         }
         let (h, w) = pb.graph.grid_shape()?;
-        GridPotentials::new(h, w, pb.node.item(b), &pb.edge.item(b))
+        GridPotentials::new(h, w, pb.node.item(b), &pb.edge.item(b), self.rho())
     }
 
     fn rho(&self) -> Option<&[f64]> {
@@ -1048,7 +1048,7 @@ impl<T: Real> Inference<T> for Loopy<'_> {
                 it,
                 conv,
                 ch,
-                bp_beliefs(pb, self.adj, b, None, ws, node_sink, edges)?,
+                bp_beliefs(pb, self.adj, b, self.rho(), ws, node_sink, edges)?,
             )
         } else {
             let es = pb.edge.item(b);
