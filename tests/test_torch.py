@@ -145,3 +145,32 @@ def test_weighted_edges_and_loopy_methods_in_torch():
         loss.backward()
         assert torch.isfinite(w.grad).all() and torch.isfinite(table.grad).all()
         w.grad = table.grad = s_n.grad = None
+
+
+def test_gibbs_loss_module_gradients_are_sampled_marginals_minus_gold():
+    # A 3 x 3 grid: the loss is AIS log Z - s(y), the gradient sampled marginals - gold;
+    # both within Monte Carlo error of the exact values (brute force).
+    from oracle import brute_force
+
+    g = es.Graph.grid(3, 3)
+    gen = torch.Generator().manual_seed(5)
+    s_n = torch.randn(2, 9, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    s_e = (0.5 * torch.randn(1, 3, 3, dtype=torch.float64, generator=gen)).requires_grad_()
+    y = torch.randint(0, 3, (2, 9), generator=gen)
+    loss_fn = ExpSoftmaxLoss(g, method="gibbs", reduction="sum", num_samples=4000, seed=1)
+    loss = loss_fn(s_n, s_e, y)
+    loss.backward()
+    want_loss, want_gn = 0.0, []
+    for b in range(2):
+        full = np.broadcast_to(s_e.detach().numpy()[0], (g.num_edges, 3, 3))
+        lz, node, _, _, _ = brute_force(g, s_n[b].detach().numpy(), full)
+        yb = y[b].numpy()
+        gold = s_n[b].detach().numpy()[np.arange(9), yb].sum()
+        gold += full[np.arange(g.num_edges), yb[g.edges[:, 0]], yb[g.edges[:, 1]]].sum()
+        want_loss += lz - gold
+        gn = node.copy()
+        gn[np.arange(9), yb] -= 1
+        want_gn.append(gn)
+    assert abs(loss.item() - want_loss) < 0.3
+    np.testing.assert_allclose(s_n.grad.numpy(), np.array(want_gn), atol=0.05)
+    assert s_e.grad.shape == (1, 3, 3) and torch.isfinite(s_e.grad).all()
