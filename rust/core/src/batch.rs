@@ -66,20 +66,20 @@ pub fn has_avx2() -> bool {
     }
 }
 
-/// Defines `pub fn $name` that runs the `#[inline(always)]` function `$body` compiled for
-/// AVX2 when the CPU has it, and for baseline x86-64 otherwise. Wheels target baseline
+/// Defines `fn $name` (with the visibility given) that runs the `#[inline(always)]`
+/// function `$body` compiled for AVX2 when the CPU has it, and for baseline x86-64 otherwise. Wheels target baseline
 /// x86-64, whose SSE2 vectors are half as wide; runtime dispatch keeps one wheel fast.
 /// Every kernel `$body` reaches must be `#[inline(always)]` to land in the AVX2 copy.
 #[macro_export]
 macro_rules! simd_dispatch {
     (
         $(#[$meta:meta])*
-        pub fn $name:ident < $($g:ident : $bound:path),* > ( $($arg:ident : $ty:ty),* $(,)? ) -> $ret:ty
+        $vis:vis fn $name:ident < $($g:ident : $bound:path),* > ( $($arg:ident : $ty:ty),* $(,)? ) -> $ret:ty
         => $body:path
     ) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments)]
-        pub fn $name<$($g: $bound),*>($($arg: $ty),*) -> $ret {
+        $vis fn $name<$($g: $bound),*>($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2")]

@@ -218,44 +218,22 @@ fn sum4(len: usize, f: impl Fn(usize) -> f64) -> f64 {
     (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
-/// Forward–backward for items `items` (at most `CHUNK`); writes their losses and node
-/// gradients and returns the chunk's table statistics, or `None` if an item is infeasible.
-/// Runs the element-wise work (exponentials, rescaling) with AVX2 where the CPU has it.
-#[allow(clippy::too_many_arguments)]
-fn chunk<T: Real, F: Gemm>(
-    pb: &Problem<'_, T>,
-    y: &[i64],
-    weights: Option<&[f64]>,
-    raw: &[f64],
-    e_tab: &[F],
-    tmax: f64,
-    items: std::ops::Range<usize>,
-    loss: &mut [T],
-    gn: &mut [T],
-) -> Option<Part> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn avx2<T: Real, F: Gemm>(
-            pb: &Problem<'_, T>,
-            y: &[i64],
-            weights: Option<&[f64]>,
-            raw: &[f64],
-            e_tab: &[F],
-            tmax: f64,
-            items: std::ops::Range<usize>,
-            loss: &mut [T],
-            gn: &mut [T],
-        ) -> Option<Part> {
-            chunk_body(pb, y, weights, raw, e_tab, tmax, items, loss, gn)
-        }
-        if crate::batch::has_avx2() {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(pb, y, weights, raw, e_tab, tmax, items, loss, gn) };
-        }
-    }
-    chunk_body(pb, y, weights, raw, e_tab, tmax, items, loss, gn)
+crate::simd_dispatch! {
+    /// Forward–backward for items `items` (at most `CHUNK`); writes their losses and node
+    /// gradients and returns the chunk's table statistics, or `None` if an item is
+    /// infeasible. The element-wise work (exponentials, rescaling) runs with AVX2 where the
+    /// CPU has it.
+    fn chunk<T: Real, F: Gemm>(
+        pb: &Problem<'_, T>,
+        y: &[i64],
+        weights: Option<&[f64]>,
+        raw: &[f64],
+        e_tab: &[F],
+        tmax: f64,
+        items: std::ops::Range<usize>,
+        loss: &mut [T],
+        gn: &mut [T],
+    ) -> Option<Part> => chunk_body
 }
 
 #[allow(clippy::too_many_arguments)]
