@@ -67,8 +67,9 @@ pub fn has_avx2() -> bool {
 }
 
 /// Defines `fn $name` (with the visibility given) that runs the `#[inline(always)]`
-/// function `$body` compiled for AVX2 when the CPU has it, and for baseline x86-64 otherwise. Wheels target baseline
-/// x86-64, whose SSE2 vectors are half as wide; runtime dispatch keeps one wheel fast.
+/// function `$body` compiled for AVX2 when the CPU has it, and for baseline x86-64
+/// otherwise. Wheels target baseline x86-64, whose SSE2 vectors are half as wide; runtime
+/// dispatch keeps one wheel fast.
 /// Every kernel `$body` reaches must be `#[inline(always)]` to land in the AVX2 copy.
 #[macro_export]
 macro_rules! simd_dispatch {
