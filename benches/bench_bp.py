@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 
 import expsoftmax as es
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import per_unit  # noqa: E402
 
 SHAPES = [(64, 64, 5), (128, 128, 5), (256, 256, 21), (512, 512, 2)]
 
@@ -34,17 +39,8 @@ def model(h, w, c, seed=0):
 
 
 def per_iter(run, k1, k2, repeats=3):
-    run(k1)
-    run(k2)  # warm-up (and JIT for both iteration counts)
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(k1)
-        t1 = time.perf_counter()
-        run(k2)
-        t2 = time.perf_counter()
-        best = min(best, ((t2 - t1) - (t1 - t0)) / (k2 - k1))
-    return best * 1e3
+    """Milliseconds per iteration."""
+    return per_unit(run, k1, k2, repeats) * 1e3
 
 
 def ours(h, w, c, s_n, t):

@@ -24,6 +24,9 @@ import numpy as np
 import expsoftmax as es
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import per_unit  # noqa: E402
+
 from oracle import grid_exact  # noqa: E402
 
 SHAPES = [(128, 128, 5), (256, 256, 21), (512, 512, 2)]
@@ -34,19 +37,6 @@ def model(h, w, c, seed=0):
     return rng.normal(size=(h * w, c)).astype(np.float32), (rng.normal(size=(c, c)) * 0.5).astype(
         np.float32
     )
-
-
-def best_diff(run, k1, k2, repeats=3):
-    run(k1)
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(k1)
-        t1 = time.perf_counter()
-        run(k2)
-        t2 = time.perf_counter()
-        best = min(best, ((t2 - t1) - (t1 - t0)) / (k2 - k1))
-    return best
 
 
 def ours(h, w, c, s_n, t):
@@ -113,8 +103,8 @@ def main() -> None:
     for h, w, c in shapes:
         s_n, t = model(h, w, c)
         k = (2, 12) if h * w * c < 2_000_000 else (2, 6)
-        so = best_diff(ours(h, w, c, s_n, t), *k)
-        sn = best_diff(numpy_checkerboard(h, w, c, s_n, t), *k)
+        so = per_unit(ours(h, w, c, s_n, t), *k)
+        sn = per_unit(numpy_checkerboard(h, w, c, s_n, t), *k)
         n = h * w
         vals = [
             str((h, w, c)),

@@ -1,0 +1,22 @@
+"""Timing helper shared by the benches."""
+
+from __future__ import annotations
+
+import time
+
+
+def per_unit(run, k1: int, k2: int, repeats: int = 3) -> float:
+    """Seconds per unit of work of ``run(k)`` (k iterations, sweeps...): the best over
+    ``repeats`` of ``(t(k2) - t(k1)) / (k2 - k1)``, so fixed costs (setup, output) cancel.
+    Both lengths run once first (warm-up, JIT compilation)."""
+    run(k1)
+    run(k2)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(k1)
+        t1 = time.perf_counter()
+        run(k2)
+        t2 = time.perf_counter()
+        best = min(best, ((t2 - t1) - (t1 - t0)) / (k2 - k1))
+    return best
