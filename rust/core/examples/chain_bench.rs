@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use expsoftmax_core::exact;
-use expsoftmax_core::rng::Rng;
+use expsoftmax_core::kernels::rng::Rng;
 use expsoftmax_core::{EdgeScores, Graph, NodeScores, Problem};
 
 fn main() {

@@ -14,14 +14,24 @@ pub enum Error {
     NotForest(String),
     /// The scores forbid every labelling (all have score −inf), so Z = 0.
     Infeasible(String),
+    /// An unknown method or option name, or an option value out of range.
+    Option(String),
+    /// An output or working array that cannot be allocated; names the array and its size.
+    Memory(String),
+    /// The caller raised the call's [`crate::interrupt::Stop`] flag (Ctrl-C).
+    Interrupted,
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Shape(m) | Error::Value(m) | Error::NotForest(m) | Error::Infeasible(m) => {
-                f.write_str(m)
-            }
+            Error::Shape(m)
+            | Error::Value(m)
+            | Error::NotForest(m)
+            | Error::Infeasible(m)
+            | Error::Option(m)
+            | Error::Memory(m) => f.write_str(m),
+            Error::Interrupted => f.write_str("interrupted"),
         }
     }
 }
@@ -40,4 +50,10 @@ macro_rules! shape_err {
 #[macro_export]
 macro_rules! value_err {
     ($($arg:tt)*) => { Err($crate::error::Error::Value(format!($($arg)*))) };
+}
+
+/// Shorthand for `Err(Error::Option(format!(...)))`.
+#[macro_export]
+macro_rules! option_err {
+    ($($arg:tt)*) => { Err($crate::error::Error::Option(format!($($arg)*))) };
 }

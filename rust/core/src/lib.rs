@@ -2,35 +2,38 @@
 //! softmax `P(y) ∝ exp(Σ_i s_n[i, y_i] + Σ_(i,j) s_e[(i,j), y_i, y_j])` over every
 //! labelling `y` of a graph. No Python here: the bindings live in a separate crate.
 //!
-//! Layout: shared types (`graph`, `scores`, `error`, `real`), numerical primitives
-//! (`logspace`, `message`, `rng`), one module per algorithm (`sumproduct`, `maxproduct`,
-//! `sampling` on forests) and batch drivers per method (`exact`).
+//! Layout (each layer uses only those above it):
+//! - [`error`]: the one error type.
+//! - [`kernels`]: numerical primitives (`real`, `logspace`, `message`, `rng`, `batch`
+//!   with the SIMD dispatch and parallel row buffers).
+//! - [`model`]: the graph (with its cached adjacency and rooted forest) and the score
+//!   views, validated together as a [`Problem`].
+//! - [`inference`]: the [`inference::Inference`] trait every method implements per batch
+//!   item, and the batch drivers that turn it into marginals or loss and gradients.
+//! - Method families, one folder each: [`exact`] (sum-product, max-product and sampling on
+//!   forests, the batch-major chain kernel), [`loopy`] (BP, TRW, mean field, the grid fast
+//!   path), [`mcmc`] (Gibbs, AIS, the grid sweep).
+//! - [`method`]: the one [`Method`] enum with its named option structs, the "auto" rule,
+//!   every option check, and the four entry points (`infer`, `loss_and_grad`, `decode`,
+//!   `sample`) that dispatch to a family. Adding a method = one folder plus one arm there
+//!   (see CONTRIBUTING.md).
+//! - [`interrupt`]: cooperative cancellation, checked between iterations and sweeps.
 
 // Numeric kernels index several arrays in lockstep; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod adjacency;
-pub mod batch;
-pub mod chain;
 pub mod error;
 pub mod exact;
-pub mod forest;
-pub mod gibbs;
-pub mod graph;
-pub mod grid;
-pub mod gridgibbs;
-pub mod logspace;
+pub mod inference;
+pub mod interrupt;
+pub mod kernels;
 pub mod loopy;
-pub mod maxproduct;
-pub mod message;
-pub mod objective;
-pub mod real;
-pub mod rng;
-pub mod sampling;
-pub mod scores;
-pub mod sumproduct;
+pub mod mcmc;
+pub mod method;
+pub mod model;
 
 pub use error::{Error, Result};
-pub use graph::Graph;
-pub use real::Real;
-pub use scores::{EdgeScores, NodeScores, Problem};
+pub use kernels::real::Real;
+pub use method::{Entry, Method, Value};
+pub use model::{EdgeScores, Graph, NodeScores, Problem};

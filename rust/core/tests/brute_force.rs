@@ -1,7 +1,7 @@
 //! The forest methods against enumeration of every labelling on small random forests.
 
 use expsoftmax_core::exact;
-use expsoftmax_core::rng::Rng;
+use expsoftmax_core::kernels::rng::Rng;
 use expsoftmax_core::{EdgeScores, Graph, NodeScores, Problem};
 
 struct Case {

@@ -2,8 +2,6 @@
 //! adjacency list and a greedy colouring (no two neighbours share a colour, so all nodes of
 //! one colour can be updated in parallel; a grid gets the two checkerboard colours).
 
-use crate::graph::Graph;
-
 /// Message slot of the directed edge leaving `e`'s first node (`first = true`) or its
 /// second node.
 #[inline(always)]
@@ -28,9 +26,7 @@ pub struct Adjacency {
 }
 
 impl Adjacency {
-    pub fn new(g: &Graph) -> Adjacency {
-        let n = g.num_nodes();
-        let edges = g.edges();
+    pub fn new(n: usize, edges: &[[u32; 2]]) -> Adjacency {
         let mut start = vec![0usize; n + 1];
         for &[i, j] in edges {
             start[i as usize + 1] += 1;
@@ -96,6 +92,7 @@ impl Adjacency {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::graph::Graph;
 
     #[test]
     fn grid_gets_two_colours_and_no_neighbours_share_one() {
@@ -113,7 +110,7 @@ mod tests {
             }
         }
         let g = Graph::new((h * w) as usize, edges).unwrap();
-        let a = Adjacency::new(&g);
+        let a = Adjacency::new(g.num_nodes(), g.edges());
         assert_eq!(a.colours.len(), 2);
         let mut colour = vec![0; g.num_nodes()];
         for (k, cls) in a.colours.iter().enumerate() {

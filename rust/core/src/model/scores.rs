@@ -8,9 +8,10 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::graph::Graph;
-use crate::message::Table;
-use crate::real::Real;
+use crate::interrupt::{Stop, NEVER};
+use crate::kernels::message::{oriented, scaled, Table};
+use crate::kernels::real::Real;
+use crate::model::graph::Graph;
 
 /// Node scores, shape `(batch, nodes, classes)` with `batch` 1 or B.
 #[derive(Clone, Copy, Debug)]
@@ -111,31 +112,6 @@ pub struct ItemEdges<'a, T> {
     weight: Option<&'a [T]>,
 }
 
-/// `out[s, d] = w * t[s, d]` (or `w * t[d, s]` with `transpose`) in f64, `C x C`.
-#[inline(always)]
-pub fn oriented<T: Real>(t: &[T], w: f64, transpose: bool, c: usize, out: &mut [f64]) {
-    for s in 0..c {
-        for d in 0..c {
-            let v = if transpose {
-                t[d * c + s]
-            } else {
-                t[s * c + d]
-            };
-            out[s * c + d] = scaled(w, v.to_f64());
-        }
-    }
-}
-
-/// `w * t` where a forbidden (−inf) pair stays forbidden whatever the weight.
-#[inline(always)]
-pub fn scaled(w: f64, t: f64) -> f64 {
-    if t == f64::NEG_INFINITY {
-        t
-    } else {
-        w * t
-    }
-}
-
 impl<'a, T: Real> ItemEdges<'a, T> {
     /// The stored `(C, C)` table of edge `e` (before any weight).
     #[inline(always)]
@@ -226,6 +202,8 @@ pub struct Problem<'a, T> {
     pub batch: usize,
     /// Per item, how many leading nodes of a chain are real (the rest is padding).
     pub lengths: Option<&'a [usize]>,
+    /// Raised to interrupt the call (checked between items, iterations and sweeps).
+    pub stop: &'a Stop,
 }
 
 impl<'a, T: Real> Problem<'a, T> {
@@ -307,7 +285,13 @@ impl<'a, T: Real> Problem<'a, T> {
             edge,
             batch,
             lengths,
+            stop: &NEVER,
         })
+    }
+
+    /// The same problem, interrupted by `stop`.
+    pub fn with_stop(self, stop: &'a Stop) -> Self {
+        Problem { stop, ..self }
     }
 
     pub fn classes(&self) -> usize {

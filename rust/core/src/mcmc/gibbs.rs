@@ -15,14 +15,16 @@
 
 use rayon::prelude::*;
 
-use crate::adjacency::Adjacency;
 use crate::error::{Error, Result};
-use crate::gridgibbs::GridFactors;
-use crate::logspace::{exp_shifted, logsumexp, max};
-use crate::objective::{EdgeSink, Inference, ItemInfo};
-use crate::real::Real;
-use crate::rng::Rng;
-use crate::scores::{ItemEdges, Problem};
+use crate::inference::Marginals;
+use crate::inference::{EdgeSink, Inference, ItemInfo};
+use crate::kernels::alloc;
+use crate::kernels::logspace::{exp_shifted, logsumexp, max};
+use crate::kernels::real::Real;
+use crate::kernels::rng::Rng;
+use crate::mcmc::grid::GridFactors;
+use crate::model::adjacency::Adjacency;
+use crate::model::scores::{ItemEdges, Problem};
 
 /// Batches per chain for batch-means error bars.
 pub const BATCHES: usize = 5;
@@ -270,6 +272,7 @@ fn run_chain<T: Real>(
     };
     let mut kept = 0;
     for s in 0..total {
+        pb.stop.check()?;
         let key = [b as u64, chain as u64, s as u64];
         match fast {
             Some(f) => f.sweep(&mut lab, opts.seed, key)?,
@@ -349,6 +352,7 @@ fn ais<T: Real>(
                 .collect();
             let mut lw = 0.0;
             for step in 1..=k {
+                pb.stop.check()?;
                 let (b0, b1) = ((step - 1) as f64 / k as f64, step as f64 / k as f64);
                 let en = edge_energy(pb, b, &lab);
                 if en == f64::NEG_INFINITY {
@@ -391,21 +395,32 @@ fn ais<T: Real>(
 }
 
 /// Per-item extra outputs of `infer`.
+struct ItemExtras {
+    node_stderr: Vec<f64>,
+    log_z_stderr: f64,
+    rhat: f64,
+}
+
+/// Error bars of batched Gibbs estimates.
+#[derive(Debug, Clone)]
 pub struct Extras {
+    /// `(B, I, C)` standard errors of the node marginals (batch means).
     pub node_stderr: Vec<f64>,
-    pub log_z_stderr: f64,
-    pub rhat: f64,
+    /// `(B,)` standard error of the AIS log Z (NaN without AIS).
+    pub log_z_stderr: Vec<f64>,
+    /// `(B,)` Gelman–Rubin R-hat, the largest over nodes and labels.
+    pub rhat: Vec<f64>,
 }
 
 /// Gibbs marginals (and AIS log Z) for item `b`, with error bars and R-hat. `init` gives
 /// start labels for `init_gold`.
-pub fn item_estimates<T: Real>(
+fn item_estimates<T: Real>(
     pb: &Problem<'_, T>,
     adj: &Adjacency,
     b: usize,
     opts: &GibbsOptions,
     init: Option<&[i64]>,
-) -> Result<(f64, Vec<f64>, Vec<f64>, Extras)> {
+) -> Result<(f64, Vec<f64>, Vec<f64>, ItemExtras)> {
     let (n, c, ne) = (pb.graph.num_nodes(), pb.classes(), pb.graph.num_edges());
     let fast = grid_factors(pb, b, 1.0);
     let chains: Vec<ChainStats> = (0..opts.num_chains)
@@ -483,7 +498,7 @@ pub fn item_estimates<T: Real>(
         log_z,
         node,
         pair,
-        Extras {
+        ItemExtras {
             node_stderr: stderr,
             log_z_stderr: lz_se,
             rhat,
@@ -564,44 +579,84 @@ impl<T: Real> Inference<T> for Gibbs<'_> {
     }
 }
 
-/// Batched Gibbs estimates: `(log_z, log_z_stderr, node, node_stderr, edge, rhat)` flat.
-#[allow(clippy::type_complexity)]
+/// Batched Gibbs estimates: marginals (AIS log Z) and their error bars. Iterations are the
+/// sweeps per chain; `converged` is R-hat < 1.1 and `max_change` holds R-hat.
 pub fn infer<T: Real>(
     pb: &Problem<'_, T>,
     opts: &GibbsOptions,
-) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> {
+    want_edges: bool,
+) -> Result<(Marginals<T>, Extras)> {
     opts.check()?;
     if opts.init_gold {
         return Err(Error::Value(
             "init=\"gold\" needs gold labels (use it with loss_and_grad)".into(),
         ));
     }
-    let adj = pb.graph.adjacency();
-    let items: Vec<_> = (0..pb.batch)
-        .map(|b| item_estimates(pb, adj, b, opts, None))
-        .collect::<Result<_>>()?;
-    let mut out = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
+    let (n, c, ne, bsz) = (
+        pb.graph.num_nodes(),
+        pb.classes(),
+        pb.graph.num_edges(),
+        pb.batch,
     );
-    for (lz, node, pair, ex) in items {
-        out.0.push(lz);
-        out.1.push(ex.log_z_stderr);
-        out.2.extend(node);
-        out.3.extend(ex.node_stderr);
-        out.4.extend(pair);
-        out.5.push(ex.rhat);
+    chains_fit(pb, opts)?;
+    alloc::check_with("Gibbs node marginals and error bars", &[bsz, n, c], 16, 0)?;
+    if want_edges {
+        alloc::check("Gibbs edge marginals", &[bsz, ne, c, c], 16)?;
     }
-    Ok(out)
+    let adj = pb.graph.adjacency();
+    let mut m = Marginals {
+        log_z: Vec::with_capacity(bsz),
+        node: Vec::with_capacity(bsz * n * c),
+        edge: want_edges.then(|| Vec::with_capacity(bsz * ne * c * c)),
+        iterations: Vec::with_capacity(bsz),
+        converged: Vec::with_capacity(bsz),
+        max_change: Vec::with_capacity(bsz),
+    };
+    let mut ex = Extras {
+        node_stderr: Vec::with_capacity(bsz * n * c),
+        log_z_stderr: Vec::with_capacity(bsz),
+        rhat: Vec::with_capacity(bsz),
+    };
+    let sweeps = (opts.burn_in + opts.num_samples * opts.thin) as u32;
+    for b in 0..pb.batch {
+        let (lz, node, pair, e) = item_estimates(pb, adj, b, opts, None)?;
+        m.log_z.push(T::from_f64(lz));
+        m.node.extend(node.iter().map(|&x| T::from_f64(x)));
+        if let Some(edge) = m.edge.as_mut() {
+            edge.extend(pair.iter().map(|&x| T::from_f64(x)));
+        }
+        m.iterations.push(sweeps);
+        m.converged.push(e.rhat < 1.1);
+        m.max_change.push(e.rhat);
+        ex.node_stderr.extend(e.node_stderr);
+        ex.log_z_stderr.push(e.log_z_stderr);
+        ex.rhat.push(e.rhat);
+    }
+    Ok((m, ex))
+}
+
+/// The chains of one item run at once: refuse up front what their statistics (counts per
+/// node, label and batch; pair counts; kept labellings) cannot fit in memory.
+fn chains_fit<T: Real>(pb: &Problem<'_, T>, opts: &GibbsOptions) -> Result<()> {
+    let (n, c, ne) = (pb.graph.num_nodes(), pb.classes(), pb.graph.num_edges());
+    let per_chain = (BATCHES * n * c + ne * c * c) as u128 * 4 + n as u128 * 8;
+    alloc::check_with(
+        "Gibbs chain statistics",
+        &[opts.num_chains, per_chain.min(usize::MAX as u128) as usize],
+        1,
+        0,
+    )?;
+    Ok(())
 }
 
 /// The best-scoring labelling among the kept samples of every chain `(B, I)`.
 pub fn decode<T: Real>(pb: &Problem<'_, T>, opts: &GibbsOptions) -> Result<Vec<i64>> {
     opts.check()?;
+    alloc::check(
+        "Gibbs chain labellings",
+        &[opts.num_chains, 2, pb.graph.num_nodes()],
+        4,
+    )?;
     let adj = pb.graph.adjacency();
     let mut out = Vec::with_capacity(pb.batch * pb.graph.num_nodes());
     for b in 0..pb.batch {
@@ -634,6 +689,13 @@ pub fn sample<T: Real>(
         num_samples: per_chain.max(1),
         ..opts.clone()
     };
+    // Every chain keeps its samples until they are interleaved.
+    alloc::check_with(
+        "Gibbs kept samples",
+        &[o.num_chains, o.num_samples, n],
+        4,
+        (num_samples * bsz * n) as u128 * 8,
+    )?;
     let adj = pb.graph.adjacency();
     let mut out = vec![0i64; num_samples * bsz * n];
     for b in 0..bsz {

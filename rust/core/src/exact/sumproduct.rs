@@ -6,12 +6,12 @@
 use std::ops::Range;
 
 use crate::error::{Error, Result};
-use crate::forest::{Forest, ROOT};
-use crate::logspace::{logsumexp, max, softmax};
-use crate::message::{joint_and_message, message, Scratch, Table};
-use crate::objective::EdgeSink;
-use crate::real::Real;
-use crate::scores::ItemEdges;
+use crate::inference::EdgeSink;
+use crate::kernels::logspace::{logsumexp, max, softmax};
+use crate::kernels::message::{joint_and_message, message, Scratch, Table};
+use crate::kernels::real::Real;
+use crate::model::forest::{Forest, ROOT};
+use crate::model::scores::ItemEdges;
 use crate::simd_dispatch;
 
 /// Per-thread buffers, reused across the items a thread handles.

@@ -1,19 +1,24 @@
 //! Exact inference on forests, batched: log Z and marginals, loss and gradients (through
-//! the shared drivers in `objective`), MAP labellings and exact samples. Each item is one
+//! the shared drivers in `inference`), MAP labellings and exact samples. Each item is one
 //! call of the per-item kernels in `sumproduct`, `maxproduct` and `sampling`.
+
+pub mod chain;
+pub mod maxproduct;
+pub mod sampling;
+pub mod sumproduct;
 
 use rayon::prelude::*;
 
-use crate::batch::{run_chunks, Rows};
 use crate::error::{Error, Result};
-use crate::forest::Forest;
-use crate::maxproduct::{map_item, MapWorkspace};
-use crate::objective::{self, EdgeSink, Inference, ItemInfo, LossGrad, Marginals};
-use crate::real::Real;
-use crate::rng::Rng;
-use crate::sampling::sample_item;
-use crate::scores::Problem;
-use crate::sumproduct::{downward, upward, Workspace};
+use crate::exact::maxproduct::{map_item, MapWorkspace};
+use crate::exact::sampling::sample_item;
+use crate::exact::sumproduct::{downward, upward, Workspace};
+use crate::inference::{self, EdgeSink, Inference, ItemInfo, LossGrad, Marginals};
+use crate::kernels::batch::{run_chunks, Rows};
+use crate::kernels::real::Real;
+use crate::kernels::rng::Rng;
+use crate::model::forest::Forest;
+use crate::model::scores::Problem;
 
 /// Exact sum-product on the graph's rooted forest.
 pub struct Exact<'g> {
@@ -22,7 +27,7 @@ pub struct Exact<'g> {
 
 impl<'g> Exact<'g> {
     /// Fails with `NotForest` when the graph has a cycle.
-    pub fn new(g: &'g crate::graph::Graph) -> Result<Self> {
+    pub fn new(g: &'g crate::model::graph::Graph) -> Result<Self> {
         Ok(Exact {
             forest: g.forest()?,
         })
@@ -183,10 +188,10 @@ fn item_error(e: Error, b: usize, batch: usize) -> Error {
 
 /// Exact log Z and marginals of every item.
 pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Result<Marginals<T>> {
-    objective::marginals(pb, &Exact::new(pb.graph)?, want_edges)
+    inference::marginals(pb, &Exact::new(pb.graph)?, want_edges)
 }
 
-/// Exact loss and gradients for gold labels `y` `(B, I)`; see [`objective::loss_and_grad`].
+/// Exact loss and gradients for gold labels `y` `(B, I)`; see [`inference::loss_and_grad`].
 pub fn loss_and_grad<T: Real>(
     pb: &Problem<'_, T>,
     y: &[i64],
@@ -194,12 +199,12 @@ pub fn loss_and_grad<T: Real>(
 ) -> Result<LossGrad<T>> {
     // Linear-chain CRFs with one transition table: the batch-major kernel, when it applies
     // (input errors are left to the general driver, which reports them).
-    if weights.is_none_or(|w| w.len() == pb.batch) && objective::check_labels(pb, y).is_ok() {
-        if let Some(r) = crate::chain::loss_and_grad(pb, y, weights) {
+    if weights.is_none_or(|w| w.len() == pb.batch) && inference::check_labels(pb, y).is_ok() {
+        if let Some(r) = crate::exact::chain::loss_and_grad(pb, y, weights) {
             return r;
         }
     }
-    objective::loss_and_grad(pb, &Exact::new(pb.graph)?, y, weights)
+    inference::loss_and_grad(pb, &Exact::new(pb.graph)?, y, weights)
 }
 
 /// MAP labelling `(B, I)`; padded nodes get −1.
@@ -216,6 +221,7 @@ pub fn decode<T: Real>(pb: &Problem<'_, T>) -> Result<Vec<i64>> {
             || (),
             |ws, _, items| {
                 for b in items {
+                    pb.stop.check()?;
                     // SAFETY: item b is handled by this task only.
                     let row = unsafe { rows.get(b) };
                     map_item(f, pb.node.item(b), &pb.edge.item(b), pb.active(b), ws, row)
@@ -238,6 +244,7 @@ pub fn sample<T: Real>(pb: &Problem<'_, T>, num_samples: usize, seed: u64) -> Re
     bels.par_iter_mut().enumerate().try_for_each_init(
         || Workspace::new(n, c),
         |ws, (b, out)| {
+            pb.stop.check()?;
             upward(f, pb.node.item(b), &pb.edge.item(b), 0..pb.active(b), ws)
                 .map_err(|er| item_error(er, b, bsz))?;
             *out = ws.bel[..pb.active(b) * c].to_vec();
@@ -245,9 +252,10 @@ pub fn sample<T: Real>(pb: &Problem<'_, T>, num_samples: usize, seed: u64) -> Re
         },
     )?;
     let mut out = vec![-1i64; num_samples * bsz * n];
-    out.par_chunks_mut(n).enumerate().for_each_init(
+    out.par_chunks_mut(n).enumerate().try_for_each_init(
         || (vec![0.0; c], vec![0u32; n]),
         |(w, lab), (k, row)| {
+            pb.stop.check()?;
             let (s, b) = (k / bsz, k % bsz);
             let mut rng = Rng::stream(seed, &[b as u64, s as u64]);
             sample_item(
@@ -261,7 +269,8 @@ pub fn sample<T: Real>(pb: &Problem<'_, T>, num_samples: usize, seed: u64) -> Re
                 lab,
                 row,
             );
+            Ok::<(), Error>(())
         },
-    );
+    )?;
     Ok(out)
 }

@@ -22,10 +22,10 @@
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::logspace::{exp, exp_nonpos_f32};
-use crate::objective::LossGrad;
-use crate::real::Real;
-use crate::scores::Problem;
+use crate::inference::LossGrad;
+use crate::kernels::logspace::{exp, exp_nonpos_f32};
+use crate::kernels::real::Real;
+use crate::model::scores::Problem;
 
 /// Widest finite span of the table for f64 products (`e^{-708 + 600}` is negligible).
 const SPAN: f64 = 300.0;
@@ -464,9 +464,9 @@ fn chunk_body<T: Real, F: Gemm>(
 mod tests {
     use super::*;
     use crate::exact::Exact;
-    use crate::graph::Graph;
-    use crate::rng::Rng;
-    use crate::scores::{EdgeScores, NodeScores};
+    use crate::kernels::rng::Rng;
+    use crate::model::graph::Graph;
+    use crate::model::scores::{EdgeScores, NodeScores};
 
     /// The batch-major kernel against the per-item log-domain kernel: random lengths
     /// (incl. 0 and 1), forbidden node labels, item weights, f64 and f32.
@@ -500,7 +500,7 @@ mod tests {
         .unwrap();
         let fast = loss_and_grad(&pb, &y, Some(&w)).expect("applies").unwrap();
         let slow =
-            crate::objective::loss_and_grad(&pb, &Exact::new(&g).unwrap(), &y, Some(&w)).unwrap();
+            crate::inference::loss_and_grad(&pb, &Exact::new(&g).unwrap(), &y, Some(&w)).unwrap();
         let close = |a: &[T], b: &[T]| {
             a.iter()
                 .zip(b)

@@ -8,10 +8,11 @@
 
 use rayon::prelude::*;
 
-use crate::batch::{chunk_size, run_chunks, Rows};
 use crate::error::{Error, Result};
-use crate::real::Real;
-use crate::scores::{ItemEdges, Problem};
+use crate::kernels::alloc::filled;
+use crate::kernels::batch::{chunk_size, run_chunks, Rows};
+use crate::kernels::real::Real;
+use crate::model::scores::{ItemEdges, Problem};
 
 /// Per-item facts besides the marginals.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -200,9 +201,12 @@ pub fn marginals<T: Real, M: Inference<T>>(
         pb.graph.num_edges(),
         pb.batch,
     );
-    let mut log_z = vec![T::from_f64(0.0); bsz];
-    let mut node = vec![T::from_f64(0.0); bsz * n * c];
-    let mut edge = want_edges.then(|| vec![T::from_f64(0.0); bsz * e * c * c]);
+    let mut log_z = filled("log Z", &[bsz], T::from_f64(0.0))?;
+    let mut node = filled("node marginals", &[bsz, n, c], T::from_f64(0.0))?;
+    let mut edge = match want_edges {
+        true => Some(filled("edge marginals", &[bsz, e, c, c], T::from_f64(0.0))?),
+        false => None,
+    };
     let mut info = vec![ItemInfo::exact(0.0); bsz];
     {
         let lz = Rows::new(&mut log_z, 1);
@@ -216,6 +220,7 @@ pub fn marginals<T: Real, M: Inference<T>>(
             || (),
             |(ws, scratch), _, items| {
                 for b in items {
+                    pb.stop.check()?;
                     // SAFETY: item b is handled by this task only.
                     let (zrow, nrow, irow) = unsafe { (lz.get(b), nd.get(b), inf.get(b)) };
                     let mut sink = ToRows {
@@ -343,8 +348,16 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
     let chunk = chunk_size(bsz, acc_n + acc_e + acc_w);
 
     let mut loss = vec![T::from_f64(0.0); bsz];
-    let mut gn = vec![T::from_f64(0.0); pb.node.batch * n * c];
-    let mut ge = vec![T::from_f64(0.0); pb.edge.batch * ge_len];
+    let mut gn = filled(
+        "node-score gradient",
+        &[pb.node.batch, n, c],
+        T::from_f64(0.0),
+    )?;
+    let mut ge = filled(
+        "edge-score gradient",
+        &[pb.edge.batch, ge_len],
+        T::from_f64(0.0),
+    )?;
     let mut gw = vec![
         T::from_f64(0.0);
         if weighted {
@@ -382,6 +395,7 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
             },
             |(ws, gnode, gedge, gweight, scratch, table), (an, ae, aw), items| {
                 for b in items {
+                    pb.stop.check()?;
                     let yb = &y[b * n..(b + 1) * n];
                     let es = pb.edge.item(b);
                     let act = pb.active(b);

@@ -25,10 +25,10 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::logspace::{exp_rel, finite_span};
-use crate::real::Real;
-use crate::rng::Rng;
-use crate::scores::ItemEdges;
+use crate::kernels::logspace::{exp_rel, finite_span};
+use crate::kernels::real::Real;
+use crate::kernels::rng::Rng;
+use crate::model::scores::ItemEdges;
 
 /// Largest span of finite scores per node row and per (tempered) table.
 const SPAN: f64 = 120.0;

@@ -1,14 +1,14 @@
 //! Exact samples on a rooted forest: forward filtering (the sum-product upward pass),
 //! backward sampling (roots from their belief, then each child given its parent's label).
 
-use crate::forest::{Forest, ROOT};
-use crate::logspace::exp_shifted;
-use crate::real::Real;
-use crate::rng::Rng;
-use crate::scores::ItemEdges;
+use crate::kernels::logspace::exp_shifted;
+use crate::kernels::real::Real;
+use crate::kernels::rng::Rng;
+use crate::model::forest::{Forest, ROOT};
+use crate::model::scores::ItemEdges;
 
 /// Draws one labelling of positions `0..active` given the upward beliefs `bel` left by
-/// [`crate::sumproduct::upward`], writing labels by node id. `w` is scratch of length C.
+/// [`crate::exact::sumproduct::upward`], writing labels by node id. `w` is scratch of length C.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_item<T: Real>(
     f: &Forest,

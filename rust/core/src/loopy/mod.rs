@@ -11,82 +11,23 @@
 //! chunks of nodes, and the only cross-chunk reduction is a maximum, so results are
 //! bit-identical whatever the number of threads.
 
+pub mod grid;
+pub mod options;
+
+pub use options::{Approx, LoopyOptions, Schedule};
+
 use rayon::prelude::*;
 
-use crate::adjacency::{slot, Adjacency};
 use crate::error::{Error, Result};
-use crate::grid::GridPotentials;
-use crate::logspace::{exp, ln_pos, max, softmax};
-use crate::message::{joint_and_message, message, Scratch, Table};
-use crate::objective::{EdgeSink, Inference, ItemInfo};
-use crate::real::Real;
-use crate::scores::{ItemEdges, Problem};
+use crate::inference::{EdgeSink, Inference, ItemInfo};
+use crate::interrupt::Stop;
+use crate::kernels::logspace::{exp, ln_pos, max, softmax};
+use crate::kernels::message::{joint_and_message, message, Scratch, Table};
+use crate::kernels::real::Real;
+use crate::loopy::grid::GridPotentials;
+use crate::model::adjacency::{slot, Adjacency};
+use crate::model::scores::{ItemEdges, Problem};
 use crate::simd_dispatch;
-
-/// How messages are scheduled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schedule {
-    /// Flooding: every message from the previous iteration's messages.
-    Parallel,
-    /// Colour classes in turn (checkerboard on grids), each from the freshest messages.
-    Colour,
-}
-
-/// Which approximation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Method {
-    /// Loopy BP: Bethe log Z.
-    Bp,
-    /// Tree-reweighted BP with these edge appearance probabilities: upper bound on log Z.
-    Trw(Vec<f64>),
-    /// Naive mean field: lower bound on log Z.
-    MeanField,
-}
-
-/// Options shared by the loopy methods (names as in the Python keyword arguments).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoopyOptions {
-    pub method: Method,
-    pub max_iter: usize,
-    /// Converged when the largest change of a message (or mean-field marginal), in the
-    /// probability domain, falls below `tol`.
-    pub tol: f64,
-    /// New value = (1 − damping) · update + damping · old.
-    pub damping: f64,
-    pub schedule: Schedule,
-}
-
-impl LoopyOptions {
-    pub fn check(&self, num_edges: usize) -> Result<()> {
-        if !(0.0..1.0).contains(&self.damping) {
-            return Err(Error::Value(format!(
-                "damping must lie in [0, 1), got {}",
-                self.damping
-            )));
-        }
-        if self.tol.is_nan() || self.tol < 0.0 {
-            return Err(Error::Value(format!("tol must be >= 0, got {}", self.tol)));
-        }
-        if let Method::Trw(rho) = &self.method {
-            if rho.len() != num_edges {
-                return Err(Error::Shape(format!(
-                    "edge_appearance has {} entries; the graph has {num_edges} edges",
-                    rho.len()
-                )));
-            }
-            if let Some((e, r)) = rho
-                .iter()
-                .enumerate()
-                .find(|(_, &r)| !(r > 0.0 && r <= 1.0))
-            {
-                return Err(Error::Value(format!(
-                    "edge_appearance[{e}] = {r} must lie in (0, 1]"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// Nodes per parallel task inside one item (fixed, so splitting never depends on threads).
 const NODE_CHUNK: usize = 512;
@@ -360,7 +301,8 @@ fn iterate<T: Real>(
     msgs: &mut Vec<f64>,
     tmp: &mut Vec<f64>,
     ws: &mut NodeWs,
-) -> (u32, bool, f64) {
+    stop: &Stop,
+) -> Result<(u32, bool, f64)> {
     let c = ws.c;
     let init = if max_product { 0.0 } else { -(c as f64).ln() };
     msgs.iter_mut().for_each(|m| *m = init);
@@ -378,6 +320,7 @@ fn iterate<T: Real>(
     };
     let mut last = f64::INFINITY;
     for it in 1..=opts.max_iter {
+        stop.check()?;
         let change = match opts.schedule {
             Schedule::Parallel => {
                 let (read, write) = (Shared::new(msgs, c), Shared::new(tmp, c));
@@ -396,10 +339,10 @@ fn iterate<T: Real>(
         };
         last = change;
         if change < opts.tol {
-            return (it as u32, true, change);
+            return Ok((it as u32, true, change));
         }
     }
-    (opts.max_iter as u32, false, last)
+    Ok((opts.max_iter as u32, false, last))
 }
 
 /// One sweep's fixed inputs.
@@ -852,7 +795,7 @@ fn mf_iterate<T: Real>(
     b: usize,
     opts: &LoopyOptions,
     ws: &mut ItemWs,
-) -> (u32, bool, f64) {
+) -> Result<(u32, bool, f64)> {
     let (n, c) = (pb.graph.num_nodes(), pb.classes());
     let (node, edges) = (pb.node.item(b), pb.edge.item(b));
     // Start from the node-only model.
@@ -900,6 +843,7 @@ fn mf_iterate<T: Real>(
     };
     let mut last = f64::INFINITY;
     for it in 1..=opts.max_iter {
+        pb.stop.check()?;
         let change = match opts.schedule {
             Schedule::Parallel => {
                 let (r, w) = (Shared::new(&mut ws.msgs, c), Shared::new(&mut ws.tmp, c));
@@ -918,10 +862,10 @@ fn mf_iterate<T: Real>(
         };
         last = change;
         if change < opts.tol {
-            return (it as u32, true, change);
+            return Ok((it as u32, true, change));
         }
     }
-    (opts.max_iter as u32, false, last)
+    Ok((opts.max_iter as u32, false, last))
 }
 
 /// Mean-field beliefs (node `q`, pairs `q_i q_jᵀ`) and the bound
@@ -997,7 +941,7 @@ impl<'g> Loopy<'g> {
     /// Grid potentials when the grid kernel applies: BP or TRW on a `Graph.grid` layout
     /// with scores whose spans the probability domain can hold.
     fn grid_fast_path<T: Real>(&self, pb: &Problem<'_, T>, b: usize) -> Option<GridPotentials> {
-        if !matches!(self.opts.method, Method::Bp | Method::Trw(_)) {
+        if !matches!(self.opts.method, Approx::Bp | Approx::Trw(_)) {
             return None;
         }
         let (h, w) = pb.graph.grid_shape()?;
@@ -1006,7 +950,7 @@ impl<'g> Loopy<'g> {
 
     fn rho(&self) -> Option<&[f64]> {
         match &self.opts.method {
-            Method::Trw(r) => Some(r),
+            Approx::Trw(r) => Some(r),
             _ => None,
         }
     }
@@ -1020,7 +964,7 @@ impl<T: Real> Inference<T> for Loopy<'_> {
             pb.graph.num_nodes(),
             pb.graph.num_edges(),
             pb.classes(),
-            self.opts.method == Method::MeanField,
+            self.opts.method == Approx::MeanField,
         )
     }
 
@@ -1032,18 +976,19 @@ impl<T: Real> Inference<T> for Loopy<'_> {
         node_sink: &mut dyn FnMut(usize, &[f64]),
         edges: &mut S,
     ) -> Result<ItemInfo> {
-        let (it, conv, change, log_z) = if self.opts.method == Method::MeanField {
-            let (it, conv, ch) = mf_iterate(pb, self.adj, b, &self.opts, ws);
+        let (it, conv, change, log_z) = if self.opts.method == Approx::MeanField {
+            let (it, conv, ch) = mf_iterate(pb, self.adj, b, &self.opts, ws)?;
             (it, conv, ch, mf_beliefs(pb, b, ws, node_sink, edges)?)
         } else if let Some(gp) = self.grid_fast_path(pb, b) {
-            let (it, conv, ch) = crate::grid::iterate(
+            let (it, conv, ch) = crate::loopy::grid::iterate(
                 &gp,
                 self.opts.max_iter,
                 self.opts.tol,
                 self.opts.damping,
                 self.opts.schedule,
                 &mut ws.msgs,
-            );
+                pb.stop,
+            )?;
             (
                 it,
                 conv,
@@ -1063,7 +1008,8 @@ impl<T: Real> Inference<T> for Loopy<'_> {
                 &mut ws.msgs,
                 &mut ws.tmp,
                 &mut ws.node,
-            );
+                pb.stop,
+            )?;
             (
                 it,
                 conv,
@@ -1108,7 +1054,8 @@ pub fn decode<T: Real>(
                     &mut ws.msgs,
                     &mut ws.tmp,
                     &mut ws.node,
-                );
+                    pb.stop,
+                )?;
                 let msgs = Shared::new(&mut ws.msgs, c);
                 for v in 0..n {
                     let th: Vec<f64> = node[v * c..(v + 1) * c]

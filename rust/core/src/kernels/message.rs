@@ -11,8 +11,8 @@
 //!
 //! So scores of any magnitude, and −inf (forbidden) entries, give exact results.
 
-use crate::logspace::{exp, exp_shifted, ln_pos, max};
-use crate::real::Real;
+use crate::kernels::logspace::{exp, exp_shifted, ln_pos, max};
+use crate::kernels::real::Real;
 
 /// Widest span of finite table entries handled in the probability domain.
 const RANGE: f64 = 500.0;
@@ -78,7 +78,7 @@ impl Table {
     /// whatever `w` is.
     #[inline(always)]
     pub fn load_scaled<T: Real>(&mut self, t: &[T], w: f64, transpose: bool) {
-        crate::scores::oriented(t, w, transpose, self.c, &mut self.raw);
+        oriented(t, w, transpose, self.c, &mut self.raw);
         self.prepare();
     }
 
@@ -357,6 +357,31 @@ pub fn joint_and_message(
         }
     }
     false
+}
+
+/// `out[s, d] = w * t[s, d]` (or `w * t[d, s]` with `transpose`) in f64, `C x C`.
+#[inline(always)]
+pub fn oriented<T: Real>(t: &[T], w: f64, transpose: bool, c: usize, out: &mut [f64]) {
+    for s in 0..c {
+        for d in 0..c {
+            let v = if transpose {
+                t[d * c + s]
+            } else {
+                t[s * c + d]
+            };
+            out[s * c + d] = scaled(w, v.to_f64());
+        }
+    }
+}
+
+/// `w * t` where a forbidden (−inf) pair stays forbidden whatever the weight.
+#[inline(always)]
+pub fn scaled(w: f64, t: f64) -> f64 {
+    if t == f64::NEG_INFINITY {
+        t
+    } else {
+        w * t
+    }
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ macro_rules! simd_dispatch {
                 unsafe fn avx2<$($g: $bound),*>($($arg: $ty),*) -> $ret {
                     $body($($arg),*)
                 }
-                if $crate::batch::has_avx2() {
+                if $crate::kernels::batch::has_avx2() {
                     // SAFETY: the CPU supports AVX2, checked just above.
                     return unsafe { avx2($($arg),*) };
                 }

@@ -3,9 +3,9 @@
 //! magnitude. Ties go to the smallest label.
 
 use crate::error::{Error, Result};
-use crate::forest::{Forest, ROOT};
-use crate::real::Real;
-use crate::scores::ItemEdges;
+use crate::kernels::real::Real;
+use crate::model::forest::{Forest, ROOT};
+use crate::model::scores::ItemEdges;
 use crate::simd_dispatch;
 
 pub struct MapWorkspace {

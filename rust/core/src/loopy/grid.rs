@@ -16,11 +16,13 @@
 
 use rayon::prelude::*;
 
-use crate::adjacency::slot;
-use crate::logspace::{exp_rel, finite_span};
-use crate::loopy::Schedule;
-use crate::real::Real;
-use crate::scores::ItemEdges;
+use crate::error::Result;
+use crate::interrupt::Stop;
+use crate::kernels::logspace::{exp_rel, finite_span};
+use crate::kernels::real::Real;
+use crate::loopy::options::Schedule;
+use crate::model::adjacency::slot;
+use crate::model::scores::ItemEdges;
 
 /// Largest span of finite scores (per node row, per table) the probability domain takes.
 const SPAN: f64 = 120.0;
@@ -87,12 +89,12 @@ impl Weighted {
             if self.low {
                 for (p, &wi) in o.iter_mut().zip(wr) {
                     let m = (wi * self.hi).max(wi * self.lo);
-                    *p = crate::logspace::exp_nonpos_f32((wi * t - m) as f32) as f64;
+                    *p = crate::kernels::logspace::exp_nonpos_f32((wi * t - m) as f32) as f64;
                 }
             } else {
                 for (p, &wi) in o.iter_mut().zip(wr) {
                     let m = (wi * self.hi).max(wi * self.lo);
-                    *p = crate::logspace::exp(wi * t - m);
+                    *p = crate::kernels::logspace::exp(wi * t - m);
                 }
             }
         }
@@ -165,7 +167,7 @@ impl GridPotentials {
             if let Some(r) = rho {
                 // θ / ρ; a forbidden pair stays forbidden.
                 t.iter_mut()
-                    .for_each(|x| *x = crate::scores::scaled(1.0 / r[e], *x));
+                    .for_each(|x| *x = crate::kernels::message::scaled(1.0 / r[e], *x));
             }
             if !span_ok(t) {
                 return false;
@@ -367,7 +369,7 @@ fn normalise_columns(out: &mut [f64], norm: &mut [f64], c: usize, w: usize, len:
 /// `ln m`, −inf for `m = 0` (a forbidden label); branch-free so loops vectorise.
 #[inline(always)]
 fn ln0(m: f64) -> f64 {
-    let l = crate::logspace::ln_pos(m.max(f64::MIN_POSITIVE));
+    let l = crate::kernels::logspace::ln_pos(m.max(f64::MIN_POSITIVE));
     if m > 0.0 {
         l
     } else {
@@ -414,7 +416,7 @@ fn trw_beliefs<M: Real>(
                 + rr[i] * ln0(rt[i].to_f64())
                 + ru[i] * ln0(u[i].to_f64())
                 + rd[i] * ln0(d[i].to_f64());
-            a[i] = crate::logspace::exp(s);
+            a[i] = crate::kernels::logspace::exp(s);
         }
     }
 }
@@ -682,11 +684,12 @@ pub fn iterate(
     damping: f64,
     schedule: Schedule,
     msgs: &mut [f64],
-) -> (u32, bool, f64) {
+    stop: &Stop,
+) -> Result<(u32, bool, f64)> {
     if p.f32_ok {
-        iterate_in::<f32>(p, max_iter, tol, damping, schedule, msgs)
+        iterate_in::<f32>(p, max_iter, tol, damping, schedule, msgs, stop)
     } else {
-        iterate_in::<f64>(p, max_iter, tol, damping, schedule, msgs)
+        iterate_in::<f64>(p, max_iter, tol, damping, schedule, msgs, stop)
     }
 }
 
@@ -697,13 +700,15 @@ fn iterate_in<M: Real>(
     damping: f64,
     schedule: Schedule,
     msgs: &mut [f64],
-) -> (u32, bool, f64) {
+    stop: &Stop,
+) -> Result<(u32, bool, f64)> {
     let (h, w, c) = (p.h, p.w, p.c);
     let n = h * w * c;
     let mut cur = vec![M::from_f64(1.0 / c as f64); 4 * n];
     let mut nxt = cur.clone();
     let mut result = (max_iter as u32, false, f64::INFINITY);
     for it in 1..=max_iter {
+        stop.check()?;
         // With tol = 0 no iteration can converge: the change matters only at the end.
         let need = tol > 0.0 || it == max_iter;
         let change = match schedule {
@@ -749,14 +754,15 @@ fn iterate_in<M: Real>(
             }
         }
     }
-    result
+    Ok(result)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
-    use crate::scores::EdgeScores;
+    use crate::interrupt::NEVER;
+    use crate::kernels::rng::Rng;
+    use crate::model::scores::EdgeScores;
 
     /// Weighted edge scores give the same messages whether their potentials are cached
     /// per edge or made row by row (the path for grids too large to cache), in f64 and
@@ -779,8 +785,8 @@ mod tests {
             assert_eq!(cached.f32_ok, rows.f32_ok);
             for schedule in [Schedule::Parallel, Schedule::Colour] {
                 let (mut m1, mut m2) = (vec![0.0; 2 * ne * c], vec![0.0; 2 * ne * c]);
-                let r1 = iterate(&cached, 15, 0.0, 0.3, schedule, &mut m1);
-                let r2 = iterate(&rows, 15, 0.0, 0.3, schedule, &mut m2);
+                let r1 = iterate(&cached, 15, 0.0, 0.3, schedule, &mut m1, &NEVER).unwrap();
+                let r2 = iterate(&rows, 15, 0.0, 0.3, schedule, &mut m2, &NEVER).unwrap();
                 assert_eq!(r1.0, r2.0);
                 for (a, b) in m1.iter().zip(&m2) {
                     assert!(a == b || (a - b).abs() <= tol, "{a} vs {b} ({schedule:?})");

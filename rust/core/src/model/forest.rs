@@ -3,7 +3,7 @@
 //! contiguous range. Every per-node buffer of the forest algorithms is indexed by this
 //! position, which keeps a chain's passes sequential in memory.
 
-use crate::graph::Graph;
+use crate::model::adjacency::Adjacency;
 
 /// Marks a root in [`Forest::parent`].
 pub const ROOT: u32 = u32::MAX;
@@ -26,11 +26,8 @@ pub struct Forest {
 impl Forest {
     /// Roots each component at its smallest node id and orders it breadth first.
     /// Panics if the graph has a cycle; callers go through [`Graph::forest`].
-    pub fn new(g: &Graph) -> Forest {
-        let n = g.num_nodes();
-        let edges = g.edges();
+    pub fn new(n: usize, edges: &[[u32; 2]], adj: &Adjacency) -> Forest {
         // The graph's cached adjacency lists: neighbours and edges of each node.
-        let adj = g.adjacency();
 
         let mut pos = vec![ROOT; n];
         let mut f = Forest {
@@ -87,6 +84,7 @@ impl Forest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::graph::Graph;
 
     #[test]
     fn parents_precede_children_and_orientation_is_recorded() {

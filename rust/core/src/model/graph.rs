@@ -5,9 +5,9 @@
 
 use std::sync::OnceLock;
 
-use crate::adjacency::Adjacency;
 use crate::error::{Error, Result};
-use crate::forest::Forest;
+use crate::model::adjacency::Adjacency;
+use crate::model::forest::Forest;
 
 #[derive(Debug)]
 pub struct Graph {
@@ -18,6 +18,7 @@ pub struct Graph {
     forest: OnceLock<Forest>,
     adjacency: OnceLock<Adjacency>,
     grid: OnceLock<Option<(usize, usize)>>,
+    edge_appearance: OnceLock<Vec<f64>>,
 }
 
 impl Graph {
@@ -33,6 +34,14 @@ impl Graph {
                 u32::MAX - 1
             )));
         }
+        // Union-find, adjacency lists and the rooted forest: about 24 bytes a node and 48
+        // an edge, refused up front rather than aborting on a huge `num_nodes`.
+        crate::kernels::alloc::check_with(
+            "the graph's node arrays",
+            &[num_nodes],
+            24,
+            edges.len() as u128 * 48,
+        )?;
         for (e, &[i, j]) in edges.iter().enumerate() {
             if i as usize >= num_nodes || j as usize >= num_nodes {
                 return Err(Error::Value(format!(
@@ -59,6 +68,7 @@ impl Graph {
             forest: OnceLock::new(),
             adjacency: OnceLock::new(),
             grid: OnceLock::new(),
+            edge_appearance: OnceLock::new(),
         })
     }
 
@@ -125,33 +135,89 @@ impl Graph {
 
     /// Adjacency lists and colouring for loopy message passing (built on first use).
     pub fn adjacency(&self) -> &Adjacency {
-        self.adjacency.get_or_init(|| Adjacency::new(self))
+        self.adjacency
+            .get_or_init(|| Adjacency::new(self.num_nodes, &self.edges))
+    }
+
+    /// Edge appearance probabilities `(E,)` of a mixture of spanning trees, the default of
+    /// tree-reweighted BP (built on first use): every entry in `(0, 1]` and the vector inside
+    /// the spanning-tree polytope, so TRW's log Z is an upper bound. Forests: all ones.
+    /// Grids: the two "combs" (all rows plus the first column; all columns plus the first
+    /// row), weight 1/2 each. Other graphs: spanning forests chosen greedily to cover every
+    /// edge (Kruskal over the least-covered edges first, ties broken by a fixed random
+    /// stream), averaged over at least 8 forests.
+    pub fn default_edge_appearance(&self) -> &[f64] {
+        self.edge_appearance
+            .get_or_init(|| spanning_tree_mixture(self))
     }
 
     /// The rooted forest, or a `NotForest` error naming the loopy methods.
     pub fn forest(&self) -> Result<&Forest> {
         if !self.is_forest {
             return Err(Error::NotForest(
-                "the graph is not a forest (it has a cycle), so exact inference is not \
-                 available; use a loopy method: method=\"bp\", \"trw\", \"mean_field\" or \"gibbs\""
+                "the graph is not a forest (it has a cycle), so exact inference is not available"
                     .into(),
             ));
         }
-        Ok(self.forest.get_or_init(|| Forest::new(self)))
+        Ok(self
+            .forest
+            .get_or_init(|| Forest::new(self.num_nodes(), self.edges(), self.adjacency())))
     }
+}
+
+fn spanning_tree_mixture(g: &Graph) -> Vec<f64> {
+    let e = g.num_edges();
+    if g.is_forest() {
+        return vec![1.0; e];
+    }
+    if let Some((h, w)) = g.grid_shape() {
+        let n_h = h * (w - 1);
+        let mut rho = vec![0.5; e];
+        rho[..w - 1].iter_mut().for_each(|r| *r = 1.0); // first row: in both combs
+        for r in 0..h - 1 {
+            rho[n_h + r * w] = 1.0; // first column: in both combs
+        }
+        return rho;
+    }
+    let mut rng = crate::kernels::rng::Rng::stream(0, &[]);
+    let mut count = vec![0u64; e];
+    let mut trees = 0u64;
+    let mut order: Vec<usize> = (0..e).collect();
+    let mut parent: Vec<u32> = Vec::new();
+    while trees < 8 || count.contains(&0) {
+        let key: Vec<f64> = (0..e).map(|_| rng.uniform()).collect();
+        // Least-covered edges first, random among equals.
+        order.sort_by(|&a, &b| count[a].cmp(&count[b]).then(key[a].total_cmp(&key[b])));
+        parent.clear();
+        parent.extend(0..g.num_nodes() as u32);
+        for &k in &order {
+            let [i, j] = g.edges[k];
+            let (a, b) = (find(&mut parent, i), find(&mut parent, j));
+            if a != b {
+                parent[a as usize] = b;
+                count[k] += 1;
+            }
+        }
+        trees += 1;
+        if trees > 10 * e as u64 {
+            break; // cannot happen for a graph without self-loops; guards the loop
+        }
+    }
+    count.iter().map(|&k| k as f64 / trees as f64).collect()
+}
+
+fn find(p: &mut [u32], mut x: u32) -> u32 {
+    while p[x as usize] != x {
+        let up = p[p[x as usize] as usize];
+        p[x as usize] = up;
+        x = up;
+    }
+    x
 }
 
 /// Union-find cycle check: a forest never joins two nodes that are already connected.
 fn acyclic(n: usize, edges: &[[u32; 2]]) -> bool {
     let mut parent: Vec<u32> = (0..n as u32).collect();
-    fn find(p: &mut [u32], mut x: u32) -> u32 {
-        while p[x as usize] != x {
-            let up = p[p[x as usize] as usize];
-            p[x as usize] = up;
-            x = up;
-        }
-        x
-    }
     for &[i, j] in edges {
         let (ri, rj) = (find(&mut parent, i), find(&mut parent, j));
         if ri == rj {

@@ -1,0 +1,104 @@
+//! Size checks before large allocations. Rust aborts the process when an allocation fails;
+//! a library called from Python must refuse instead. Every output and every working array
+//! whose size follows from the caller's arguments is sized here first, with overflow-checked
+//! arithmetic, against the memory the machine has available; a refusal is
+//! [`Error::Memory`] naming the array and its size (MemoryError in Python).
+
+use crate::error::{Error, Result};
+
+/// Below this many bytes an allocation is not worth a look at `/proc/meminfo`.
+const SMALL: u128 = 64 << 20;
+
+/// Bytes of memory this process may still obtain: `MemAvailable + SwapFree` on Linux,
+/// unbounded where that is unknown (then only overflow is caught here).
+fn available() -> u128 {
+    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
+        return u128::MAX;
+    };
+    let field = |name: &str| -> Option<u128> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        let kb: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    match field("MemAvailable:") {
+        Some(a) => a + field("SwapFree:").unwrap_or(0),
+        None => u128::MAX,
+    }
+}
+
+fn human(bytes: u128) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// The number of elements of an array of shape `dims` holding `elem` bytes each, after
+/// checking that it (plus `others` bytes needed at the same time) fits in memory.
+pub fn check_with(what: &str, dims: &[usize], elem: usize, others: u128) -> Result<usize> {
+    let shape = dims
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(" x ");
+    let len = dims
+        .iter()
+        .try_fold(1u128, |acc, &d| acc.checked_mul(d as u128))
+        .filter(|&l| l <= isize::MAX as u128);
+    let bytes = len.and_then(|l| l.checked_mul(elem as u128));
+    let (Some(len), Some(bytes)) = (len, bytes) else {
+        return Err(Error::Memory(format!(
+            "cannot allocate {what} of shape ({shape}): its size overflows"
+        )));
+    };
+    let need = bytes.saturating_add(others);
+    if need > SMALL {
+        let avail = available();
+        if need > avail || bytes > isize::MAX as u128 {
+            return Err(Error::Memory(format!(
+                "cannot allocate {what} of shape ({shape}), {}: only {} of memory is available",
+                human(bytes),
+                human(avail)
+            )));
+        }
+    }
+    Ok(len as usize)
+}
+
+/// [`check_with`] for one array on its own.
+pub fn check(what: &str, dims: &[usize], elem: usize) -> Result<usize> {
+    check_with(what, dims, elem, 0)
+}
+
+/// A vector of `dims`' product copies of `value`, refused with [`Error::Memory`] rather
+/// than aborting when it cannot be had.
+pub fn filled<T: Clone>(what: &str, dims: &[usize], value: T) -> Result<Vec<T>> {
+    let len = check(what, dims, std::mem::size_of::<T>().max(1))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        Error::Memory(format!(
+            "cannot allocate {what}: {} could not be reserved",
+            human((len * std::mem::size_of::<T>()) as u128)
+        ))
+    })?;
+    v.resize(len, value);
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_and_huge_sizes_are_refused_by_name() {
+        let e = check("samples", &[usize::MAX, 3], 8).unwrap_err();
+        assert!(matches!(&e, Error::Memory(m) if m.contains("samples") && m.contains("overflows")));
+        let e = filled::<f64>("node marginals", &[1 << 30, 1 << 20], 0.0).unwrap_err();
+        assert!(matches!(&e, Error::Memory(m) if m.contains("node marginals")));
+        assert_eq!(filled("small", &[3, 4], 1u8).unwrap(), vec![1u8; 12]);
+    }
+}
