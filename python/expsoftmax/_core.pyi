@@ -1,27 +1,23 @@
 """Type stubs for the Rust extension ``expsoftmax._core``.
 
 Scores travel as flat C-contiguous arrays (float32 or float64, borrowed without a copy);
-``dims`` gives their shapes. Results come back flat and are reshaped by ``expsoftmax.api``.
+``dims`` gives their shapes. ``method`` is a method name (or ``"auto"``) and ``options``
+the keyword options as the user gave them: the core checks both, once. Results come back
+as dicts of named flat arrays, reshaped by ``expsoftmax.api``. Errors are the classes of
+``expsoftmax.errors``, ``MemoryError`` for requests that cannot be allocated, and
+``KeyboardInterrupt`` on Ctrl-C.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import numpy.typing as npt
 
 #: (batch, node_batch, edge_batch, edge_tables, classes, weight_batch)
 Dims = tuple[int, int, int, int, int, int]
-#: (method, max_iter, tol, damping, schedule, edge_appearance (E,) float64 or None)
-LoopyArgs = tuple[str, int, float, float, str, Optional[npt.NDArray[np.float64]]]
-#: (num_samples, burn_in, thin, num_chains, seed, init_gold, ais_steps, ais_runs)
-GibbsArgs = tuple[int, int, int, int, int, bool, int, int]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 Floats = np.ndarray  # float32 or float64, the scores' dtype
-
-class ShapeError(ValueError): ...
-class NotForestError(ValueError): ...
-class InfeasibleError(ValueError): ...
 
 class GraphCore:
     """A validated graph; ``edges`` is flat ``(2E,)`` int64."""
@@ -33,19 +29,23 @@ class GraphCore:
     def is_chain(self) -> bool: ...
     @property
     def num_components(self) -> int: ...
+    def default_edge_appearance(self) -> F64:
+        """TRW's default edge appearance probabilities ``(E,)``."""
 
-def marginals(
+def infer(
     graph: GraphCore,
     s_n: Floats,
     s_e: Floats,
     dims: Dims,
     weight: Optional[Floats] = None,
     lengths: Optional[I64] = None,
+    method: str = "auto",
+    options: Optional[dict[str, Any]] = None,
     want_edges: bool = True,
-    options: Optional[LoopyArgs] = None,
-) -> tuple[Floats, Floats, Optional[Floats], npt.NDArray[np.uint32], npt.NDArray[np.bool_], F64]:
-    """Exact (``options=None``) or loopy: ``(log_z, node, edge or None, iterations,
-    converged, max_change)``, flat."""
+) -> dict[str, Any]:
+    """``method``, ``log_z``, ``node_marginals``, ``edge_marginals`` (None unless
+    ``want_edges``), ``iterations``, ``converged``, ``max_change``; for Gibbs also
+    ``node_stderr``, ``log_z_stderr``, ``rhat``. Flat arrays."""
 
 def loss_and_grad(
     graph: GraphCore,
@@ -56,12 +56,11 @@ def loss_and_grad(
     weight: Optional[Floats] = None,
     lengths: Optional[I64] = None,
     item_weights: Optional[F64] = None,
-    options: Optional[LoopyArgs] = None,
-) -> tuple[
-    Floats, Floats, Floats, Optional[Floats], npt.NDArray[np.uint32], npt.NDArray[np.bool_], F64
-]:
-    """``(loss, grad_n, grad_e, grad_weight or None, iterations, converged, max_change)``;
-    gradients of ``Σ_b item_weights[b] * loss_b``, summed over broadcast axes."""
+    method: str = "auto",
+    options: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """``method``, ``loss``, ``grad_node``, ``grad_edge``, ``grad_weight`` (None unless
+    weighted), ``iterations``, ``converged``, ``max_change``. Flat arrays."""
 
 def decode(
     graph: GraphCore,
@@ -70,54 +69,31 @@ def decode(
     dims: Dims,
     weight: Optional[Floats] = None,
     lengths: Optional[I64] = None,
-    options: Optional[LoopyArgs] = None,
-) -> tuple[I64, npt.NDArray[np.uint32], npt.NDArray[np.bool_], F64]:
-    """``(labels (B*I,), iterations, converged, max_change)``; −1 at padded nodes."""
+    method: str = "auto",
+    options: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """``method``, ``labels`` (flat int64, -1 at padded nodes), ``iterations``,
+    ``converged``, ``max_change``."""
 
-def exact_sample(
+def sample(
     graph: GraphCore,
     s_n: Floats,
     s_e: Floats,
     dims: Dims,
     num_samples: int,
-    seed: int,
+    seed: Optional[int] = None,
     weight: Optional[Floats] = None,
     lengths: Optional[I64] = None,
-) -> I64:
-    """Exact samples, flat ``(num_samples * B * I,)``; −1 at padded nodes."""
+    method: str = "auto",
+    options: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """``method``, ``samples`` (flat ``(num_samples * B * I,)`` int64, -1 at padded
+    nodes)."""
 
-def gibbs_infer(
-    graph: GraphCore,
-    s_n: Floats,
-    s_e: Floats,
-    dims: Dims,
-    options: GibbsArgs,
-    weight: Optional[Floats] = None,
-) -> tuple[F64, F64, F64, F64, F64, F64]:
-    """``(log_z, log_z_stderr, node, node_stderr, edge, rhat)``, flat float64."""
+def method_options(entry: str = "infer") -> dict[str, dict[str, Any]]:
+    """``{method: {option: default}}`` accepted by ``entry``."""
 
-def gibbs_loss_and_grad(
-    graph: GraphCore,
-    s_n: Floats,
-    s_e: Floats,
-    dims: Dims,
-    y: I64,
-    options: GibbsArgs,
-    weight: Optional[Floats] = None,
-    item_weights: Optional[F64] = None,
-) -> tuple[Floats, Floats, Floats, Optional[Floats], F64]:
-    """``(loss, grad_n, grad_e, grad_weight or None, rhat)``."""
+def set_num_threads(n: int) -> None:
+    """Threads the core uses, in [0, 1024] (0: one per core, or ``RAYON_NUM_THREADS``)."""
 
-def gibbs_labels(
-    graph: GraphCore,
-    s_n: Floats,
-    s_e: Floats,
-    dims: Dims,
-    options: GibbsArgs,
-    num_samples: int,
-    weight: Optional[Floats] = None,
-) -> I64:
-    """``num_samples = 0``: the best sample per item (decode); else samples, flat."""
-
-def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...

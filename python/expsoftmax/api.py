@@ -1,44 +1,50 @@
 """The numpy API: ``infer``, ``loss_and_grad``, ``decode`` and ``sample``.
 
-Each validates and lays out its inputs (``_scores``), resolves the method and its options
-(``_methods``), calls the core once (the GIL is released there) and shapes the flat
-results. No per-node Python loops.
+Each lays out its inputs (``_scores``: dtypes, shapes, broadcasting), hands the method name
+and keyword options to the core as they are (the core checks them, once), calls it once
+(the GIL is released there) and shapes the flat results. No per-node Python loops.
 """
 
 from __future__ import annotations
 
+import operator
 import warnings
 from typing import Any, Optional
 
 import numpy as np
 
 from . import _core
-from ._methods import ConvergenceWarning, Resolved, resolve
+from ._methods import ConvergenceWarning
 from ._scores import Scores, WeightedEdges, labels, prepare, sum_to_shape
 from .graph import Graph
 from .result import InferenceResult
 
 
-def _warn_unconverged(r: Resolved, converged: np.ndarray, max_change: np.ndarray) -> None:
-    if r.method == "gibbs":
-        if not bool(np.all(converged)):
-            warnings.warn(
-                f"Gibbs chains disagree: R-hat up to {float(np.max(max_change)):.3g} > 1.1 "
-                "(between-chain diagnostic); raise burn_in or num_samples.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
+def _warn_unconverged(out: dict[str, Any], options: dict[str, Any]) -> None:
+    converged = out["converged"]
+    if bool(np.all(converged)):
         return
-    if r.loopy and not bool(np.all(converged)):
-        bad = int(np.size(converged) - np.count_nonzero(converged))
+    change = out["max_change"]
+    if out["method"] == "gibbs":
         warnings.warn(
-            f"method={r.method!r} did not converge for {bad} of {np.size(converged)} item(s) "
-            f"within max_iter={r.options['max_iter']} (largest final change "
-            f"{float(np.max(max_change)):.3g} > tol={r.options['tol']}); results are from the "
-            "last iteration. Raise max_iter, add damping, or try another schedule.",
+            f"Gibbs chains disagree: R-hat up to {float(np.max(change)):.3g} > 1.1 "
+            "(between-chain diagnostic); raise burn_in or num_samples.",
             ConvergenceWarning,
             stacklevel=3,
         )
+        return
+    defaults = _core.method_options()[out["method"]]
+    max_iter = options.get("max_iter", defaults.get("max_iter"))
+    tol = options.get("tol", defaults.get("tol"))
+    bad = int(np.size(converged) - np.count_nonzero(converged))
+    warnings.warn(
+        f"method={out['method']!r} did not converge for {bad} of {np.size(converged)} item(s) "
+        f"within max_iter={max_iter} (largest final change {float(np.max(change)):.3g} > "
+        f"tol={tol}); results are from the last iteration. Raise max_iter, add damping, or "
+        "try another schedule.",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
 
 
 def _lengths(lengths: Any, mask: Any) -> Any:
@@ -61,6 +67,20 @@ def _shape(flat: np.ndarray, sc: Scores, tail: tuple[int, ...] = ()) -> np.ndarr
     return flat.reshape(sc.batch_shape + tail)
 
 
+def _graph(graph: Any) -> Graph:
+    if not isinstance(graph, Graph):
+        raise TypeError(f"graph must be an expsoftmax.Graph, got {type(graph).__name__}")
+    return graph
+
+
+def _method(method: Any) -> str:
+    if not isinstance(method, str):
+        from .errors import OptionError
+
+        raise OptionError(f"method must be a string, got {type(method).__name__}")
+    return method
+
+
 def infer(
     graph: Graph,
     s_n: Any,
@@ -80,64 +100,51 @@ def infer(
             batch axes broadcast with those of ``s_n``. Or :class:`WeightedEdges`
             ``(weight (..., E), table (..., C, C))``. ``-inf`` forbids a label or pair.
         method: ``"auto"`` (exact on forests, ``"bp"`` otherwise), ``"exact"``, ``"bp"``
-            (loopy BP, Bethe log Z), ``"trw"`` (tree-reweighted BP, upper bound on log Z)
-            or ``"mean_field"`` (lower bound).
+            (loopy BP, Bethe log Z), ``"trw"`` (tree-reweighted BP, upper bound on log Z),
+            ``"mean_field"`` (lower bound) or ``"gibbs"`` (sampling; AIS log Z).
         lengths: for chains with exact inference, ``(...)`` real lengths (rest is padding);
-            or ``mask`` ``(..., I)`` bool, True on the real prefix.
+            or ``mask`` ``(..., I)`` bool, True on the real prefix. Other methods refuse
+            them.
         **options: for the loopy methods ``max_iter`` (100), ``tol`` (1e-6), ``damping``
             (0.0), ``schedule`` (``"checkerboard"`` or ``"parallel"``); for ``"trw"`` also
             ``edge_appearance`` (float or ``(E,)``; default from spanning trees). For
-            ``"gibbs"``: ``num_samples`` (1000 kept sweeps per chain), ``burn_in`` (100),
+            ``"gibbs"``: ``num_samples`` (1000 kept sweeps *per chain*), ``burn_in`` (100),
             ``thin`` (1), ``num_chains`` (4), ``seed``, ``init`` (``"random"``; ``"gold"`` in
             ``loss_and_grad``), ``ais_steps`` (100; log Z by annealed importance sampling,
             0 skips it) and ``ais_runs`` (16). Gibbs results also carry ``node_stderr``
             (batch means), ``log_z_stderr`` and ``rhat`` (Gelman-Rubin, max over nodes).
+            ``expsoftmax.METHODS`` lists every method's options and defaults.
 
     Returns:
         :class:`InferenceResult`, arrays in the scores' dtype. Loopy methods that do not
-        converge emit a :class:`ConvergenceWarning` and report ``converged=False``.
+        converge (Gibbs chains that disagree) emit a :class:`ConvergenceWarning` and report
+        ``converged=False``.
     """
-    r = resolve(graph, method, options, "infer")
-    lengths = _lengths(lengths, mask)
-    sc = prepare(graph, s_n, s_e, lengths=lengths)
-    if r.method == "gibbs":
-        return _gibbs_infer(graph, sc, r)
-    log_z, node, edge, iters, conv, change = _core.marginals(
-        graph._core, sc.s_n, sc.s_e, sc.dims, sc.weight, sc.lengths, True, r.core_args(graph)
+    graph, method = _graph(graph), _method(method)
+    sc = prepare(graph, s_n, s_e, lengths=_lengths(lengths, mask))
+    out = _core.infer(
+        graph._core, sc.s_n, sc.s_e, sc.dims, sc.weight, sc.lengths, method, options
     )
-    _warn_unconverged(r, conv, change)
-    c = sc.classes
+    _warn_unconverged(out, options)
+    n, c, dt = graph.num_nodes, sc.classes, sc.dtype
+    extra = {}
+    if out["method"] == "gibbs":
+        extra = dict(
+            node_stderr=_shape(out["node_stderr"].astype(dt), sc, (n, c)),
+            log_z_stderr=_shape(out["log_z_stderr"].astype(dt), sc),
+            rhat=_shape(out["rhat"], sc),
+        )
+        # Gibbs has no message change: R-hat is its diagnostic.
+        out["max_change"] = np.full(out["max_change"].shape, np.nan)
     return InferenceResult(
-        log_z=_shape(log_z, sc),
-        node_marginals=_shape(node, sc, (graph.num_nodes, c)),
-        edge_marginals=_shape(edge, sc, (graph.num_edges, c, c)),
-        converged=_shape(conv, sc),
-        iterations=_shape(iters.astype(np.int64), sc),
-        max_change=_shape(change.astype(sc.dtype), sc),
-        method=r.method,
-    )
-
-
-def _gibbs_infer(graph: Graph, sc: Scores, r: Resolved) -> InferenceResult:
-    args = r.core_args(graph)
-    log_z, lz_se, node, node_se, edge, rhat = _core.gibbs_infer(
-        graph._core, sc.s_n, sc.s_e, sc.dims, args, sc.weight
-    )
-    conv = rhat < 1.1
-    _warn_unconverged(r, conv, rhat)
-    c, dt = sc.classes, sc.dtype
-    o = r.options
-    return InferenceResult(
-        log_z=_shape(log_z.astype(dt), sc),
-        node_marginals=_shape(node.astype(dt), sc, (graph.num_nodes, c)),
-        edge_marginals=_shape(edge.astype(dt), sc, (graph.num_edges, c, c)),
-        converged=_shape(conv, sc),
-        iterations=np.full(sc.batch_shape, o["burn_in"] + o["num_samples"] * o["thin"]),
-        max_change=np.full(sc.batch_shape, np.nan, dtype=dt),
-        method="gibbs",
-        node_stderr=_shape(node_se.astype(dt), sc, (graph.num_nodes, c)),
-        log_z_stderr=_shape(lz_se.astype(dt), sc),
-        rhat=_shape(rhat, sc),
+        log_z=_shape(out["log_z"], sc),
+        node_marginals=_shape(out["node_marginals"], sc, (n, c)),
+        edge_marginals=_shape(out["edge_marginals"], sc, (graph.num_edges, c, c)),
+        converged=_shape(out["converged"], sc),
+        iterations=_shape(out["iterations"].astype(np.int64), sc),
+        max_change=_shape(out["max_change"].astype(dt), sc),
+        method=out["method"],
+        **extra,
     )
 
 
@@ -157,7 +164,8 @@ def loss_and_grad(
     Args:
         y: gold labels ``(..., I)``, integers in ``[0, C)`` (padded positions ignored).
         Other arguments as in :func:`infer`; with a loopy method log Z is its estimate
-        (Bethe, TRW bound, mean-field bound) and the gradient uses its beliefs.
+        (Bethe, TRW bound, mean-field bound, AIS for Gibbs) and the gradient uses its
+        beliefs (sampled marginals for Gibbs).
 
     Returns:
         ``(loss, grad_n, grad_e)``: ``loss`` ``(...)``; ``grad_n`` shaped like ``s_n`` and
@@ -180,7 +188,7 @@ def _loss_and_grad(
     weights: Optional[np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, Any]:
     """:func:`loss_and_grad` with per-item weights on the gradient (``Σ w_b loss_b``)."""
-    r = resolve(graph, method, options, "loss_and_grad")
+    graph, method = _graph(graph), _method(method)
     yl = labels(graph, y)
     sc = prepare(graph, s_n, s_e, extra_batch=(yl.shape[:-1],), lengths=lengths)
     yb = np.ascontiguousarray(
@@ -190,32 +198,19 @@ def _loss_and_grad(
         weights = np.ascontiguousarray(
             np.broadcast_to(weights, sc.batch_shape), dtype=np.float64
         ).reshape(-1)
-    if r.method == "gibbs":
-        loss, gn, ge, gw, rhat = _core.gibbs_loss_and_grad(
-            graph._core, sc.s_n, sc.s_e, sc.dims, yb, r.core_args(graph), sc.weight, weights
-        )
-        _warn_unconverged(r, rhat < 1.1, rhat)
-    else:
-        loss, gn, ge, gw, _, conv, change = _core.loss_and_grad(
-            graph._core,
-            sc.s_n,
-            sc.s_e,
-            sc.dims,
-            yb,
-            sc.weight,
-            sc.lengths,
-            weights,
-            r.core_args(graph),
-        )
-        _warn_unconverged(r, conv, change)
+    out = _core.loss_and_grad(
+        graph._core, sc.s_n, sc.s_e, sc.dims, yb, sc.weight, sc.lengths, weights, method, options
+    )
+    _warn_unconverged(out, options)
     c = sc.classes
-    gn = _fold(gn, sc.node_batch, sc, (graph.num_nodes, c), sc.s_n_shape)
+    gn = _fold(out["grad_node"], sc.node_batch, sc, (graph.num_nodes, c), sc.s_n_shape)
+    loss = _shape(out["loss"], sc)
     if sc.weighted:
-        gt = _fold(ge, sc.edge_batch, sc, (c, c), sc.s_e_shape)
-        gw = _fold(gw, sc.weight_batch, sc, (graph.num_edges,), sc.weight_shape)
-        return _shape(loss, sc), gn, WeightedEdges(gw, gt)
-    ge = _fold(ge, sc.edge_batch, sc, (sc.edge_tables, c, c), sc.s_e_shape)
-    return _shape(loss, sc), gn, ge
+        gt = _fold(out["grad_edge"], sc.edge_batch, sc, (c, c), sc.s_e_shape)
+        gw = _fold(out["grad_weight"], sc.weight_batch, sc, (graph.num_edges,), sc.weight_shape)
+        return loss, gn, WeightedEdges(gw, gt)
+    ge = _fold(out["grad_edge"], sc.edge_batch, sc, (sc.edge_tables, c, c), sc.s_e_shape)
+    return loss, gn, ge
 
 
 def _fold(g: np.ndarray, own_batch: int, sc: Scores, tail: tuple, shape: Any) -> np.ndarray:
@@ -241,29 +236,16 @@ def decode(
     Exact (max-product) on forests; ``method="bp"`` (the default on loopy graphs) runs
     max-product BP and takes each node's best label, an approximation on loopy graphs.
     ``"trw"`` and ``"mean_field"`` take the argmax of their approximate marginals;
-    ``"gibbs"`` returns the best-scoring labelling its chains visited. Ties go to the
-    smallest label; padded chain positions are -1.
+    ``"gibbs"`` returns the best-scoring labelling its chains visited (options
+    ``num_samples``, ``burn_in``, ``thin``, ``num_chains``, ``seed``). Ties go to the
+    smallest label; padded chain positions are -1 (``lengths``/``mask``: exact only).
     """
-    r = resolve(graph, method, options, "decode")
-    lengths = _lengths(lengths, mask)
-    sc = prepare(graph, s_n, s_e, lengths=lengths)
-    if r.method == "gibbs":
-        y = _core.gibbs_labels(
-            graph._core, sc.s_n, sc.s_e, sc.dims, r.core_args(graph), 0, sc.weight
-        )
-        return y.reshape(sc.batch_shape + (graph.num_nodes,))
-    if r.method in ("trw", "mean_field"):
-        _, node, _, _, conv, change = _core.marginals(
-            graph._core, sc.s_n, sc.s_e, sc.dims, sc.weight, None, False, r.core_args(graph)
-        )
-        _warn_unconverged(r, conv, change)
-        y = np.argmax(node.reshape(-1, graph.num_nodes, sc.classes), axis=-1).astype(np.int64)
-        return y.reshape(sc.batch_shape + (graph.num_nodes,))
-    y, _, conv, change = _core.decode(
-        graph._core, sc.s_n, sc.s_e, sc.dims, sc.weight, sc.lengths, r.core_args(graph)
-    )
-    _warn_unconverged(r, conv, change)
-    return y.reshape(sc.batch_shape + (graph.num_nodes,))
+    graph, method = _graph(graph), _method(method)
+    sc = prepare(graph, s_n, s_e, lengths=_lengths(lengths, mask))
+    out = _core.decode(graph._core, sc.s_n, sc.s_e, sc.dims, sc.weight, sc.lengths, method, options)
+    if out["method"] != "gibbs":
+        _warn_unconverged(out, options)
+    return out["labels"].reshape(sc.batch_shape + (graph.num_nodes,))
 
 
 def sample(
@@ -278,29 +260,41 @@ def sample(
     mask: Any = None,
     **options: Any,
 ) -> np.ndarray:
-    """Samples from ``P``: int64 ``(num_samples, ..., I)``: exact on forests; with
-    ``method="gibbs"`` (any graph) the kept sweeps of ``num_chains`` chains, interleaved.
+    """Samples from ``P``: int64 ``(num_samples, ..., I)``.
+
+    Exact on forests (``"auto"`` there); with ``method="gibbs"`` (``"auto"`` on graphs with
+    cycles) the kept sweeps of ``num_chains`` chains, interleaved: sample ``s`` comes from
+    chain ``s % num_chains``. Here ``num_samples`` is the *total* number of samples per
+    item; each chain keeps ``ceil(num_samples / num_chains)`` sweeps (the Gibbs option
+    ``num_samples`` of :func:`infer` counts kept sweeps *per chain*, so it is not an option
+    here). Gibbs options: ``burn_in`` (100), ``thin`` (1), ``num_chains`` (4), ``init``
+    (``"random"``).
 
     Sample ``s`` of batch item ``b`` depends only on ``(seed, b, s)``, so the same seed
     gives the same samples whatever the number of threads. ``seed=None`` draws fresh
     entropy. Padded chain positions are -1.
     """
-    r = resolve(graph, method, options, "sample")
-    ns = int(num_samples)
-    if ns < 0:
-        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-    if seed is None:
-        seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
-    seed = int(seed)
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    graph, method = _graph(graph), _method(method)
+    ns = _count(num_samples, "num_samples")
+    if seed is not None:
+        seed = _count(seed, "seed")
     sc = prepare(graph, s_n, s_e, lengths=_lengths(lengths, mask))
-    if r.method == "gibbs" and ns > 0:
-        args = list(r.core_args(graph))
-        args[4] = seed % (1 << 64)
-        y = _core.gibbs_labels(graph._core, sc.s_n, sc.s_e, sc.dims, tuple(args), ns, sc.weight)
-        return y.reshape((ns,) + sc.batch_shape + (graph.num_nodes,))
-    y = _core.exact_sample(
-        graph._core, sc.s_n, sc.s_e, sc.dims, ns, seed % (1 << 64), sc.weight, sc.lengths
+    out = _core.sample(
+        graph._core, sc.s_n, sc.s_e, sc.dims, ns, seed, sc.weight, sc.lengths, method, options
     )
-    return y.reshape((ns,) + sc.batch_shape + (graph.num_nodes,))
+    return out["samples"].reshape((ns,) + sc.batch_shape + (graph.num_nodes,))
+
+
+def _count(v: Any, name: str) -> int:
+    """A non-negative integer argument below 2**64 (no bools, floats or strings)."""
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {v!r}")
+    try:
+        n = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__} {v!r}") from None
+    if n < 0:
+        raise ValueError(f"{name} must be >= 0, got {n}")
+    if n >= 1 << 64:
+        raise OverflowError(f"{name} = {n} does not fit in 64 bits")
+    return n

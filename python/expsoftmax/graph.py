@@ -30,6 +30,8 @@ class Graph:
     __slots__ = ("_num_nodes", "_edges", "_core", "_grid", "_cache")
 
     def __init__(self, num_nodes: int, edges: Any) -> None:
+        if isinstance(num_nodes, (bool, np.bool_)):
+            raise DTypeError(f"num_nodes must be an integer, got {num_nodes!r}")
         try:
             n = operator.index(num_nodes)
         except TypeError:
@@ -126,9 +128,11 @@ class Graph:
         upper bound. Grids use the two "combs" (all rows plus the first column, all columns
         plus the first row), each with weight 1/2; other graphs use spanning forests chosen
         greedily to cover every edge (Kruskal on coverage counts, ties broken by a fixed
-        seed), averaged."""
+        stream), averaged. Computed by the core, which uses the same default."""
         if "rho" not in self._cache:
-            self._cache["rho"] = _spanning_tree_mixture(self)
+            rho = self._core.default_edge_appearance()
+            rho.setflags(write=False)
+            self._cache["rho"] = rho
         return self._cache["rho"]
 
     @property
@@ -156,40 +160,3 @@ class Graph:
     def __repr__(self) -> str:
         kind = f", grid {self._grid[0]}x{self._grid[1]}" if self._grid else ""
         return f"Graph(num_nodes={self._num_nodes}, num_edges={self.num_edges}{kind})"
-
-
-def _find(parent: np.ndarray, x: int) -> int:
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
-
-
-def _spanning_tree_mixture(g: Graph) -> np.ndarray:
-    e = g.num_edges
-    if e == 0:
-        return np.zeros(0)
-    if g.is_forest:
-        return np.ones(e)
-    if g.grid_shape is not None:
-        h, w = g.grid_shape
-        n_h = h * (w - 1)
-        rho = np.full(e, 0.5)
-        rho[:n_h].reshape(h, w - 1)[0, :] = 1.0  # first row: in both combs
-        rho[n_h:].reshape(h - 1, w)[:, 0] = 1.0  # first column: in both combs
-        return rho
-    rng = np.random.default_rng(0)
-    count = np.zeros(e)
-    trees = 0
-    while trees < 8 or (count == 0).any():
-        order = np.lexsort((rng.random(e), count))  # least-covered edges first
-        parent = np.arange(g.num_nodes)
-        for k in order:
-            a, b = _find(parent, int(g.edges[k, 0])), _find(parent, int(g.edges[k, 1]))
-            if a != b:
-                parent[a] = b
-                count[k] += 1
-        trees += 1
-        if trees > 10 * e:  # cannot happen for a simple graph; guards the loop
-            break
-    return count / trees

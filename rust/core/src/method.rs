@@ -60,7 +60,7 @@ impl std::fmt::Display for Value {
             Value::Bool(b) => f.write_str(if *b { "True" } else { "False" }),
             Value::Int(i) => write!(f, "{i}"),
             Value::Float(x) => write!(f, "{x:?}"),
-            Value::Str(s) => write!(f, "{s:?}"),
+            Value::Str(s) => write!(f, "'{s}'"),
             Value::Floats(v) => write!(f, "an array of {} floats", v.len()),
         }
     }
@@ -176,7 +176,7 @@ impl Given<'_> {
         match self.get(name) {
             Value::Int(i) if (least..=most).contains(&i) => Ok(i as usize),
             Value::Int(i) => option_err!(
-                "{name} must be an integer in [{least}, {most}] for method {:?}, got {i}",
+                "{name} must be an integer in [{least}, {most}] for method '{}', got {i}",
                 self.method
             ),
             v => option_err!("{name} must be an integer, got {v}"),
@@ -203,7 +203,7 @@ impl Given<'_> {
             }
         }
         let names: Vec<&str> = known.iter().map(|(k, _)| *k).collect();
-        option_err!("{name} must be one of {names:?}, got {v}")
+        option_err!("{name} must be one of {}, got {v}", names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", "))
     }
 }
 
@@ -254,7 +254,7 @@ impl Method {
             let mut known = vec!["auto"];
             known.extend(offered);
             return option_err!(
-                "unknown method {name:?} for {}; known methods: {}",
+                "unknown method '{name}' for {}; known methods: {}",
                 entry.name(),
                 known.join(", ")
             );
@@ -273,7 +273,7 @@ impl Method {
                 accepted.join(", ")
             };
             return option_err!(
-                "unknown option(s) {} for method {name:?} in {} (accepted: {acc})",
+                "unknown option(s) {} for method '{name}' in {} (accepted: {acc})",
                 unknown.join(", "),
                 entry.name()
             );
@@ -535,7 +535,7 @@ impl Method {
                 gibbs::sample(pb, &GibbsOptions { seed, ..o.clone() }, num_samples)
             }
             m => option_err!(
-                "method {:?} cannot sample; use 'exact' or 'gibbs'",
+                "method '{}' cannot sample; use 'exact' or 'gibbs'",
                 m.name()
             ),
         }
@@ -555,7 +555,7 @@ fn no_lengths<T: Real>(pb: &Problem<'_, T>, m: &Method) -> Result<()> {
     if pb.lengths.is_some() {
         return Err(Error::Value(format!(
             "lengths/mask are supported by method='exact' only (padded chains), not by \
-             method={:?}",
+             method='{}'",
             m.name()
         )));
     }

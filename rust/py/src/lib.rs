@@ -1,74 +1,31 @@
 //! The Python extension `expsoftmax._core`: the only place that knows about PyO3.
 //!
-//! Every function borrows its numpy arguments (flat, C-contiguous; the Python layer makes
-//! them so, copying only when a caller's layout demands it), enters the core through
-//! [`enter`], which releases the GIL and turns a panic into a Python exception, and
-//! returns flat arrays that the Python layer reshapes (a free view).
+//! - [`convert`]: numpy arrays into core views (borrowed, no copy) and results into dicts
+//!   of named flat arrays;
+//! - [`options`]: keyword options into the core's `Method` (checked there, once);
+//! - [`errors`]: core errors as the exceptions of `expsoftmax.errors`, and [`errors::enter`],
+//!   the one way into the core (GIL released, Ctrl-C honoured, panics caught);
+//! - [`pool`]: the thread pool, rebuilt after `fork`.
+//!
+//! Four entry points (`infer`, `loss_and_grad`, `decode`, `sample`) serve every method.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use expsoftmax_core::gibbs::{self, Gibbs, GibbsOptions};
-use expsoftmax_core::loopy::{self, Loopy, LoopyOptions, Method, Schedule};
-use expsoftmax_core::objective::{self, ItemInfo};
-use expsoftmax_core::{exact, EdgeScores, Error, Graph, NodeScores, Problem, Real};
-use numpy::{Element, PyArray1, PyReadonlyArray1};
-use pyo3::create_exception;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use expsoftmax_core::{Entry, Error, Graph};
+use numpy::PyReadonlyArray1;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
+mod convert;
+mod errors;
+mod options;
 mod pool;
 
-create_exception!(
-    _core,
-    ShapeError,
-    PyValueError,
-    "Array shapes that do not fit together."
-);
-create_exception!(
-    _core,
-    NotForestError,
-    PyValueError,
-    "An exact method was asked for on a graph with a cycle."
-);
-create_exception!(
-    _core,
-    InfeasibleError,
-    PyValueError,
-    "The scores forbid every labelling (all have score -inf)."
-);
+use convert::{slice, with_scores, Dims};
+use errors::{enter, to_py};
 
-fn to_py(e: Error) -> PyErr {
-    match e {
-        Error::Shape(m) => ShapeError::new_err(m),
-        Error::Value(m) => PyValueError::new_err(m),
-        Error::NotForest(m) => NotForestError::new_err(m),
-        Error::Infeasible(m) => InfeasibleError::new_err(m),
-    }
-}
-
-/// Runs core work without the GIL; a core error becomes its Python exception and a panic
-/// (a bug) becomes a `RuntimeError` instead of reaching the interpreter.
-fn enter<R: Send>(py: Python<'_>, work: impl FnOnce() -> Result<R, Error> + Send) -> PyResult<R> {
-    let pool = pool::pool();
-    let out = py.detach(|| catch_unwind(AssertUnwindSafe(|| pool.install(work))));
-    match out {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(to_py(e)),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(PyRuntimeError::new_err(format!(
-                "internal error in expsoftmax (please report): {msg}"
-            )))
-        }
-    }
-}
-
-/// A validated graph with its derived structures (rooted forest) cached.
+/// A validated graph with its derived structures (rooted forest, adjacency) cached.
 #[pyclass(frozen, module = "expsoftmax._core")]
 struct GraphCore {
     inner: Arc<Graph>,
@@ -78,23 +35,22 @@ struct GraphCore {
 impl GraphCore {
     /// `edges`: flat int64 array `(2 E,)`, pairs `(i, j)`.
     #[new]
-    fn new(py: Python<'_>, num_nodes: i64, edges: PyReadonlyArray1<'_, i64>) -> PyResult<Self> {
-        if num_nodes < 0 {
+    fn new(py: Python<'_>, num_nodes: i128, edges: PyReadonlyArray1<'_, i64>) -> PyResult<Self> {
+        if num_nodes <= 0 {
             return Err(PyValueError::new_err(format!(
-                "num_nodes must be non-negative, got {num_nodes}"
+                "a graph needs at least one node, got num_nodes = {num_nodes}"
             )));
         }
-        let flat = edges
-            .as_slice()
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let flat = slice(&edges, "edges")?;
         if flat.len() % 2 != 0 {
-            return Err(ShapeError::new_err("edges must have shape (E, 2)"));
+            return Err(to_py(Error::Shape("edges must have shape (E, 2)".into())));
         }
-        let n = num_nodes as usize;
-        let g = enter(py, || {
+        expsoftmax_core::model::graph::check_num_nodes(num_nodes as u128).map_err(to_py)?;
+        let n = num_nodes as u64;
+        let g = enter(py, |_| {
             let mut pairs = Vec::with_capacity(flat.len() / 2);
             for (e, p) in flat.chunks_exact(2).enumerate() {
-                if p.iter().any(|&v| v < 0 || v as u64 >= n as u64) {
+                if p.iter().any(|&v| v < 0 || v as u64 >= n) {
                     return Err(Error::Value(format!(
                         "edge {e} = ({}, {}) names a node outside [0, {n})",
                         p[0], p[1]
@@ -102,7 +58,7 @@ impl GraphCore {
                 }
                 pairs.push([p[0] as u32, p[1] as u32]);
             }
-            Graph::new(n, pairs)
+            Graph::new(n as usize, pairs)
         })?;
         Ok(GraphCore { inner: Arc::new(g) })
     }
@@ -124,141 +80,20 @@ impl GraphCore {
             .map(|f| f.num_components())
             .map_err(to_py)
     }
-}
 
-/// Shapes that come with the flat score buffers:
-/// `(batch, node_batch, edge_batch, edge_tables, classes, weight_batch)`.
-type Dims = (usize, usize, usize, usize, usize, usize);
-
-/// Loopy options from Python: `(method, max_iter, tol, damping, schedule, edge_appearance)`.
-type LoopyArgs<'py> = (
-    String,
-    usize,
-    f64,
-    f64,
-    String,
-    Option<PyReadonlyArray1<'py, f64>>,
-);
-
-fn slice<'a, T: Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
-}
-
-fn lengths_vec(lengths: Option<PyReadonlyArray1<'_, i64>>) -> PyResult<Option<Vec<usize>>> {
-    let Some(l) = lengths else { return Ok(None) };
-    let s = slice(&l, "lengths")?;
-    if let Some((b, v)) = s.iter().enumerate().find(|(_, &v)| v < 0) {
-        return Err(PyValueError::new_err(format!(
-            "lengths[{b}] = {v} is negative"
-        )));
+    /// Default TRW edge appearance probabilities `(E,)` float64.
+    fn default_edge_appearance(&self, py: Python<'_>) -> Py<PyAny> {
+        convert::arr(py, self.inner.default_edge_appearance().to_vec())
     }
-    Ok(Some(s.iter().map(|&v| v as usize).collect()))
 }
 
-fn loopy_options(args: &Option<LoopyArgs<'_>>) -> PyResult<Option<LoopyOptions>> {
-    let Some((name, max_iter, tol, damping, schedule, rho)) = args else {
-        return Ok(None);
-    };
-    let method = match name.as_str() {
-        "bp" => Method::Bp,
-        "mean_field" => Method::MeanField,
-        "trw" => {
-            let r = rho
-                .as_ref()
-                .ok_or_else(|| PyValueError::new_err("trw needs edge appearance probabilities"))?;
-            Method::Trw(slice(r, "edge_appearance")?.to_vec())
-        }
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "unknown loopy method {other:?}"
-            )))
-        }
-    };
-    let schedule = match schedule.as_str() {
-        "parallel" => Schedule::Parallel,
-        "checkerboard" | "colour" | "color" => Schedule::Colour,
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "unknown schedule {other:?}; use \"parallel\" or \"checkerboard\""
-            )))
-        }
-    };
-    Ok(Some(LoopyOptions {
-        method,
-        max_iter: *max_iter,
-        tol: *tol,
-        damping: *damping,
-        schedule,
-    }))
-}
-
-fn problem<'a, T: Real>(
-    g: &'a Graph,
-    sn: &'a [T],
-    se: &'a [T],
-    weight: Option<&'a [T]>,
-    (batch, nb, eb, ee, c, wb): Dims,
-    lengths: Option<&'a [usize]>,
-) -> Result<Problem<'a, T>, Error> {
-    let edge = match weight {
-        Some(w) => EdgeScores::weighted(w, wb, se, eb, c),
-        None => EdgeScores::tables(se, eb, ee, c),
-    };
-    Problem::new(
-        g,
-        NodeScores {
-            data: sn,
-            batch: nb,
-            nodes: g.num_nodes(),
-            classes: c,
-        },
-        edge,
-        batch,
-        lengths,
-    )
-}
-
-/// Dispatches on the dtype of the score arrays (all float32 or all float64) to a body
-/// generic over the float type; `$w` is the optional weight array in the same dtype.
-macro_rules! by_dtype {
-    ($sn:expr, $se:expr, $weight:expr, |$a:ident, $b:ident, $w:ident| $body:expr) => {{
-        if let (Ok($a), Ok($b)) = (
-            $sn.extract::<PyReadonlyArray1<'_, f32>>(),
-            $se.extract::<PyReadonlyArray1<'_, f32>>(),
-        ) {
-            let $w = $weight
-                .map(|w| w.extract::<PyReadonlyArray1<'_, f32>>())
-                .transpose()
-                .map_err(|_| PyTypeError::new_err("edge weights must have the scores' dtype"))?;
-            $body
-        } else if let (Ok($a), Ok($b)) = (
-            $sn.extract::<PyReadonlyArray1<'_, f64>>(),
-            $se.extract::<PyReadonlyArray1<'_, f64>>(),
-        ) {
-            let $w = $weight
-                .map(|w| w.extract::<PyReadonlyArray1<'_, f64>>())
-                .transpose()
-                .map_err(|_| PyTypeError::new_err("edge weights must have the scores' dtype"))?;
-            $body
-        } else {
-            Err(PyTypeError::new_err(
-                "s_n and s_e must be 1-D arrays of one dtype, float32 or float64",
-            ))
-        }
-    }};
-}
-
-fn arr<'py, T: Element>(py: Python<'py>, v: Vec<T>) -> Py<PyAny> {
-    PyArray1::from_vec(py, v).into_any().unbind()
-}
-
-/// log Z and marginals (exact when `options` is None, else a loopy method).
-/// Returns flat `(log_z, node, edge or None, iterations, converged, max_change)`.
+/// log Z and marginals. Returns a dict of flat arrays: `method`, `log_z`,
+/// `node_marginals`, `edge_marginals` (None unless `want_edges`), `iterations`,
+/// `converged`, `max_change`, and for Gibbs `node_stderr`, `log_z_stderr`, `rhat`.
 #[pyfunction]
-#[pyo3(signature = (graph, s_n, s_e, dims, weight=None, lengths=None, want_edges=true, options=None))]
+#[pyo3(signature = (graph, s_n, s_e, dims, weight=None, lengths=None, method="auto", options=None, want_edges=true))]
 #[allow(clippy::too_many_arguments)]
-fn marginals<'py>(
+fn infer<'py>(
     py: Python<'py>,
     graph: &GraphCore,
     s_n: &Bound<'py, PyAny>,
@@ -266,40 +101,24 @@ fn marginals<'py>(
     dims: Dims,
     weight: Option<&Bound<'py, PyAny>>,
     lengths: Option<PyReadonlyArray1<'py, i64>>,
+    method: &str,
+    options: Option<&Bound<'py, PyDict>>,
     want_edges: bool,
-    options: Option<LoopyArgs<'py>>,
-) -> PyResult<Py<PyAny>> {
-    let lengths = lengths_vec(lengths)?;
-    let opts = loopy_options(&options)?;
+) -> PyResult<Py<PyDict>> {
     let g = &*graph.inner;
-    by_dtype!(s_n, s_e, weight, |sn, se, w| {
-        let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
-        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
-        let m = enter(py, || {
-            let pb = problem(g, sn, se, w, dims, lengths.as_deref())?;
-            match opts {
-                None => exact::marginals(&pb, want_edges),
-                Some(o) => objective::marginals(&pb, &Loopy::new(&pb, o)?, want_edges),
-            }
-        })?;
-        Ok((
-            arr(py, m.log_z),
-            arr(py, m.node),
-            m.edge.map(|v| arr(py, v)),
-            arr(py, m.iterations),
-            arr(py, m.converged),
-            arr(py, m.max_change),
-        )
-            .into_pyobject(py)?
-            .into_any()
-            .unbind())
+    let m = options::method(g, method, options, Entry::Infer)?;
+    let lengths = convert::lengths(lengths)?;
+    with_scores!(s_n, s_e, weight, dims, lengths.as_deref(), |sc| {
+        let r = enter(py, |stop| m.infer(&sc.problem(g, stop)?, want_edges))?;
+        convert::inferred(py, m.name(), r)
     })
 }
 
-/// Loss and gradients for gold labels `y` (flat `(B * I,)` int64). Returns flat
-/// `(loss, grad_n, grad_e, grad_weight or None, iterations, converged, max_change)`.
+/// Loss and gradients for gold labels `y` (flat `(B * I,)` int64); `item_weights` `(B,)`
+/// scale each item's gradient. Returns a dict: `method`, `loss`, `grad_node`, `grad_edge`,
+/// `grad_weight` (None unless weighted), `iterations`, `converged`, `max_change`.
 #[pyfunction]
-#[pyo3(signature = (graph, s_n, s_e, dims, y, weight=None, lengths=None, item_weights=None, options=None))]
+#[pyo3(signature = (graph, s_n, s_e, dims, y, weight=None, lengths=None, item_weights=None, method="auto", options=None))]
 #[allow(clippy::too_many_arguments)]
 fn loss_and_grad<'py>(
     py: Python<'py>,
@@ -311,45 +130,27 @@ fn loss_and_grad<'py>(
     weight: Option<&Bound<'py, PyAny>>,
     lengths: Option<PyReadonlyArray1<'py, i64>>,
     item_weights: Option<PyReadonlyArray1<'py, f64>>,
-    options: Option<LoopyArgs<'py>>,
-) -> PyResult<Py<PyAny>> {
-    let lengths = lengths_vec(lengths)?;
-    let opts = loopy_options(&options)?;
+    method: &str,
+    options: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Py<PyDict>> {
+    let g = &*graph.inner;
+    let m = options::method(g, method, options, Entry::LossAndGrad)?;
+    let lengths = convert::lengths(lengths)?;
     let y = slice(&y, "y")?;
     let iw = item_weights
         .as_ref()
         .map(|w| slice(w, "item_weights"))
         .transpose()?;
-    let g = &*graph.inner;
-    by_dtype!(s_n, s_e, weight, |sn, se, w| {
-        let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
-        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
-        let r = enter(py, || {
-            let pb = problem(g, sn, se, w, dims, lengths.as_deref())?;
-            match opts {
-                None => exact::loss_and_grad(&pb, y, iw),
-                Some(o) => objective::loss_and_grad(&pb, &Loopy::new(&pb, o)?, y, iw),
-            }
-        })?;
-        Ok((
-            arr(py, r.loss),
-            arr(py, r.grad_node),
-            arr(py, r.grad_edge),
-            r.grad_weight.map(|v| arr(py, v)),
-            arr(py, r.iterations),
-            arr(py, r.converged),
-            arr(py, r.max_change),
-        )
-            .into_pyobject(py)?
-            .into_any()
-            .unbind())
+    with_scores!(s_n, s_e, weight, dims, lengths.as_deref(), |sc| {
+        let r = enter(py, |stop| m.loss_and_grad(&sc.problem(g, stop)?, y, iw))?;
+        convert::loss_grad(py, m.name(), r)
     })
 }
 
-/// MAP labelling, flat `(B * I,)` int64 (−1 at padded nodes), by exact max-product on a
-/// forest or max-product BP. Returns `(labels, iterations, converged, max_change)`.
+/// MAP labelling. Returns a dict: `method`, `labels` (flat `(B * I,)` int64, −1 at padded
+/// nodes), `iterations`, `converged`, `max_change`.
 #[pyfunction]
-#[pyo3(signature = (graph, s_n, s_e, dims, weight=None, lengths=None, options=None))]
+#[pyo3(signature = (graph, s_n, s_e, dims, weight=None, lengths=None, method="auto", options=None))]
 #[allow(clippy::too_many_arguments)]
 fn decode<'py>(
     py: Python<'py>,
@@ -359,71 +160,58 @@ fn decode<'py>(
     dims: Dims,
     weight: Option<&Bound<'py, PyAny>>,
     lengths: Option<PyReadonlyArray1<'py, i64>>,
-    options: Option<LoopyArgs<'py>>,
-) -> PyResult<Py<PyAny>> {
-    let lengths = lengths_vec(lengths)?;
-    let opts = loopy_options(&options)?;
+    method: &str,
+    options: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Py<PyDict>> {
     let g = &*graph.inner;
-    by_dtype!(s_n, s_e, weight, |sn, se, w| {
-        let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
-        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
-        let (y, info) = enter(py, || {
-            let pb = problem(g, sn, se, w, dims, lengths.as_deref())?;
-            match &opts {
-                None => Ok((exact::decode(&pb)?, vec![ItemInfo::exact(0.0); pb.batch])),
-                Some(o) => loopy::decode(&pb, o),
-            }
-        })?;
-        Ok((
-            arr(py, y),
-            arr(py, info.iter().map(|i| i.iterations).collect::<Vec<_>>()),
-            arr(py, info.iter().map(|i| i.converged).collect::<Vec<_>>()),
-            arr(py, info.iter().map(|i| i.max_change).collect::<Vec<_>>()),
-        )
-            .into_pyobject(py)?
-            .into_any()
-            .unbind())
+    let m = options::method(g, method, options, Entry::Decode)?;
+    let lengths = convert::lengths(lengths)?;
+    with_scores!(s_n, s_e, weight, dims, lengths.as_deref(), |sc| {
+        let (y, info) = enter(py, |stop| m.decode(&sc.problem(g, stop)?))?;
+        convert::decoded(py, m.name(), y, info)
     })
 }
 
-/// Exact samples, flat `(num_samples * B * I,)` int64 (−1 at padded nodes).
+/// Samples, flat `(num_samples * B * I,)` int64 (−1 at padded nodes). Returns a dict:
+/// `method`, `samples`.
 #[pyfunction]
-#[pyo3(signature = (graph, s_n, s_e, dims, num_samples, seed, weight=None, lengths=None))]
+#[pyo3(signature = (graph, s_n, s_e, dims, num_samples, seed=None, weight=None, lengths=None, method="auto", options=None))]
 #[allow(clippy::too_many_arguments)]
-fn exact_sample<'py>(
+fn sample<'py>(
     py: Python<'py>,
     graph: &GraphCore,
     s_n: &Bound<'py, PyAny>,
     s_e: &Bound<'py, PyAny>,
     dims: Dims,
     num_samples: usize,
-    seed: u64,
+    seed: Option<u64>,
     weight: Option<&Bound<'py, PyAny>>,
     lengths: Option<PyReadonlyArray1<'py, i64>>,
-) -> PyResult<Bound<'py, PyArray1<i64>>> {
-    let lengths = lengths_vec(lengths)?;
+    method: &str,
+    options: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Py<PyDict>> {
     let g = &*graph.inner;
-    by_dtype!(s_n, s_e, weight, |sn, se, w| {
-        let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
-        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
-        let y = enter(py, || {
-            exact::sample(
-                &problem(g, sn, se, w, dims, lengths.as_deref())?,
-                num_samples,
-                seed,
-            )
-        })?;
-        Ok(PyArray1::from_vec(py, y))
+    let m = options::method(g, method, options, Entry::Sample)?;
+    let lengths = convert::lengths(lengths)?;
+    with_scores!(s_n, s_e, weight, dims, lengths.as_deref(), |sc| {
+        let y = enter(py, |stop| m.sample(&sc.problem(g, stop)?, num_samples, seed))?;
+        let d = PyDict::new(py);
+        d.set_item("method", m.name())?;
+        d.set_item("samples", convert::arr(py, y))?;
+        Ok(d.unbind())
     })
 }
+
+/// Threads above this are refused: more than any machine's cores, and each costs a stack.
+const MAX_THREADS: i64 = 1024;
 
 /// Sets the number of threads the core uses (0: default, which honours
 /// `RAYON_NUM_THREADS`, else one per core).
 #[pyfunction]
 fn set_num_threads(n: i64) -> PyResult<()> {
-    if n < 0 {
+    if !(0..=MAX_THREADS).contains(&n) {
         return Err(PyValueError::new_err(format!(
-            "number of threads must be >= 0, got {n}"
+            "number of threads must lie in [0, {MAX_THREADS}] (0: one per core), got {n}"
         )));
     }
     pool::set_threads(n as usize);
@@ -436,147 +224,15 @@ fn get_num_threads() -> usize {
     pool::threads()
 }
 
-/// Gibbs options from Python:
-/// `(num_samples, burn_in, thin, num_chains, seed, init_gold, ais_steps, ais_runs)`.
-type GibbsArgs = (usize, usize, usize, usize, u64, bool, usize, usize);
-
-fn gibbs_options(a: GibbsArgs) -> GibbsOptions {
-    let (num_samples, burn_in, thin, num_chains, seed, init_gold, ais_steps, ais_runs) = a;
-    GibbsOptions {
-        num_samples,
-        burn_in,
-        thin,
-        num_chains,
-        seed,
-        init_gold,
-        ais_steps,
-        ais_runs,
-    }
-}
-
-/// Gibbs estimates. Returns flat `(log_z, log_z_stderr, node, node_stderr, edge, rhat)`.
-#[pyfunction]
-#[pyo3(signature = (graph, s_n, s_e, dims, options, weight=None))]
-fn gibbs_infer<'py>(
-    py: Python<'py>,
-    graph: &GraphCore,
-    s_n: &Bound<'py, PyAny>,
-    s_e: &Bound<'py, PyAny>,
-    dims: Dims,
-    options: GibbsArgs,
-    weight: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Py<PyAny>> {
-    let g = &*graph.inner;
-    let o = gibbs_options(options);
-    by_dtype!(s_n, s_e, weight, |sn, se, w| {
-        let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
-        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
-        let r = enter(py, || gibbs::infer(&problem(g, sn, se, w, dims, None)?, &o))?;
-        Ok((
-            arr(py, r.0),
-            arr(py, r.1),
-            arr(py, r.2),
-            arr(py, r.3),
-            arr(py, r.4),
-            arr(py, r.5),
-        )
-            .into_pyobject(py)?
-            .into_any()
-            .unbind())
-    })
-}
-
-/// Gibbs loss (AIS log Z − s(y)) and gradients (sampled marginals − gold). Returns flat
-/// `(loss, grad_n, grad_e, grad_weight or None, rhat)`.
-#[pyfunction]
-#[pyo3(signature = (graph, s_n, s_e, dims, y, options, weight=None, item_weights=None))]
-#[allow(clippy::too_many_arguments)]
-fn gibbs_loss_and_grad<'py>(
-    py: Python<'py>,
-    graph: &GraphCore,
-    s_n: &Bound<'py, PyAny>,
-    s_e: &Bound<'py, PyAny>,
-    dims: Dims,
-    y: PyReadonlyArray1<'py, i64>,
-    options: GibbsArgs,
-    weight: Option<&Bound<'py, PyAny>>,
-    item_weights: Option<PyReadonlyArray1<'py, f64>>,
-) -> PyResult<Py<PyAny>> {
-    let g = &*graph.inner;
-    let o = gibbs_options(options);
-    let y = slice(&y, "y")?;
-    let iw = item_weights
-        .as_ref()
-        .map(|w| slice(w, "item_weights"))
-        .transpose()?;
-    by_dtype!(s_n, s_e, weight, |sn, se, w| {
-        let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
-        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
-        let r = enter(py, || {
-            let pb = problem(g, sn, se, w, dims, None)?;
-            objective::loss_and_grad(&pb, &Gibbs::new(&pb, o, Some(y))?, y, iw)
-        })?;
-        Ok((
-            arr(py, r.loss),
-            arr(py, r.grad_node),
-            arr(py, r.grad_edge),
-            r.grad_weight.map(|v| arr(py, v)),
-            arr(py, r.max_change),
-        )
-            .into_pyobject(py)?
-            .into_any()
-            .unbind())
-    })
-}
-
-/// Gibbs decode (best sample) or samples. `num_samples = 0` decodes; otherwise returns
-/// flat `(num_samples * B * I,)` samples.
-#[pyfunction]
-#[pyo3(signature = (graph, s_n, s_e, dims, options, num_samples, weight=None))]
-#[allow(clippy::too_many_arguments)]
-fn gibbs_labels<'py>(
-    py: Python<'py>,
-    graph: &GraphCore,
-    s_n: &Bound<'py, PyAny>,
-    s_e: &Bound<'py, PyAny>,
-    dims: Dims,
-    options: GibbsArgs,
-    num_samples: usize,
-    weight: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyArray1<i64>>> {
-    let g = &*graph.inner;
-    let o = gibbs_options(options);
-    by_dtype!(s_n, s_e, weight, |sn, se, w| {
-        let (sn, se) = (slice(&sn, "s_n")?, slice(&se, "s_e")?);
-        let w = w.as_ref().map(|w| slice(w, "weight")).transpose()?;
-        let y = enter(py, || {
-            let pb = problem(g, sn, se, w, dims, None)?;
-            o.check()?;
-            if num_samples == 0 {
-                gibbs::decode(&pb, &o)
-            } else {
-                gibbs::sample(&pb, &o, num_samples)
-            }
-        })?;
-        Ok(PyArray1::from_vec(py, y))
-    })
-}
-
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
     m.add_class::<GraphCore>()?;
-    m.add_function(wrap_pyfunction!(marginals, m)?)?;
-    m.add_function(wrap_pyfunction!(gibbs_infer, m)?)?;
-    m.add_function(wrap_pyfunction!(gibbs_loss_and_grad, m)?)?;
-    m.add_function(wrap_pyfunction!(gibbs_labels, m)?)?;
-    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
-    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(infer, m)?)?;
     m.add_function(wrap_pyfunction!(loss_and_grad, m)?)?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
-    m.add_function(wrap_pyfunction!(exact_sample, m)?)?;
-    m.add("ShapeError", py.get_type::<ShapeError>())?;
-    m.add("NotForestError", py.get_type::<NotForestError>())?;
-    m.add("InfeasibleError", py.get_type::<InfeasibleError>())?;
+    m.add_function(wrap_pyfunction!(sample, m)?)?;
+    m.add_function(wrap_pyfunction!(options::method_options, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     Ok(())
 }

@@ -28,12 +28,7 @@ impl Graph {
         if num_nodes == 0 {
             return Err(Error::Value("graph has no nodes (num_nodes = 0)".into()));
         }
-        if num_nodes > u32::MAX as usize - 1 {
-            return Err(Error::Value(format!(
-                "graph has too many nodes ({num_nodes}); at most {} are supported",
-                u32::MAX - 1
-            )));
-        }
+        check_num_nodes(num_nodes as u128)?;
         // Union-find, adjacency lists and the rooted forest: about 24 bytes a node and 48
         // an edge, refused up front rather than aborting on a huge `num_nodes`.
         crate::kernels::alloc::check_with(
@@ -213,6 +208,17 @@ fn find(p: &mut [u32], mut x: u32) -> u32 {
         x = up;
     }
     x
+}
+
+/// Nodes are numbered in `u32` (edges store two of them), one value kept for "no node".
+pub fn check_num_nodes(n: u128) -> Result<()> {
+    if n > u32::MAX as u128 - 1 {
+        return Err(Error::Value(format!(
+            "graph has too many nodes ({n}); at most {} are supported",
+            u32::MAX - 1
+        )));
+    }
+    Ok(())
 }
 
 /// Union-find cycle check: a forest never joins two nodes that are already connected.

@@ -1,0 +1,98 @@
+//! Core errors as Python exceptions, and the one way into the core ([`enter`]).
+//!
+//! The exception classes are defined in Python (`expsoftmax.errors`, so their module path is
+//! public and they pickle) and looked up here when an error is raised.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use expsoftmax_core::interrupt::Stop;
+use expsoftmax_core::Error;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyMemoryError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use crate::pool;
+
+/// How often a running call looks for Ctrl-C (and other signal handlers that raise).
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+/// The class `name` of `expsoftmax.errors`.
+fn class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
+    Ok(py
+        .import("expsoftmax.errors")?
+        .getattr(name)?
+        .cast_into::<PyType>()?)
+}
+
+fn typed(name: &str, msg: String) -> PyErr {
+    Python::attach(|py| match class(py, name) {
+        Ok(cls) => PyErr::from_type(cls, msg),
+        Err(e) => e,
+    })
+}
+
+/// The Python exception for a core error.
+pub fn to_py(e: Error) -> PyErr {
+    match e {
+        Error::Shape(m) => typed("ShapeError", m),
+        Error::Option(m) => typed("OptionError", m),
+        Error::NotForest(m) => typed("NotForestError", m),
+        Error::Infeasible(m) => typed("InfeasibleError", m),
+        Error::Value(m) => PyValueError::new_err(m),
+        Error::Memory(m) => PyMemoryError::new_err(m),
+        Error::Interrupted => PyKeyboardInterrupt::new_err("interrupted"),
+    }
+}
+
+/// Runs core work in the library's thread pool without the GIL. Meanwhile the calling
+/// thread wakes every [`SIGNAL_POLL`] to run Python's signal handlers; when one raises
+/// (Ctrl-C: KeyboardInterrupt) the work's [`Stop`] flag is raised, the work winds down at
+/// its next check, and that exception is returned. A core error becomes its Python
+/// exception; a panic (a bug) becomes a `RuntimeError` instead of reaching the interpreter.
+pub fn enter<R: Send>(
+    py: Python<'_>,
+    work: impl FnOnce(&Stop) -> Result<R, Error> + Send,
+) -> PyResult<R> {
+    let pool = pool::pool();
+    let stop = Stop::new();
+    let mut signal: Option<PyErr> = None;
+    let out = py.detach(|| {
+        std::thread::scope(|s| {
+            let (done, finished) = mpsc::channel::<()>();
+            let (stop, pool) = (&stop, &pool);
+            let worker = s.spawn(move || {
+                let r = catch_unwind(AssertUnwindSafe(|| pool.install(|| work(stop))));
+                let _ = done.send(());
+                r
+            });
+            while let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(SIGNAL_POLL) {
+                if signal.is_none() {
+                    if let Err(e) = Python::attach(|py| py.check_signals()) {
+                        signal = Some(e);
+                        stop.raise();
+                    }
+                }
+            }
+            worker.join()
+        })
+    });
+    if let Some(e) = signal {
+        return Err(e);
+    }
+    match out {
+        Ok(Ok(Ok(r))) => Ok(r),
+        Ok(Ok(Err(e))) => Err(to_py(e)),
+        Ok(Err(panic)) | Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(PyRuntimeError::new_err(format!(
+                "internal error in expsoftmax (please report): {msg}"
+            )))
+        }
+    }
+}
