@@ -118,17 +118,18 @@ def exp_softmax_loss(
         y: gold labels ``(..., I)``, integer tensor or array.
         graph: the :class:`expsoftmax.Graph`.
         method: inference method (``"auto"``: exact on forests, ``"bp"`` otherwise;
-            ``"trw"``, ``"mean_field"``); ``**options`` as in :func:`expsoftmax.infer`.
+            ``"trw"``, ``"mean_field"``, ``"gibbs"``); ``**options`` as in
+            :func:`expsoftmax.infer`.
         reduction: ``"none"`` (per item, shape ``(...)``), ``"sum"`` or ``"mean"`` over items.
-        lengths: for chains, ``(...)`` real lengths; padded positions add nothing. Or
-            ``mask`` ``(..., I)`` bool, True on the real prefix of each chain.
+        lengths: for chains with exact inference, ``(...)`` real lengths; padded positions
+            add nothing. Or ``mask`` ``(..., I)`` bool, True on the real prefix of each chain
+            (not both). Other methods refuse them.
 
     Returns:
         The loss; its backward gives ``marginals − gold`` to ``s_n`` and ``s_e``.
     """
     _check(reduction, s_n, s_e)
-    if mask is not None:
-        lengths = _lengths(None, _numpy(mask))
+    lengths = _lengths(_numpy(lengths), _numpy(mask))
     table, weight = (s_e[1], s_e[0]) if isinstance(s_e, tuple) else (s_e, None)
     loss = _ExpSoftmaxLossFn.apply(s_n, table, weight, y, graph, method, lengths, options)
     if reduction == "sum":

@@ -225,6 +225,7 @@ pub fn marginals<T: Real, M: Inference<T>>(
                     let (zrow, nrow, irow) = unsafe { (lz.get(b), nd.get(b), inf.get(b)) };
                     let mut sink = ToRows {
                         scratch,
+                        // SAFETY: item b is handled by this task only.
                         rows: ed.as_ref().map(|r| unsafe { r.get(b) }),
                     };
                     let mut node_sink = |v: usize, m: &[f64]| {
@@ -462,6 +463,7 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
                             *g *= wb;
                         }
                     }
+                    // SAFETY: item b is handled by this task only.
                     unsafe {
                         emit(gnode, (!node_shared).then(|| nr.get(b)), an);
                         emit(gedge, (!edge_shared).then(|| er.get(b)), ae);

@@ -203,7 +203,14 @@ impl Given<'_> {
             }
         }
         let names: Vec<&str> = known.iter().map(|(k, _)| *k).collect();
-        option_err!("{name} must be one of {}, got {v}", names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", "))
+        option_err!(
+            "{name} must be one of {}, got {v}",
+            names
+                .iter()
+                .map(|n| format!("'{n}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 

@@ -54,7 +54,9 @@ pub fn lengths(lengths: Option<PyReadonlyArray1<'_, i64>>) -> PyResult<Option<Ve
     let Some(l) = lengths else { return Ok(None) };
     let s = slice(&l, "lengths")?;
     if let Some((b, v)) = s.iter().enumerate().find(|(_, &v)| v < 0) {
-        return Err(PyValueError::new_err(format!("lengths[{b}] = {v} is negative")));
+        return Err(PyValueError::new_err(format!(
+            "lengths[{b}] = {v} is negative"
+        )));
     }
     Ok(Some(s.iter().map(|&v| v as usize).collect()))
 }
@@ -79,7 +81,10 @@ macro_rules! with_scores {
                     let $sc = $crate::convert::Scores::<$t> {
                         s_n: $crate::convert::slice(&sn, "s_n")?,
                         s_e: $crate::convert::slice(&se, "s_e")?,
-                        weight: w.as_ref().map(|w| $crate::convert::slice(w, "weight")).transpose()?,
+                        weight: w
+                            .as_ref()
+                            .map(|w| $crate::convert::slice(w, "weight"))
+                            .transpose()?,
                         dims: $dims,
                         lengths: $lengths,
                     };
@@ -101,9 +106,18 @@ pub fn arr<T: Element>(py: Python<'_>, v: Vec<T>) -> Py<PyAny> {
 }
 
 fn info_fields(py: Python<'_>, d: &Bound<'_, PyDict>, info: &[ItemInfo]) -> PyResult<()> {
-    d.set_item("iterations", arr(py, info.iter().map(|i| i.iterations).collect()))?;
-    d.set_item("converged", arr(py, info.iter().map(|i| i.converged).collect()))?;
-    d.set_item("max_change", arr(py, info.iter().map(|i| i.max_change).collect()))?;
+    d.set_item(
+        "iterations",
+        arr(py, info.iter().map(|i| i.iterations).collect()),
+    )?;
+    d.set_item(
+        "converged",
+        arr(py, info.iter().map(|i| i.converged).collect()),
+    )?;
+    d.set_item(
+        "max_change",
+        arr(py, info.iter().map(|i| i.max_change).collect()),
+    )?;
     Ok(())
 }
 

@@ -194,7 +194,9 @@ fn sample<'py>(
     let m = options::method(g, method, options, Entry::Sample)?;
     let lengths = convert::lengths(lengths)?;
     with_scores!(s_n, s_e, weight, dims, lengths.as_deref(), |sc| {
-        let y = enter(py, |stop| m.sample(&sc.problem(g, stop)?, num_samples, seed))?;
+        let y = enter(py, |stop| {
+            m.sample(&sc.problem(g, stop)?, num_samples, seed)
+        })?;
         let d = PyDict::new(py);
         d.set_item("method", m.name())?;
         d.set_item("samples", convert::arr(py, y))?;

@@ -21,13 +21,20 @@ fn value(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Value> {
         Value::Float(v.extract::<f64>()?)
     } else if v.is_instance_of::<PyString>() {
         Value::Str(v.extract()?)
-    } else if v.is_instance_of::<PyInt>() || (has("__index__") && !has("shape")) || type_name.starts_with("int") || type_name.starts_with("uint") {
+    } else if v.is_instance_of::<PyInt>()
+        || (has("__index__") && !has("shape"))
+        || type_name.starts_with("int")
+        || type_name.starts_with("uint")
+    {
         match v.call_method0("__index__")?.extract::<i128>() {
             Ok(i) => Value::Int(i),
             // Beyond 128 bits: certainly out of any option's range.
             Err(_) => Value::Int(if v.gt(0)? { i128::MAX } else { i128::MIN }),
         }
-    } else if has("__float__") && v.extract::<PyReadonlyArray1<'_, f64>>().is_err() && !has("__len__") {
+    } else if has("__float__")
+        && v.extract::<PyReadonlyArray1<'_, f64>>().is_err()
+        && !has("__len__")
+    {
         Value::Float(v.extract::<f64>()?)
     } else if let Ok(a) = v.extract::<PyReadonlyArray1<'_, f64>>() {
         Value::Floats(a.as_array().to_vec())

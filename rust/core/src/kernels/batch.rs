@@ -23,6 +23,8 @@ pub struct Rows<'a, T> {
 // SAFETY: `Rows` hands out disjoint rows only (see `get`), so sharing it across threads
 // is like sharing disjoint `&mut` slices.
 unsafe impl<T: Send> Send for Rows<'_, T> {}
+// SAFETY: as above: `&Rows` gives out rows only through the unsafe `get`, whose callers
+// own the row they ask for.
 unsafe impl<T: Send> Sync for Rows<'_, T> {}
 
 impl<'a, T> Rows<'a, T> {

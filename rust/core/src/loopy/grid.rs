@@ -14,6 +14,8 @@
 //! otherwise the general log-domain kernel runs. After the iterations the messages are
 //! handed back in the general layout, so beliefs and log Z come from the same code.
 
+use std::marker::PhantomData;
+
 use rayon::prelude::*;
 
 use crate::error::Result;
@@ -312,23 +314,77 @@ fn axpy(out: &mut [f64], t: &Tab<'_>, off: usize, cav: &[f64]) {
     }
 }
 
-/// Raw shared view of the four message buffers; see the module doc for why concurrent
-/// row tasks never touch the same element.
+/// The previous iterate's four message buffers, read by every row task at once.
 /// Messages are stored as `M` (f64, or f32 when that is safe: half the memory traffic,
 /// which bounds large grids at small C); arithmetic is in f64.
 #[derive(Clone, Copy)]
-pub struct Bufs<M> {
-    ptr: [*mut M; 4],
+pub struct Prev<'a, M> {
+    data: &'a [M],
+    /// Entries per direction, `h * c * w`.
+    n: usize,
 }
-unsafe impl<M> Send for Bufs<M> {}
-unsafe impl<M> Sync for Bufs<M> {}
 
-impl<M: Real> Bufs<M> {
+impl<'a, M> Prev<'a, M> {
     /// Row `r`, label `x` of direction `d` (length w).
-    #[allow(clippy::mut_from_ref)]
     #[inline(always)]
-    unsafe fn row(&self, d: usize, r: usize, x: usize, c: usize, w: usize) -> &mut [M] {
-        std::slice::from_raw_parts_mut(self.ptr[d].add((r * c + x) * w), w)
+    fn row(&self, d: usize, r: usize, x: usize, c: usize, w: usize) -> &'a [M] {
+        let at = d * self.n + (r * c + x) * w;
+        &self.data[at..at + w]
+    }
+}
+
+/// The next iterate's four message buffers, written by the row tasks concurrently. Row
+/// task `r` writes only messages that leave the nodes of row `r`: the blocks
+/// `(FROM_LEFT, r)`, `(FROM_RIGHT, r)`, `(FROM_UP, r + 1)` and `(FROM_DOWN, r − 1)` (one
+/// block = one direction of one grid row, every label and column). Every block is
+/// written by exactly one task, so the `&mut` spans handed out never overlap; nobody
+/// reads this buffer during a sweep (reads go to [`Prev`], a different buffer).
+pub struct Next<'a, M> {
+    ptr: *mut M,
+    len: usize,
+    n: usize,
+    _buf: PhantomData<&'a mut [M]>,
+}
+
+// SAFETY: `Next` is a `&mut [M]` split into disjoint per-task blocks (see the type's doc);
+// sharing it across threads is like sharing those disjoint `&mut` blocks, which needs `M:
+// Send`.
+unsafe impl<M: Send> Send for Next<'_, M> {}
+// SAFETY: as above: `&Next` only hands out `&mut` spans of blocks owned by the calling task.
+unsafe impl<M: Send> Sync for Next<'_, M> {}
+
+impl<'a, M> Next<'a, M> {
+    fn new(buf: &'a mut [M], n: usize) -> Self {
+        assert_eq!(buf.len(), 4 * n);
+        Next {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            n,
+            _buf: PhantomData,
+        }
+    }
+
+    /// Columns `off..off + len` of row `r`, label `x`, direction `d`.
+    ///
+    /// # Safety
+    /// The span must lie in a block that only the calling task writes (see the type's
+    /// doc), and the caller may hold no other reference to it.
+    #[allow(clippy::mut_from_ref, clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn span(
+        &self,
+        d: usize,
+        r: usize,
+        x: usize,
+        c: usize,
+        w: usize,
+        off: usize,
+        len: usize,
+    ) -> &mut [M] {
+        let at = d * self.n + (r * c + x) * w + off;
+        assert!(off + len <= w && at + len <= self.len);
+        // SAFETY: in bounds (checked above); exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
     }
 }
 
@@ -383,7 +439,7 @@ fn ln0(m: f64) -> f64 {
 fn trw_beliefs<M: Real>(
     p: &GridPotentials,
     r: usize,
-    old: &Bufs<M>,
+    old: &Prev<'_, M>,
     rh: &[f64],
     rv: &[f64],
     ws: &mut RowWs,
@@ -398,8 +454,7 @@ fn trw_beliefs<M: Real>(
         rd[i] = if r + 1 < h { rv[r * w + i] } else { 1.0 };
     }
     for x in 0..c {
-        // SAFETY: rows of `old` are only read during a sweep.
-        let get = |d: usize| unsafe { &*old.row(d, r, x, c, w) };
+        let get = |d: usize| old.row(d, r, x, c, w);
         let (u, d, l, rt) = (
             get(FROM_UP),
             get(FROM_DOWN),
@@ -428,8 +483,8 @@ crate::simd_dispatch! {
     pub fn row_update<M: Real>(
         p: &GridPotentials,
         r: usize,
-        old: Bufs<M>,
-        new: Bufs<M>,
+        old: Prev<'_, M>,
+        new: &Next<'_, M>,
         colour: Option<usize>,
         damping: f64,
         need_change: bool,
@@ -442,15 +497,15 @@ crate::simd_dispatch! {
 fn row_update_body<M: Real>(
     p: &GridPotentials,
     r: usize,
-    old: Bufs<M>,
-    new: Bufs<M>,
+    old: Prev<'_, M>,
+    new: &Next<'_, M>,
     colour: Option<usize>,
     damping: f64,
     need_change: bool,
     ws: &mut RowWs,
 ) -> f64 {
     let (h, w, c) = (p.h, p.w, p.c);
-    let get = |d: usize, x: usize| unsafe { &*old.row(d, r, x, c, w) };
+    let get = |d: usize, x: usize| old.row(d, r, x, c, w);
     // TRW: a = φ Π_j M_j^{ρ_j} (the reweighted belief), and a cavity is a / M_k (which
     // leaves M_k^{ρ_k − 1}), 0 where M_k = 0 (the label is impossible through that edge).
     if let Some((rh, rv)) = &p.rho {
@@ -565,9 +620,7 @@ fn row_update_body<M: Real>(
         normalise_columns(&mut ws.out, norm, c, w, len);
         for xo in 0..c {
             let out = &mut ws.out[xo * w..xo * w + len];
-            // SAFETY: rows of `old` are only read; this row of `new` (entries of this
-            // row's sources) is written by this task only.
-            let prev = unsafe { &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len] };
+            let prev = &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len];
             if damping > 0.0 {
                 // Geometric mixture (damping in the log domain); renormalised below.
                 for (o, &p) in out.iter_mut().zip(prev) {
@@ -585,8 +638,10 @@ fn row_update_body<M: Real>(
         }
         for xo in 0..c {
             let out = &ws.out[xo * w..xo * w + len];
-            let prev = unsafe { &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len] };
-            let dst = unsafe { &mut new.row(dir, tr, xo, c, w)[dst_off..dst_off + len] };
+            let prev = &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len];
+            // SAFETY: block `(dir, tr)` carries messages leaving row `r`'s nodes, which only
+            // this task writes (see `Next`), and no other reference to it is live here.
+            let dst = unsafe { new.span(dir, tr, xo, c, w, dst_off, len) };
             match colour {
                 None if !need_change => {
                     // Nobody will look at the change: skip reading the old messages.
@@ -649,21 +704,15 @@ impl RowWs {
 /// One sweep over all rows from `old` into `new`; returns the largest change.
 fn sweep<M: Real>(
     p: &GridPotentials,
-    old: &mut [M],
+    old: &[M],
     new: &mut [M],
     colour: Option<usize>,
     damping: f64,
     need_change: bool,
 ) -> f64 {
     let n = p.h * p.w * p.c;
-    let bufs = |v: &mut [M]| {
-        let base = v.as_mut_ptr();
-        // SAFETY: four disjoint blocks of n entries.
-        Bufs {
-            ptr: std::array::from_fn(|d| unsafe { base.add(d * n) }),
-        }
-    };
-    let (o, nw) = (bufs(old), bufs(new));
+    let o = Prev { data: old, n };
+    let nw = &Next::new(new, n);
     let (c, w) = (p.c, p.w);
     (0..p.h)
         .into_par_iter()
@@ -713,7 +762,7 @@ fn iterate_in<M: Real>(
         let need = tol > 0.0 || it == max_iter;
         let change = match schedule {
             Schedule::Parallel => {
-                let ch = sweep(p, &mut cur, &mut nxt, None, damping, need);
+                let ch = sweep(p, &cur, &mut nxt, None, damping, need);
                 std::mem::swap(&mut cur, &mut nxt);
                 ch
             }
@@ -721,7 +770,7 @@ fn iterate_in<M: Real>(
                 let mut ch = 0.0f64;
                 for k in 0..2 {
                     nxt.copy_from_slice(&cur);
-                    ch = ch.max(sweep(p, &mut cur, &mut nxt, Some(k), damping, true));
+                    ch = ch.max(sweep(p, &cur, &mut nxt, Some(k), damping, true));
                     std::mem::swap(&mut cur, &mut nxt);
                 }
                 ch

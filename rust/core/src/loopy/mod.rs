@@ -44,8 +44,12 @@ pub struct Shared {
     len: usize,
 }
 
-// SAFETY: see the type's doc: concurrent accesses touch disjoint slots or only read.
+// SAFETY: `Shared` is a `&mut [f64]` whose slots concurrent node updates access under the
+// discipline of the type's doc (each slot written by its one owner while nobody reads it,
+// or only read), like disjoint `&mut` slices plus shared `&` slices.
 unsafe impl Send for Shared {}
+// SAFETY: as above; `&Shared` hands out slots only through the unsafe `get`/`get_mut`,
+// whose callers keep that discipline.
 unsafe impl Sync for Shared {}
 
 impl Shared {
@@ -56,6 +60,11 @@ impl Shared {
             len: buf.len(),
         }
     }
+    /// True when both views are of the same buffer (the colour schedule updates in place).
+    fn same(&self, other: &Shared) -> bool {
+        std::ptr::eq(self.ptr, other.ptr)
+    }
+
     /// # Safety
     /// No other thread may write this slot while the returned slice lives.
     #[inline(always)]
@@ -167,6 +176,8 @@ fn cavity(
             for j in adj.start[v]..adj.start[v + 1] {
                 if j != k {
                     let ej = adj.edge[j] as usize;
+                    // SAFETY: incoming slots of `v` are written only by updates of `v`'s
+                    // neighbours, never concurrently with this read (see `Shared`).
                     s += unsafe { msgs.get(slot(ej, !adj.first[j])) }[x];
                 }
             }
@@ -191,6 +202,7 @@ fn gather(
     for k in adj.start[v]..adj.start[v + 1] {
         let e = adj.edge[k] as usize;
         let r = rho.map_or(1.0, |r| r[e]);
+        // SAFETY: an incoming slot of `v`, not written while `v` gathers (see `Shared`).
         let inc = unsafe { msgs.get(slot(e, !adj.first[k])) };
         for (ax, &m) in a.iter_mut().zip(inc) {
             *ax += r * m;
@@ -272,6 +284,8 @@ fn update_node_body<T: Real>(
         for (&o, &p) in ws.out.iter().zip(old) {
             change = change.max((exp(o) - exp(p)).abs());
         }
+        // SAFETY: `out_slot` leaves `v`: only this update writes it, nobody reads it in
+        // this step, and `old` (the same slot when the buffers coincide) is not used again.
         unsafe { write.get_mut(out_slot) }.copy_from_slice(&ws.out);
     }
     change
@@ -762,13 +776,20 @@ fn mf_update<T: Real>(
                 .sum::<f64>();
         }
     }
-    let old = unsafe { read.get(v) };
     if max(&ws.a) == f64::NEG_INFINITY {
         // Every label ruled out given the neighbours: keep the old marginal; the final
-        // belief pass reports infeasibility if it persists.
-        unsafe { write.get_mut(v) }.copy_from_slice(old);
+        // belief pass reports infeasibility if it persists. With one buffer (colour
+        // schedule) it is already in place.
+        if !read.same(write) {
+            // SAFETY: slot `v` is read in `read`, a different buffer, which nobody writes
+            // during this step; in `write` only `v`'s own update touches slot `v`.
+            unsafe { write.get_mut(v) }.copy_from_slice(unsafe { read.get(v) });
+        }
         return 0.0;
     }
+    // SAFETY: slot `v` is written only by this update (below, after the last use of `old`);
+    // neighbours read it only in steps where `v` is not updated.
+    let old = unsafe { read.get(v) };
     softmax(&ws.a, &mut ws.out);
     // Damping mixes in the old marginal, except on labels the neighbours now rule out
     // (−inf): those must carry no mass, or a forbidden pair would get some.
@@ -784,6 +805,7 @@ fn mf_update<T: Real>(
         *o /= total;
         change = change.max((*o - p).abs());
     }
+    // SAFETY: as for `old` above; `old` is not used again.
     unsafe { write.get_mut(v) }.copy_from_slice(&ws.out);
     change
 }

@@ -239,8 +239,12 @@ fn draw_cumulative(cum: &[f64], target: f64) -> usize {
 /// The labels, shared across the row tasks of one colour (see [`GridFactors::row`]).
 #[derive(Clone, Copy)]
 struct LabPtr(*mut u32);
-// SAFETY: tasks access disjoint labels for writing; see the module doc.
+// SAFETY: a raw pointer into the labels of one item, used only through raw reads and
+// writes (no references): the tasks of one colour write the labels of their own rows'
+// nodes of that colour and read only neighbours, which have the other colour (see the
+// module doc), so no label is written while another task reads or writes it.
 unsafe impl Send for LabPtr {}
+// SAFETY: as above.
 unsafe impl Sync for LabPtr {}
 
 #[cfg(test)]

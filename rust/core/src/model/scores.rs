@@ -258,8 +258,23 @@ impl<'a, T: Real> Problem<'a, T> {
                 "s_e buffer size does not match its shape".into(),
             ));
         }
-        check_scores("s_n", node.data)?;
-        check_scores("s_e", edge.data)?;
+        check_scores("s_n", node.data, true)?;
+        check_scores("s_e", edge.data, true)?;
+        if let Some(w) = edge.weight {
+            if edge.weight_batch != 1 && edge.weight_batch != batch {
+                return Err(Error::Shape(format!(
+                    "edge weight has batch size {}, which does not broadcast to {batch}",
+                    edge.weight_batch
+                )));
+            }
+            if w.len() != edge.weight_batch * e {
+                return Err(Error::Shape(
+                    "edge weight buffer size does not match its shape".into(),
+                ));
+            }
+            // A weight scales a whole table: NaN or ±inf has no meaning there.
+            check_scores("edge weight", w, false)?;
+        }
         if let Some(len) = lengths {
             if !graph.is_chain() {
                 return Err(Error::Value(
@@ -306,8 +321,9 @@ impl<'a, T: Real> Problem<'a, T> {
 }
 
 /// NaN or +inf scores have no meaning (−inf forbids a label; +inf would force it with an
-/// infinite Z). The error names the first bad flat index.
-fn check_scores<T: Real>(name: &str, data: &[T]) -> Result<()> {
+/// infinite Z); weights must be finite (`neg_inf` false). The error names the first bad
+/// flat index.
+fn check_scores<T: Real>(name: &str, data: &[T], neg_inf: bool) -> Result<()> {
     const CHUNK: usize = 1 << 16;
     let bad = data
         .par_chunks(CHUNK)
@@ -317,16 +333,23 @@ fn check_scores<T: Real>(name: &str, data: &[T]) -> Result<()> {
                 .iter()
                 .position(|x| {
                     let x = x.to_f64();
-                    x.is_nan() || x == f64::INFINITY
+                    x.is_nan() || x == f64::INFINITY || (!neg_inf && x == f64::NEG_INFINITY)
                 })
                 .map(|p| k * CHUNK + p)
         });
     match bad {
         Some(idx) => {
             let v = data[idx].to_f64();
-            let what = if v.is_nan() { "NaN" } else { "+inf" };
+            let what = if v.is_nan() {
+                "NaN"
+            } else if v > 0.0 {
+                "+inf"
+            } else {
+                "-inf"
+            };
+            let allowed = if neg_inf { "finite or -inf" } else { "finite" };
             Err(Error::Value(format!(
-                "{name} contains {what} at flat index {idx}; scores must be finite or -inf"
+                "{name} contains {what} at flat index {idx}; it must be {allowed}"
             )))
         }
         None => Ok(()),
