@@ -122,9 +122,7 @@ def infer(
     """
     graph, method = _graph(graph), _method(method)
     sc = prepare(graph, s_n, s_e, lengths=_lengths(lengths, mask))
-    out = _core.infer(
-        graph._core, sc.s_n, sc.s_e, sc.dims, sc.weight, sc.lengths, method, options
-    )
+    out = _core.infer(graph._core, sc.s_n, sc.s_e, sc.dims, sc.weight, sc.lengths, method, options)
     _warn_unconverged(out, options)
     n, c, dt = graph.num_nodes, sc.classes, sc.dtype
     extra = {}
