@@ -160,12 +160,7 @@ def prepare(
     sn_flat, nb = _batch_layout(sn.astype(dtype, copy=False), 2, batch_shape, batch)
     se_flat, eb = _batch_layout(se.astype(dtype, copy=False), 3, batch_shape, batch)
     if lens is not None:
-        if (lens < 0).any() or (lens > n).any():
-            raise ValueError(f"lengths must lie in [0, {n}] (the number of nodes)")
-        if not graph.is_chain:
-            raise ValueError(
-                "lengths are only supported on chain graphs (Graph.chain(n), edges (i, i+1))"
-            )
+        # Values (range, chain graph) are checked by the core.
         lens = np.ascontiguousarray(np.broadcast_to(lens, batch_shape), dtype=np.int64).reshape(-1)
     w_flat, wb = (None, 1)
     if wt is not None:

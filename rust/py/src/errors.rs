@@ -59,32 +59,36 @@ pub fn enter<R: Send>(
     let stop = Stop::new();
     let mut signal: Option<PyErr> = None;
     let out = py.detach(|| {
-        std::thread::scope(|s| {
-            let (done, finished) = mpsc::channel::<()>();
-            let (stop, pool) = (&stop, &pool);
-            let worker = s.spawn(move || {
-                let r = catch_unwind(AssertUnwindSafe(|| pool.install(|| work(stop))));
-                let _ = done.send(());
-                r
+        let (done, finished) = mpsc::channel();
+        // The work is queued into the pool while this thread stays free to watch for
+        // signals; the scope returns once the work has finished (no thread outlives it).
+        pool.in_place_scope(|s| {
+            let stop = &stop;
+            s.spawn(move |_| {
+                let _ = done.send(catch_unwind(AssertUnwindSafe(|| work(stop))));
             });
-            while let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(SIGNAL_POLL) {
-                if signal.is_none() {
-                    if let Err(e) = Python::attach(|py| py.check_signals()) {
-                        signal = Some(e);
-                        stop.raise();
+            loop {
+                match finished.recv_timeout(SIGNAL_POLL) {
+                    Ok(r) => return Some(r),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                    Err(mpsc::RecvTimeoutError::Timeout) if signal.is_none() => {
+                        if let Err(e) = Python::attach(|py| py.check_signals()) {
+                            signal = Some(e);
+                            stop.raise();
+                        }
                     }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
                 }
             }
-            worker.join()
         })
     });
     if let Some(e) = signal {
         return Err(e);
     }
     match out {
-        Ok(Ok(Ok(r))) => Ok(r),
-        Ok(Ok(Err(e))) => Err(to_py(e)),
-        Ok(Err(panic)) | Err(panic) => {
+        Some(Ok(Ok(r))) => Ok(r),
+        Some(Ok(Err(e))) => Err(to_py(e)),
+        Some(Err(panic)) => {
             let msg = panic
                 .downcast_ref::<String>()
                 .cloned()
@@ -94,5 +98,8 @@ pub fn enter<R: Send>(
                 "internal error in expsoftmax (please report): {msg}"
             )))
         }
+        None => Err(PyRuntimeError::new_err(
+            "internal error in expsoftmax (please report): the work ended without a result",
+        )),
     }
 }
