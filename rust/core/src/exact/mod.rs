@@ -240,6 +240,7 @@ pub fn sample<T: Real>(pb: &Problem<'_, T>, num_samples: usize, seed: u64) -> Re
     let f = pb.graph.forest()?;
     let (n, c, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.batch);
     // Filtering once per item, kept for all its samples.
+    crate::kernels::alloc::check("filtering beliefs", &[bsz, n, c], 8)?;
     let mut bels: Vec<Vec<f64>> = (0..bsz).map(|_| Vec::new()).collect();
     bels.par_iter_mut().enumerate().try_for_each_init(
         || Workspace::new(n, c),

@@ -531,6 +531,7 @@ impl<'g> Gibbs<'g> {
                 "init=\"gold\" needs gold labels (use it with loss_and_grad)".into(),
             ));
         }
+        chains_fit(pb, &opts)?;
         let init = if opts.init_gold { gold } else { None };
         Ok(Gibbs {
             adj: pb.graph.adjacency(),
