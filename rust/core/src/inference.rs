@@ -69,6 +69,65 @@ pub trait Inference<T: Real>: Sync {
     ) -> Result<ItemInfo>;
 }
 
+/// Error bars of sampled estimates (Gibbs), per item.
+#[derive(Debug, Clone)]
+pub struct ErrorBars {
+    /// `(B, I, C)` standard errors of the node marginals (batch means).
+    pub node_stderr: Vec<f64>,
+    /// `(B,)` standard error of log Z (NaN when it was not estimated).
+    pub log_z_stderr: Vec<f64>,
+    /// `(B,)` Gelman–Rubin R-hat, the largest over nodes and labels.
+    pub rhat: Vec<f64>,
+}
+
+/// What a method's `infer` returns: marginals, plus error bars for sampling methods.
+#[derive(Debug, Clone)]
+pub struct Inferred<T> {
+    pub marginals: Marginals<T>,
+    pub error_bars: Option<ErrorBars>,
+}
+
+/// A MAP labelling `(B, I)` (−1 at padded nodes) and each item's run facts.
+pub type Decoded = (Vec<i64>, Vec<ItemInfo>);
+
+/// A method family with its options: the four operations every entry point dispatches to
+/// (see `method::Method`). A family that cannot do one refuses it with an error naming
+/// the method; none ignores an argument.
+pub trait Family {
+    /// The method's name as users spell it.
+    fn name(&self) -> &'static str;
+    /// log Z and marginals of every item (pair marginals when `want_edges`).
+    fn infer<T: Real>(&self, pb: &Problem<'_, T>, want_edges: bool) -> Result<Inferred<T>>;
+    /// Loss `log Z − s(y)` per item and its gradients; `weights` scale each item's.
+    fn loss_and_grad<T: Real>(
+        &self,
+        pb: &Problem<'_, T>,
+        y: &[i64],
+        weights: Option<&[f64]>,
+    ) -> Result<LossGrad<T>>;
+    /// The MAP labelling (or the method's best guess at it).
+    fn decode<T: Real>(&self, pb: &Problem<'_, T>) -> Result<Decoded>;
+    /// `num_samples` labellings per item `(num_samples, B, I)`; sample `s` of item `b`
+    /// depends only on `(seed, b, s)`.
+    fn sample<T: Real>(
+        &self,
+        pb: &Problem<'_, T>,
+        num_samples: usize,
+        seed: u64,
+    ) -> Result<Vec<i64>>;
+}
+
+/// Refuses lengths (padded chains), which only the exact kernels honour.
+pub fn no_lengths<T: Real>(pb: &Problem<'_, T>, method: &str) -> Result<()> {
+    if pb.lengths.is_some() {
+        return Err(Error::Value(format!(
+            "lengths/mask are supported by method='exact' only (padded chains), not by \
+             method='{method}'"
+        )));
+    }
+    Ok(())
+}
+
 /// log Z and marginals of every batch item.
 #[derive(Debug, Clone)]
 pub struct Marginals<T> {

@@ -7,20 +7,21 @@
 //! built by a Rust caller) and are turned into the enum by [`Method::parse`], so every
 //! option error has one text, whatever the caller.
 //!
-//! Adding a method: a folder (or file) for the family with its options struct and its
-//! four operations, one variant here, its row in [`option_names`] and [`default_value`],
-//! and its arm in each entry point.
+//! Adding a method: a folder (or file) for the family with its options struct and an
+//! `impl Family` (the four operations), one variant here with its arm in `with_family!`,
+//! and its rows in [`option_names`], [`default_value`] and [`Method::parse`].
 
 use std::hash::{BuildHasher, Hasher};
 
 use crate::error::{Error, Result};
-use crate::inference::{ItemInfo, LossGrad, Marginals};
+use crate::exact::ExactMethod;
+use crate::inference::{Decoded, Family, Inferred, LossGrad};
 use crate::kernels::alloc;
 use crate::kernels::real::Real;
-use crate::loopy::{self, Approx, Loopy, LoopyOptions as Config, Schedule};
-use crate::mcmc::gibbs::{self, Gibbs, GibbsOptions};
+use crate::loopy::{Approx, LoopyOptions as Config, Schedule};
+use crate::mcmc::GibbsOptions;
 use crate::model::{Graph, Problem};
-use crate::{exact, option_err};
+use crate::option_err;
 
 /// Which public function is asking: each offers some methods and options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,6 +238,29 @@ fn fresh_seed() -> u64 {
     h.finish()
 }
 
+/// Runs `$body` with `$f` bound to the family (and its options) that carries out `$m`.
+macro_rules! with_family {
+    ($m:expr, $graph:expr, |$f:ident| $body:expr) => {
+        match $m {
+            Method::Exact => {
+                let $f = &ExactMethod;
+                $body
+            }
+            Method::Gibbs(o) => {
+                let $f = o;
+                $body
+            }
+            loopy => {
+                let cfg = loopy
+                    .loopy_config($graph)
+                    .expect("a message-passing method");
+                let $f = &cfg;
+                $body
+            }
+        }
+    };
+}
+
 impl Method {
     /// The method `name` (or "auto") with `options` checked and defaults filled in, for
     /// `entry` on `graph`. "auto" is exact on forests; on other graphs loopy BP, and Gibbs
@@ -435,27 +459,7 @@ impl Method {
 
     /// log Z and marginals of every item (pair marginals when `want_edges`).
     pub fn infer<T: Real>(&self, pb: &Problem<'_, T>, want_edges: bool) -> Result<Inferred<T>> {
-        Ok(match self {
-            Method::Exact => Inferred {
-                marginals: exact::marginals(pb, want_edges)?,
-                gibbs: None,
-            },
-            Method::Gibbs(o) => {
-                no_lengths(pb, self)?;
-                let (marginals, extras) = gibbs::infer(pb, o, want_edges)?;
-                Inferred {
-                    marginals,
-                    gibbs: Some(extras),
-                }
-            }
-            _ => {
-                let cfg = self.loopy_config(pb.graph).expect("a loopy method");
-                Inferred {
-                    marginals: crate::inference::marginals(pb, &Loopy::new(pb, cfg)?, want_edges)?,
-                    gibbs: None,
-                }
-            }
-        })
+        with_family!(self, pb.graph, |f| f.infer(pb, want_edges))
     }
 
     /// Loss `log Z − s(y)` per item and its gradients; `weights` scale each item's gradient.
@@ -465,63 +469,15 @@ impl Method {
         y: &[i64],
         weights: Option<&[f64]>,
     ) -> Result<LossGrad<T>> {
-        match self {
-            Method::Exact => exact::loss_and_grad(pb, y, weights),
-            Method::Gibbs(o) => {
-                no_lengths(pb, self)?;
-                crate::inference::check_labels(pb, y)?;
-                let g = Gibbs::new(pb, o.clone(), Some(y))?;
-                crate::inference::loss_and_grad(pb, &g, y, weights)
-            }
-            _ => {
-                let cfg = self.loopy_config(pb.graph).expect("a loopy method");
-                crate::inference::loss_and_grad(pb, &Loopy::new(pb, cfg)?, y, weights)
-            }
-        }
+        with_family!(self, pb.graph, |f| f.loss_and_grad(pb, y, weights))
     }
 
     /// The MAP labelling `(B, I)` (−1 at padded nodes) and each item's run facts: exact
     /// max-product on forests, max-product BP for "bp", the argmax of the beliefs for
     /// "trw" and "mean_field", the best visited labelling for "gibbs".
-    pub fn decode<T: Real>(&self, pb: &Problem<'_, T>) -> Result<(Vec<i64>, Vec<ItemInfo>)> {
-        let (n, c) = (pb.graph.num_nodes(), pb.classes());
-        alloc::check("labels", &[pb.batch, n], 8)?;
-        match self {
-            Method::Exact => Ok((exact::decode(pb)?, vec![ItemInfo::exact(0.0); pb.batch])),
-            Method::Bp(_) => loopy::decode(pb, &self.loopy_config(pb.graph).expect("bp")),
-            Method::Gibbs(o) => {
-                no_lengths(pb, self)?;
-                let y = gibbs::decode(pb, o)?;
-                Ok((y, vec![ItemInfo::exact(f64::NAN); pb.batch]))
-            }
-            Method::Trw(_) | Method::MeanField(_) => {
-                let cfg = self.loopy_config(pb.graph).expect("a loopy method");
-                let m = crate::inference::marginals(pb, &Loopy::new(pb, cfg)?, false)?;
-                // Ties go to the smallest label, as in max-product.
-                let y = m
-                    .node
-                    .chunks_exact(c)
-                    .map(|row| {
-                        let mut best = 0;
-                        for (k, x) in row.iter().enumerate() {
-                            if x.to_f64() > row[best].to_f64() {
-                                best = k;
-                            }
-                        }
-                        best as i64
-                    })
-                    .collect();
-                let info = (0..pb.batch)
-                    .map(|b| ItemInfo {
-                        log_z: m.log_z[b].to_f64(),
-                        iterations: m.iterations[b],
-                        converged: m.converged[b],
-                        max_change: m.max_change[b],
-                    })
-                    .collect();
-                Ok((y, info))
-            }
-        }
+    pub fn decode<T: Real>(&self, pb: &Problem<'_, T>) -> Result<Decoded> {
+        alloc::check("labels", &[pb.batch, pb.graph.num_nodes()], 8)?;
+        with_family!(self, pb.graph, |f| f.decode(pb))
     }
 
     /// `num_samples` labellings per item, `(num_samples, B, I)` (−1 at padded nodes): exact
@@ -535,36 +491,6 @@ impl Method {
     ) -> Result<Vec<i64>> {
         alloc::check("samples", &[num_samples, pb.batch, pb.graph.num_nodes()], 8)?;
         let seed = seed.unwrap_or_else(fresh_seed);
-        match self {
-            Method::Exact => exact::sample(pb, num_samples, seed),
-            Method::Gibbs(o) => {
-                no_lengths(pb, self)?;
-                gibbs::sample(pb, &GibbsOptions { seed, ..o.clone() }, num_samples)
-            }
-            m => option_err!(
-                "method '{}' cannot sample; use 'exact' or 'gibbs'",
-                m.name()
-            ),
-        }
+        with_family!(self, pb.graph, |f| f.sample(pb, num_samples, seed))
     }
-}
-
-/// What [`Method::infer`] returns: marginals, plus error bars for Gibbs.
-#[derive(Debug, Clone)]
-pub struct Inferred<T> {
-    pub marginals: Marginals<T>,
-    pub gibbs: Option<gibbs::Extras>,
-}
-
-/// Lengths describe padded chains, which only the exact kernels honour; the others refuse
-/// them rather than ignore them.
-fn no_lengths<T: Real>(pb: &Problem<'_, T>, m: &Method) -> Result<()> {
-    if pb.lengths.is_some() {
-        return Err(Error::Value(format!(
-            "lengths/mask are supported by method='exact' only (padded chains), not by \
-             method='{}'",
-            m.name()
-        )));
-    }
-    Ok(())
 }

@@ -94,7 +94,7 @@ fn gibbs_marginals_and_ais_agree_with_enumeration() {
     ];
     let m = method("gibbs", &o, &case.graph, Entry::Infer).unwrap();
     let r = m.infer(&problem(&case), true).unwrap();
-    let ex = r.gibbs.expect("Gibbs error bars");
+    let ex = r.error_bars.expect("Gibbs error bars");
     for (k, (&p, &q)) in r.marginals.node.iter().zip(&nm).enumerate() {
         assert!(
             (p - q).abs() <= 5.0 * ex.node_stderr[k] + 1e-3,

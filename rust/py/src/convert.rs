@@ -4,9 +4,8 @@
 //! caller's layout demands it) and are borrowed here without a copy; `dims` gives their
 //! shapes. Results go back as flat arrays in a dict of named fields, reshaped in Python.
 
-use expsoftmax_core::inference::{ItemInfo, LossGrad};
+use expsoftmax_core::inference::{Inferred, ItemInfo, LossGrad};
 use expsoftmax_core::interrupt::Stop;
-use expsoftmax_core::method::Inferred;
 use expsoftmax_core::{EdgeScores, Error, Graph, NodeScores, Problem, Real};
 use numpy::{Element, PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
@@ -135,7 +134,7 @@ pub fn inferred<T: Real + Element>(
     d.set_item("iterations", arr(py, m.iterations))?;
     d.set_item("converged", arr(py, m.converged))?;
     d.set_item("max_change", arr(py, m.max_change))?;
-    if let Some(g) = r.gibbs {
+    if let Some(g) = r.error_bars {
         d.set_item("node_stderr", arr(py, g.node_stderr))?;
         d.set_item("log_z_stderr", arr(py, g.log_z_stderr))?;
         d.set_item("rhat", arr(py, g.rhat))?;

@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 use crate::exact::maxproduct::{map_item, MapWorkspace};
 use crate::exact::sampling::sample_item;
 use crate::exact::sumproduct::{downward, upward, Workspace};
-use crate::inference::{self, EdgeSink, Inference, ItemInfo, LossGrad, Marginals};
+use crate::inference::{
+    self, Decoded, EdgeSink, Family, Inference, Inferred, ItemInfo, LossGrad, Marginals,
+};
 use crate::kernels::batch::{run_chunks, Rows};
 use crate::kernels::real::Real;
 use crate::kernels::rng::Rng;
@@ -274,4 +276,43 @@ pub fn sample<T: Real>(pb: &Problem<'_, T>, num_samples: usize, seed: u64) -> Re
         },
     )?;
     Ok(out)
+}
+
+/// Exact inference on forests as a [`Family`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactMethod;
+
+impl Family for ExactMethod {
+    fn name(&self) -> &'static str {
+        "exact"
+    }
+
+    fn infer<T: Real>(&self, pb: &Problem<'_, T>, want_edges: bool) -> Result<Inferred<T>> {
+        Ok(Inferred {
+            marginals: marginals(pb, want_edges)?,
+            error_bars: None,
+        })
+    }
+
+    fn loss_and_grad<T: Real>(
+        &self,
+        pb: &Problem<'_, T>,
+        y: &[i64],
+        weights: Option<&[f64]>,
+    ) -> Result<LossGrad<T>> {
+        loss_and_grad(pb, y, weights)
+    }
+
+    fn decode<T: Real>(&self, pb: &Problem<'_, T>) -> Result<Decoded> {
+        Ok((decode(pb)?, vec![ItemInfo::exact(0.0); pb.batch]))
+    }
+
+    fn sample<T: Real>(
+        &self,
+        pb: &Problem<'_, T>,
+        num_samples: usize,
+        seed: u64,
+    ) -> Result<Vec<i64>> {
+        sample(pb, num_samples, seed)
+    }
 }

@@ -19,7 +19,9 @@ pub use options::{Approx, LoopyOptions, Schedule};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::inference::{EdgeSink, Inference, ItemInfo};
+use crate::inference::{
+    self, no_lengths, Decoded, EdgeSink, Family, Inference, Inferred, ItemInfo, LossGrad,
+};
 use crate::interrupt::Stop;
 use crate::kernels::logspace::{exp, ln_pos, max, softmax};
 use crate::kernels::message::{joint_and_message, message, Scratch, Table};
@@ -1106,4 +1108,72 @@ pub fn decode<T: Real>(
         )
         .collect::<Result<_>>()?;
     Ok((labels, info))
+}
+
+/// BP, TRW and mean field as a [`Family`] (the configuration names which one).
+impl Family for LoopyOptions {
+    fn name(&self) -> &'static str {
+        match self.method {
+            Approx::Bp => "bp",
+            Approx::Trw(_) => "trw",
+            Approx::MeanField => "mean_field",
+        }
+    }
+
+    fn infer<T: Real>(&self, pb: &Problem<'_, T>, want_edges: bool) -> Result<Inferred<T>> {
+        let lp = Loopy::new(pb, self.clone())?;
+        Ok(Inferred {
+            marginals: inference::marginals(pb, &lp, want_edges)?,
+            error_bars: None,
+        })
+    }
+
+    fn loss_and_grad<T: Real>(
+        &self,
+        pb: &Problem<'_, T>,
+        y: &[i64],
+        weights: Option<&[f64]>,
+    ) -> Result<LossGrad<T>> {
+        inference::loss_and_grad(pb, &Loopy::new(pb, self.clone())?, y, weights)
+    }
+
+    /// BP: max-product BP. TRW and mean field: the argmax of their beliefs (ties to the
+    /// smallest label, as in max-product).
+    fn decode<T: Real>(&self, pb: &Problem<'_, T>) -> Result<Decoded> {
+        if self.method == Approx::Bp {
+            return decode(pb, self);
+        }
+        let c = pb.classes();
+        let m = inference::marginals(pb, &Loopy::new(pb, self.clone())?, false)?;
+        let y = m
+            .node
+            .chunks_exact(c)
+            .map(|row| {
+                let mut best = 0;
+                for (k, x) in row.iter().enumerate() {
+                    if x.to_f64() > row[best].to_f64() {
+                        best = k;
+                    }
+                }
+                best as i64
+            })
+            .collect();
+        let info = (0..pb.batch)
+            .map(|b| ItemInfo {
+                log_z: m.log_z[b].to_f64(),
+                iterations: m.iterations[b],
+                converged: m.converged[b],
+                max_change: m.max_change[b],
+            })
+            .collect();
+        Ok((y, info))
+    }
+
+    fn sample<T: Real>(&self, pb: &Problem<'_, T>, _: usize, _: u64) -> Result<Vec<i64>> {
+        no_lengths(pb, self.name())?;
+        Err(Error::Option(format!(
+            "method '{}' cannot sample; use 'exact' or 'gibbs'",
+            self.name()
+        )))
+    }
 }

@@ -16,8 +16,10 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::inference::Marginals;
-use crate::inference::{EdgeSink, Inference, ItemInfo};
+use crate::inference::{
+    self, no_lengths, Decoded, EdgeSink, ErrorBars, Family, Inference, Inferred, ItemInfo,
+    LossGrad, Marginals,
+};
 use crate::kernels::alloc;
 use crate::kernels::logspace::{exp_shifted, logsumexp, max};
 use crate::kernels::real::Real;
@@ -401,17 +403,6 @@ struct ItemExtras {
     rhat: f64,
 }
 
-/// Error bars of batched Gibbs estimates.
-#[derive(Debug, Clone)]
-pub struct Extras {
-    /// `(B, I, C)` standard errors of the node marginals (batch means).
-    pub node_stderr: Vec<f64>,
-    /// `(B,)` standard error of the AIS log Z (NaN without AIS).
-    pub log_z_stderr: Vec<f64>,
-    /// `(B,)` Gelman–Rubin R-hat, the largest over nodes and labels.
-    pub rhat: Vec<f64>,
-}
-
 /// Gibbs marginals (and AIS log Z) for item `b`, with error bars and R-hat. `init` gives
 /// start labels for `init_gold`.
 fn item_estimates<T: Real>(
@@ -586,7 +577,7 @@ pub fn infer<T: Real>(
     pb: &Problem<'_, T>,
     opts: &GibbsOptions,
     want_edges: bool,
-) -> Result<(Marginals<T>, Extras)> {
+) -> Result<(Marginals<T>, ErrorBars)> {
     opts.check()?;
     if opts.init_gold {
         return Err(Error::Value(
@@ -613,7 +604,7 @@ pub fn infer<T: Real>(
         converged: Vec::with_capacity(bsz),
         max_change: Vec::with_capacity(bsz),
     };
-    let mut ex = Extras {
+    let mut ex = ErrorBars {
         node_stderr: Vec::with_capacity(bsz * n * c),
         log_z_stderr: Vec::with_capacity(bsz),
         rhat: Vec::with_capacity(bsz),
@@ -713,4 +704,53 @@ pub fn sample<T: Real>(
         }
     }
     Ok(out)
+}
+
+/// Gibbs sampling as a [`Family`].
+impl Family for GibbsOptions {
+    fn name(&self) -> &'static str {
+        "gibbs"
+    }
+
+    fn infer<T: Real>(&self, pb: &Problem<'_, T>, want_edges: bool) -> Result<Inferred<T>> {
+        no_lengths(pb, self.name())?;
+        let (marginals, bars) = infer(pb, self, want_edges)?;
+        Ok(Inferred {
+            marginals,
+            error_bars: Some(bars),
+        })
+    }
+
+    fn loss_and_grad<T: Real>(
+        &self,
+        pb: &Problem<'_, T>,
+        y: &[i64],
+        weights: Option<&[f64]>,
+    ) -> Result<LossGrad<T>> {
+        no_lengths(pb, self.name())?;
+        inference::check_labels(pb, y)?;
+        inference::loss_and_grad(pb, &Gibbs::new(pb, self.clone(), Some(y))?, y, weights)
+    }
+
+    fn decode<T: Real>(&self, pb: &Problem<'_, T>) -> Result<Decoded> {
+        no_lengths(pb, self.name())?;
+        Ok((decode(pb, self)?, vec![ItemInfo::exact(f64::NAN); pb.batch]))
+    }
+
+    fn sample<T: Real>(
+        &self,
+        pb: &Problem<'_, T>,
+        num_samples: usize,
+        seed: u64,
+    ) -> Result<Vec<i64>> {
+        no_lengths(pb, self.name())?;
+        sample(
+            pb,
+            &GibbsOptions {
+                seed,
+                ..self.clone()
+            },
+            num_samples,
+        )
+    }
 }
