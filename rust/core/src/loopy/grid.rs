@@ -709,6 +709,7 @@ fn sweep<M: Real>(
     colour: Option<usize>,
     damping: f64,
     need_change: bool,
+    stop: &Stop,
 ) -> f64 {
     let n = p.h * p.w * p.c;
     let o = Prev { data: old, n };
@@ -719,7 +720,11 @@ fn sweep<M: Real>(
         .with_min_len(4)
         .map_init(
             || RowWs::new(c, w, p.weighted.is_some()),
-            |ws, r| row_update(p, r, o, nw, colour, damping, need_change, ws),
+            // A raised stop skips the rest of the sweep; the caller returns Interrupted.
+            |ws, r| match stop.is_raised() {
+                true => 0.0,
+                false => row_update(p, r, o, nw, colour, damping, need_change, ws),
+            },
         )
         .reduce(|| 0.0, f64::max)
 }
@@ -762,7 +767,7 @@ fn iterate_in<M: Real>(
         let need = tol > 0.0 || it == max_iter;
         let change = match schedule {
             Schedule::Parallel => {
-                let ch = sweep(p, &cur, &mut nxt, None, damping, need);
+                let ch = sweep(p, &cur, &mut nxt, None, damping, need, stop);
                 std::mem::swap(&mut cur, &mut nxt);
                 ch
             }
@@ -770,12 +775,13 @@ fn iterate_in<M: Real>(
                 let mut ch = 0.0f64;
                 for k in 0..2 {
                     nxt.copy_from_slice(&cur);
-                    ch = ch.max(sweep(p, &cur, &mut nxt, Some(k), damping, true));
+                    ch = ch.max(sweep(p, &cur, &mut nxt, Some(k), damping, true, stop));
                     std::mem::swap(&mut cur, &mut nxt);
                 }
                 ch
             }
         };
+        stop.check()?;
         result = (it as u32, false, change);
         if change < tol {
             result.1 = true;

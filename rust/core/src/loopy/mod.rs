@@ -333,6 +333,7 @@ fn iterate<T: Real>(
         max_product,
         damping: opts.damping,
         parallel,
+        stop,
     };
     let mut last = f64::INFINITY;
     for it in 1..=opts.max_iter {
@@ -353,6 +354,7 @@ fn iterate<T: Real>(
                 ch
             }
         };
+        stop.check()?;
         last = change;
         if change < opts.tol {
             return Ok((it as u32, true, change));
@@ -371,6 +373,7 @@ struct Step<'a, 'b, T> {
     max_product: bool,
     damping: f64,
     parallel: bool,
+    stop: &'a Stop,
 }
 
 impl<T: Real> Step<'_, '_, T> {
@@ -386,6 +389,10 @@ impl<T: Real> Step<'_, '_, T> {
         let count = class.map_or(self.n, |cl| cl.len());
         let chunk = |ws: &mut NodeWs, k: usize| {
             let mut ch = 0.0f64;
+            // A raised stop skips the rest of the sweep; the caller then returns Interrupted.
+            if self.stop.is_raised() {
+                return ch;
+            }
             for i in k * NODE_CHUNK..((k + 1) * NODE_CHUNK).min(count) {
                 let v = class.map_or(i, |cl| cl[i] as usize);
                 ch = ch.max(update_node(
@@ -840,6 +847,9 @@ fn mf_iterate<T: Real>(
         let count = class.map_or(n, |cl| cl.len());
         let chunk = |w: &mut NodeWs, k: usize| {
             let mut ch = 0.0f64;
+            if pb.stop.is_raised() {
+                return ch;
+            }
             for i in k * NODE_CHUNK..((k + 1) * NODE_CHUNK).min(count) {
                 let v = class.map_or(i, |cl| cl[i] as usize);
                 ch = ch.max(mf_update(
@@ -884,6 +894,7 @@ fn mf_iterate<T: Real>(
                 ch
             }
         };
+        pb.stop.check()?;
         last = change;
         if change < opts.tol {
             return Ok((it as u32, true, change));
