@@ -9,7 +9,8 @@ with cycles (pixel grids); see :func:`infer`, :func:`loss_and_grad`,
 
 from __future__ import annotations
 
-from ._core import get_num_threads, set_num_threads
+from ._config import check_simd_env, config, show_config
+from ._core import __version__, get_num_threads, set_num_threads
 from ._methods import METHODS, ConvergenceWarning
 from ._scores import WeightedEdges
 from .api import decode, infer, loss_and_grad, sample
@@ -17,12 +18,15 @@ from .errors import DTypeError, InfeasibleError, NotForestError, OptionError, Sh
 from .graph import Graph
 from .result import InferenceResult
 
-__version__ = "0.1.0"
+check_simd_env()
 
 __all__ = [
     "METHODS",
     "ConvergenceWarning",
     "WeightedEdges",
+    "__version__",
+    "config",
+    "show_config",
     "DTypeError",
     "Graph",
     "InferenceResult",

@@ -19,6 +19,8 @@ I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 Floats = np.ndarray  # float32 or float64, the scores' dtype
 
+__version__: str
+
 class GraphCore:
     """A validated graph; ``edges`` is flat ``(2E,)`` int64."""
 
@@ -97,3 +99,6 @@ def set_num_threads(n: int) -> None:
     """Threads the core uses, in [0, 1024] (0: one per core, or ``RAYON_NUM_THREADS``)."""
 
 def get_num_threads() -> int: ...
+def build_info() -> dict[str, Any]:
+    """``version``, ``build_profile``, ``target``, ``simd``, ``cpu_avx2``, ``simd_env``,
+    ``threads``, ``thread_source``, ``available_cores``."""

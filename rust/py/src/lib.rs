@@ -226,8 +226,40 @@ fn get_num_threads() -> usize {
     pool::threads()
 }
 
+/// What this build is and what it runs: version, build profile, SIMD path, threads.
+#[pyfunction]
+fn build_info(py: Python<'_>) -> PyResult<Py<PyDict>> {
+    use expsoftmax_core::kernels::batch;
+    let d = PyDict::new(py);
+    d.set_item("version", env!("CARGO_PKG_VERSION"))?;
+    d.set_item(
+        "build_profile",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
+    d.set_item(
+        "target",
+        format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+    )?;
+    d.set_item("simd", batch::simd_path())?;
+    d.set_item("cpu_avx2", batch::cpu_has_avx2())?;
+    d.set_item("simd_env", std::env::var(batch::SIMD_ENV).ok())?;
+    d.set_item("threads", pool::threads())?;
+    d.set_item("thread_source", pool::thread_source())?;
+    d.set_item(
+        "available_cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    )?;
+    Ok(d.unbind())
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_class::<GraphCore>()?;
     m.add_function(wrap_pyfunction!(infer, m)?)?;
     m.add_function(wrap_pyfunction!(loss_and_grad, m)?)?;

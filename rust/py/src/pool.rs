@@ -66,3 +66,23 @@ pub fn set_threads(n: usize) {
 pub fn threads() -> usize {
     pool().current_num_threads()
 }
+
+/// Where the thread count comes from: `set_num_threads`, `RAYON_NUM_THREADS`, or the cores
+/// this process may run on (rayon's default: `available_parallelism`, which follows the
+/// CPU affinity mask and cgroup quotas).
+pub fn thread_source() -> &'static str {
+    let requested = STATE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map_or(0, |s| s.requested);
+    if requested > 0 {
+        "set_num_threads"
+    } else if std::env::var("RAYON_NUM_THREADS")
+        .is_ok_and(|v| v.trim().parse::<usize>().is_ok_and(|n| n > 0))
+    {
+        "RAYON_NUM_THREADS"
+    } else {
+        "available cores"
+    }
+}

@@ -55,9 +55,20 @@ impl<'a, T> Rows<'a, T> {
     }
 }
 
-/// True when the CPU has AVX2 (checked once; the answer is cached by std).
+/// The environment variable that forces the portable kernels: `EXPSOFTMAX_SIMD=baseline`
+/// (`auto` or unset: the best path the CPU supports).
+pub const SIMD_ENV: &str = "EXPSOFTMAX_SIMD";
+
+/// True when the AVX2 kernels run: the CPU has AVX2 and `EXPSOFTMAX_SIMD` does not ask for
+/// the baseline (read once per process).
 #[inline(always)]
 pub fn has_avx2() -> bool {
+    static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USE.get_or_init(|| cpu_has_avx2() && !baseline_forced())
+}
+
+/// True when the CPU supports AVX2, whatever the environment says.
+pub fn cpu_has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2")
@@ -65,6 +76,19 @@ pub fn has_avx2() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+fn baseline_forced() -> bool {
+    std::env::var(SIMD_ENV).is_ok_and(|v| v.trim().eq_ignore_ascii_case("baseline"))
+}
+
+/// The kernels' SIMD path as reported to users: `"avx2"` or `"baseline"`.
+pub fn simd_path() -> &'static str {
+    if has_avx2() {
+        "avx2"
+    } else {
+        "baseline"
     }
 }
 
