@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use crate::error::{Error, Result};
 use crate::model::adjacency::Adjacency;
 use crate::model::forest::Forest;
+use crate::model::junction::JunctionTree;
 
 #[derive(Debug)]
 pub struct Graph {
@@ -19,6 +20,7 @@ pub struct Graph {
     adjacency: OnceLock<Adjacency>,
     grid: OnceLock<Option<(usize, usize)>>,
     edge_appearance: OnceLock<Vec<f64>>,
+    junction: OnceLock<std::result::Result<JunctionTree, usize>>,
 }
 
 impl Graph {
@@ -64,6 +66,7 @@ impl Graph {
             adjacency: OnceLock::new(),
             grid: OnceLock::new(),
             edge_appearance: OnceLock::new(),
+            junction: OnceLock::new(),
         })
     }
 
@@ -144,6 +147,16 @@ impl Graph {
     pub fn default_edge_appearance(&self) -> &[f64] {
         self.edge_appearance
             .get_or_init(|| spanning_tree_mixture(self))
+    }
+
+    /// The junction tree exact inference on a loopy graph uses (built on first use), or
+    /// `Err(size)`: the smallest largest clique the heuristics found exceeds
+    /// [`crate::model::junction::MAX_CLIQUE`] nodes.
+    pub fn junction_tree(&self) -> std::result::Result<&JunctionTree, usize> {
+        self.junction
+            .get_or_init(|| JunctionTree::new(self.num_nodes, &self.edges, self.grid_shape()))
+            .as_ref()
+            .map_err(|&size| size)
     }
 
     /// The rooted forest, or a `NotForest` error naming the loopy methods.

@@ -4,6 +4,7 @@
 pub mod adjacency;
 pub mod forest;
 pub mod graph;
+pub mod junction;
 pub mod scores;
 
 pub use graph::Graph;
