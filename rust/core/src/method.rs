@@ -14,6 +14,7 @@
 use std::hash::{BuildHasher, Hasher};
 
 use crate::error::{Error, Result};
+use crate::exact::junction::{self, DEFAULT_MAX_STATES};
 use crate::exact::ExactMethod;
 use crate::inference::{Decoded, Family, Inferred, LossGrad};
 use crate::kernels::alloc;
@@ -91,8 +92,9 @@ pub struct TrwOptions {
 /// An inference method with its options.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Method {
-    /// Sum-product / max-product / sampling on the rooted forest.
-    Exact,
+    /// Sum-product / max-product / sampling: on the rooted forest, or on the junction tree
+    /// of a graph with cycles whose largest clique table fits `max_states`.
+    Exact(ExactMethod),
     /// Loopy belief propagation (Bethe log Z).
     Bp(LoopyOptions),
     /// Tree-reweighted BP (upper bound on log Z).
@@ -115,7 +117,7 @@ const MAX_COUNT: i128 = u32::MAX as i128;
 /// use is refused there rather than ignored).
 pub fn option_names(method: &str, entry: Entry) -> &'static [&'static str] {
     match (method, entry) {
-        ("exact", _) => &[],
+        ("exact", _) => &["max_states"],
         ("bp" | "mean_field", _) => &LOOPY,
         ("trw", _) => &["max_iter", "tol", "damping", "schedule", "edge_appearance"],
         ("gibbs", Entry::Infer | Entry::LossAndGrad) => &[
@@ -155,6 +157,7 @@ pub fn default_value(option: &str) -> Value {
         "init" => Value::Str("random".into()),
         "ais_steps" => Value::Int(100),
         "ais_runs" => Value::Int(16),
+        "max_states" => Value::Int(DEFAULT_MAX_STATES as i128),
         _ => Value::None, // seed, edge_appearance
     }
 }
@@ -242,8 +245,8 @@ fn fresh_seed() -> u64 {
 macro_rules! with_family {
     ($m:expr, $graph:expr, |$f:ident| $body:expr) => {
         match $m {
-            Method::Exact => {
-                let $f = &ExactMethod;
+            Method::Exact(e) => {
+                let $f = e;
                 $body
             }
             Method::Gibbs(o) => {
@@ -263,18 +266,43 @@ macro_rules! with_family {
 
 impl Method {
     /// The method `name` (or "auto") with `options` checked and defaults filled in, for
-    /// `entry` on `graph`. "auto" is exact on forests; on other graphs loopy BP, and Gibbs
-    /// for `sample`.
+    /// `entry` on `graph` with `classes` labels. "auto" is exact on forests and on graphs
+    /// whose junction tree's largest clique table fits `max_states` (an option "auto" also
+    /// takes); otherwise loopy BP, and Gibbs for `sample`.
     pub fn parse(
         name: &str,
         options: &[(String, Value)],
         graph: &Graph,
         entry: Entry,
+        classes: usize,
     ) -> Result<Method> {
+        let max_states = || {
+            Given {
+                method: "exact",
+                opts: options,
+            }
+            .int("max_states", 1, i128::MAX)
+            .map(|m| m as u128)
+        };
+        let mut options = options;
+        let dropped: Vec<(String, Value)>;
         let name = match name {
             "auto" if graph.is_forest() => "exact",
-            "auto" if entry == Entry::Sample => "gibbs",
-            "auto" => "bp",
+            "auto" if junction::fits(graph, classes, max_states()?).is_ok() => "exact",
+            "auto" => {
+                // `max_states` only steers the choice here.
+                dropped = options
+                    .iter()
+                    .filter(|(k, _)| k != "max_states")
+                    .cloned()
+                    .collect();
+                options = &dropped;
+                if entry == Entry::Sample {
+                    "gibbs"
+                } else {
+                    "bp"
+                }
+            }
             n => n,
         };
         let offered: &[&str] = match entry {
@@ -331,15 +359,11 @@ impl Method {
         };
         Ok(match name {
             "exact" => {
+                let max_states = g.int("max_states", 1, i128::MAX)? as u128;
                 if !graph.is_forest() {
-                    return Err(Error::NotForest(
-                        "method='exact' needs a forest, but the graph is not a forest (it has \
-                         a cycle); use a loopy method: method='bp', method='trw', \
-                         method='mean_field' or method='gibbs'"
-                            .into(),
-                    ));
+                    junction::fits(graph, classes, max_states)?;
                 }
-                Method::Exact
+                Method::Exact(ExactMethod { max_states })
             }
             "bp" => Method::Bp(loopy()?),
             "mean_field" => Method::MeanField(loopy()?),
@@ -425,7 +449,7 @@ impl Method {
     /// The method's name as users spell it.
     pub fn name(&self) -> &'static str {
         match self {
-            Method::Exact => "exact",
+            Method::Exact(_) => "exact",
             Method::Bp(_) => "bp",
             Method::Trw(_) => "trw",
             Method::MeanField(_) => "mean_field",

@@ -9,11 +9,21 @@ use expsoftmax_core::kernels::rng::Rng;
 use expsoftmax_core::{Entry, Error, Graph, Method, Value};
 
 fn method(name: &str, opts: &[(&str, Value)], g: &Graph, entry: Entry) -> Result<Method, Error> {
+    method_c(name, opts, g, entry, 3)
+}
+
+fn method_c(
+    name: &str,
+    opts: &[(&str, Value)],
+    g: &Graph,
+    entry: Entry,
+    classes: usize,
+) -> Result<Method, Error> {
     let opts: Vec<(String, Value)> = opts
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
-    Method::parse(name, &opts, g, entry)
+    Method::parse(name, &opts, g, entry, classes)
 }
 
 fn tight() -> Vec<(&'static str, Value)> {
@@ -105,17 +115,35 @@ fn gibbs_marginals_and_ais_agree_with_enumeration() {
     assert!(ex.rhat[0] < 1.1);
 }
 
-/// "auto" picks exact on forests, BP on loopy graphs, Gibbs to sample loopy graphs; every
-/// bad name, type or range is refused with an option error that names it.
+/// "auto" picks exact on forests and on graphs whose junction tree fits `max_states`, BP
+/// on others and Gibbs to sample them; every bad name, type or range is refused with an
+/// option error that names it.
 #[test]
 fn method_parse_applies_the_auto_rule_and_checks_every_option() {
-    let (chain, g) = (Graph::chain(4).unwrap(), grid(2, 3));
-    let auto = |g: &Graph, e| method("auto", &[], g, e).unwrap().name();
-    assert_eq!(auto(&chain, Entry::Infer), "exact");
-    assert_eq!(auto(&g, Entry::Infer), "bp");
-    assert_eq!(auto(&g, Entry::Sample), "gibbs");
+    let (chain, g, wide) = (Graph::chain(4).unwrap(), grid(2, 3), grid(30, 30));
+    let auto = |g: &Graph, o: &[(&str, Value)], e| method("auto", o, g, e).unwrap().name();
+    assert_eq!(auto(&chain, &[], Entry::Infer), "exact");
+    assert_eq!(auto(&g, &[], Entry::Infer), "exact");
+    assert_eq!(auto(&g, &[], Entry::Sample), "exact");
+    // 2 x 3 grid: cliques of 3 nodes, 27 entries at C = 3.
+    let small = [("max_states", Value::Int(26))];
+    assert_eq!(auto(&g, &small, Entry::Infer), "bp");
+    assert_eq!(
+        auto(&g, &[("max_states", Value::Int(27))], Entry::Infer),
+        "exact"
+    );
+    assert_eq!(auto(&wide, &[], Entry::Infer), "bp");
+    assert_eq!(
+        auto(&wide, &[("max_iter", Value::Int(3))], Entry::Infer),
+        "bp"
+    );
+    assert_eq!(auto(&wide, &[], Entry::Sample), "gibbs");
+    match method("exact", &[], &wide, Entry::Infer) {
+        Err(Error::NotForest(m)) => assert!(m.contains("31 nodes") && m.contains("max_states")),
+        other => panic!("expected the budget error, got {other:?}"),
+    }
     assert!(matches!(
-        method("exact", &[], &g, Entry::Infer),
+        method("exact", &small, &g, Entry::Infer),
         Err(Error::NotForest(_))
     ));
     let refused = |name: &str, o: &[(&str, Value)], entry: Entry, needle: &str| match method(

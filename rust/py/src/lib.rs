@@ -106,7 +106,7 @@ fn infer<'py>(
     want_edges: bool,
 ) -> PyResult<Py<PyDict>> {
     let g = &*graph.inner;
-    let m = options::method(g, method, options, Entry::Infer)?;
+    let m = options::method(g, method, options, Entry::Infer, dims.4)?;
     let lengths = convert::lengths(lengths)?;
     with_scores!(s_n, s_e, weight, dims, lengths.as_deref(), |sc| {
         let r = enter(py, |stop| m.infer(&sc.problem(g, stop)?, want_edges))?;
@@ -134,7 +134,7 @@ fn loss_and_grad<'py>(
     options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Py<PyDict>> {
     let g = &*graph.inner;
-    let m = options::method(g, method, options, Entry::LossAndGrad)?;
+    let m = options::method(g, method, options, Entry::LossAndGrad, dims.4)?;
     let lengths = convert::lengths(lengths)?;
     let y = slice(&y, "y")?;
     let iw = item_weights
@@ -164,7 +164,7 @@ fn decode<'py>(
     options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Py<PyDict>> {
     let g = &*graph.inner;
-    let m = options::method(g, method, options, Entry::Decode)?;
+    let m = options::method(g, method, options, Entry::Decode, dims.4)?;
     let lengths = convert::lengths(lengths)?;
     with_scores!(s_n, s_e, weight, dims, lengths.as_deref(), |sc| {
         let (y, info) = enter(py, |stop| m.decode(&sc.problem(g, stop)?))?;
@@ -191,7 +191,7 @@ fn sample<'py>(
     options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Py<PyDict>> {
     let g = &*graph.inner;
-    let m = options::method(g, method, options, Entry::Sample)?;
+    let m = options::method(g, method, options, Entry::Sample, dims.4)?;
     let lengths = convert::lengths(lengths)?;
     with_scores!(s_n, s_e, weight, dims, lengths.as_deref(), |sc| {
         let y = enter(py, |stop| {

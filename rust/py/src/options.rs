@@ -47,12 +47,14 @@ fn value(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Value> {
     })
 }
 
-/// The method `name` with `options` (keyword arguments), checked for `entry` on `graph`.
+/// The method `name` with `options` (keyword arguments), checked for `entry` on `graph`
+/// with `classes` labels.
 pub fn method(
     graph: &Graph,
     name: &str,
     options: Option<&Bound<'_, PyDict>>,
     entry: Entry,
+    classes: usize,
 ) -> PyResult<Method> {
     let mut opts = Vec::new();
     if let Some(d) = options {
@@ -62,7 +64,7 @@ pub fn method(
             opts.push((k, val));
         }
     }
-    Method::parse(name, &opts, graph, entry).map_err(to_py)
+    Method::parse(name, &opts, graph, entry, classes).map_err(to_py)
 }
 
 fn to_object(py: Python<'_>, v: Value) -> PyResult<Py<PyAny>> {

@@ -3,6 +3,7 @@
 //! call of the per-item kernels in `sumproduct`, `maxproduct` and `sampling`.
 
 pub mod chain;
+pub mod junction;
 pub mod maxproduct;
 pub mod sampling;
 pub mod sumproduct;
@@ -10,6 +11,7 @@ pub mod sumproduct;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::exact::junction::Junction;
 use crate::exact::maxproduct::{map_item, MapWorkspace};
 use crate::exact::sampling::sample_item;
 use crate::exact::sumproduct::{downward, upward, Workspace};
@@ -181,7 +183,7 @@ impl EdgeSink for LocalEdges {
     }
 }
 
-fn item_error(e: Error, b: usize, batch: usize) -> Error {
+pub(crate) fn item_error(e: Error, b: usize, batch: usize) -> Error {
     match e {
         Error::Infeasible(m) if batch > 1 => Error::Infeasible(format!("batch item {b}: {m}")),
         other => other,
@@ -278,9 +280,23 @@ pub fn sample<T: Real>(pb: &Problem<'_, T>, num_samples: usize, seed: u64) -> Re
     Ok(out)
 }
 
-/// Exact inference on forests as a [`Family`].
+/// Exact inference as a [`Family`]: the forest kernels on forests, the junction tree on
+/// other graphs whose largest clique table fits `max_states` entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExactMethod;
+pub struct ExactMethod {
+    /// Largest clique table (entries per item) a junction tree may use.
+    pub max_states: u128,
+}
+
+impl ExactMethod {
+    /// The junction tree for `pb`'s graph and classes (None on forests).
+    fn junction<T: Real>(&self, pb: &Problem<'_, T>) -> Result<Option<Junction>> {
+        if pb.graph.is_forest() {
+            return Ok(None);
+        }
+        Junction::new(pb.graph, pb.classes(), self.max_states).map(Some)
+    }
+}
 
 impl Family for ExactMethod {
     fn name(&self) -> &'static str {
@@ -288,8 +304,12 @@ impl Family for ExactMethod {
     }
 
     fn infer<T: Real>(&self, pb: &Problem<'_, T>, want_edges: bool) -> Result<Inferred<T>> {
+        let marginals = match self.junction(pb)? {
+            None => marginals(pb, want_edges)?,
+            Some(j) => inference::marginals(pb, &j, want_edges)?,
+        };
         Ok(Inferred {
-            marginals: marginals(pb, want_edges)?,
+            marginals,
             error_bars: None,
         })
     }
@@ -300,11 +320,18 @@ impl Family for ExactMethod {
         y: &[i64],
         weights: Option<&[f64]>,
     ) -> Result<LossGrad<T>> {
-        loss_and_grad(pb, y, weights)
+        match self.junction(pb)? {
+            None => loss_and_grad(pb, y, weights),
+            Some(j) => inference::loss_and_grad(pb, &j, y, weights),
+        }
     }
 
     fn decode<T: Real>(&self, pb: &Problem<'_, T>) -> Result<Decoded> {
-        Ok((decode(pb)?, vec![ItemInfo::exact(0.0); pb.batch]))
+        let y = match self.junction(pb)? {
+            None => decode(pb)?,
+            Some(j) => j.decode(pb)?,
+        };
+        Ok((y, vec![ItemInfo::exact(0.0); pb.batch]))
     }
 
     fn sample<T: Real>(
@@ -313,6 +340,9 @@ impl Family for ExactMethod {
         num_samples: usize,
         seed: u64,
     ) -> Result<Vec<i64>> {
-        sample(pb, num_samples, seed)
+        match self.junction(pb)? {
+            None => sample(pb, num_samples, seed),
+            Some(j) => j.sample(pb, num_samples, seed),
+        }
     }
 }
