@@ -93,12 +93,14 @@ def test_bad_graphs():
         es.Graph.tree([-1, 7])
 
 
-def test_exact_on_a_loopy_graph_names_the_loopy_methods():
-    g = es.Graph.grid(2, 2)
-    s_n, s_e = np.zeros((4, 2)), np.zeros((4, 2, 2))
-    with pytest.raises(ValueError, match="not a forest|has a cycle") as info:
+def test_exact_beyond_the_junction_tree_budget_names_the_way_out():
+    g = es.Graph.grid(30, 30)  # treewidth 30: 2**31 entries per clique table at C = 2
+    s_n, s_e = np.zeros((900, 2)), np.zeros((2, 2))
+    with pytest.raises(ValueError, match="has cycles") as info:
         es.infer(g, s_n, s_e, method="exact")
-    assert "bp" in str(info.value) and "gibbs" in str(info.value)
+    msg = str(info.value)
+    assert "31 nodes" in msg and "2147483648 entries" in msg and "max_states" in msg
+    assert "bp" in msg and "gibbs" in msg
     assert isinstance(info.value, es.NotForestError)
 
 

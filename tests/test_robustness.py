@@ -33,8 +33,8 @@ def test_the_core_raises_the_public_classes():
     with pytest.raises(errors.ShapeError) as info:
         es.infer(GRID, GN, GE, method="trw", edge_appearance=np.ones(3))
     assert type(info.value) is errors.ShapeError
-    with pytest.raises(errors.NotForestError):
-        es.infer(GRID, GN, GE, method="exact")
+    with pytest.raises(errors.NotForestError, match="max_states"):
+        es.infer(GRID, GN, GE, method="exact", max_states=10)
     with pytest.raises(errors.OptionError, match="max_iters"):
         es.infer(GRID, GN, GE, max_iters=3)
     s_n = np.full((4, 2), -np.inf)
@@ -156,7 +156,10 @@ def test_lengths_and_mask_together_are_refused_by_the_torch_loss():
 
 
 def test_sample_on_a_loopy_graph_defaults_to_gibbs_and_reaches_every_gibbs_option():
+    # Small enough for the junction tree: exact. Beyond max_states: Gibbs.
     y = es.sample(GRID, GN, GE, 8, seed=3)
+    assert np.array_equal(y, es.sample(GRID, GN, GE, 8, seed=3, method="exact"))
+    y = es.sample(GRID, GN, GE, 8, seed=3, max_states=10)
     assert y.shape == (8, 12) and y.min() >= 0 and y.max() < 3
     assert np.array_equal(y, es.sample(GRID, GN, GE, 8, seed=3, method="gibbs"))
 
@@ -187,4 +190,5 @@ def test_methods_table_is_the_cores():
         "damping": 0.0,
         "schedule": "checkerboard",
     }
-    assert es.METHODS["gibbs"]["num_samples"] == 1000 and es.METHODS["exact"] == {}
+    assert es.METHODS["gibbs"]["num_samples"] == 1000
+    assert es.METHODS["exact"] == {"max_states": 2**22}

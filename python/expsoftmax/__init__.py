@@ -15,7 +15,7 @@ from ._methods import METHODS, ConvergenceWarning
 from ._scores import WeightedEdges
 from .api import decode, infer, loss_and_grad, sample
 from .errors import DTypeError, InfeasibleError, NotForestError, OptionError, ShapeError
-from .graph import Graph
+from .graph import Graph, JunctionTree
 from .result import InferenceResult
 
 check_simd_env()
@@ -31,6 +31,7 @@ __all__ = [
     "Graph",
     "InferenceResult",
     "InfeasibleError",
+    "JunctionTree",
     "NotForestError",
     "OptionError",
     "ShapeError",

@@ -31,6 +31,8 @@ class GraphCore:
     def is_chain(self) -> bool: ...
     @property
     def num_components(self) -> int: ...
+    def junction_tree(self) -> tuple[list[list[int]], list[int]]:
+        """``(cliques, parents)``: node ids per clique (upward order), parent clique or -1."""
     def default_edge_appearance(self) -> F64:
         """TRW's default edge appearance probabilities ``(E,)``."""
 

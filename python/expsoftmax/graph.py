@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,24 @@ def _as_int_array(x: Any, name: str) -> np.ndarray:
     if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
         raise DTypeError(f"{name} must be an integer array, got dtype {a.dtype}")
     return a
+
+
+@dataclass(frozen=True)
+class JunctionTree:
+    """A graph's junction tree for a number of classes (see :meth:`Graph.junction_tree`).
+
+    Attributes:
+        width: largest clique size minus one.
+        max_states: entries of the largest clique table, ``C ** (width + 1)``; exact
+            inference runs when it is at most the ``max_states`` option (default 2**22).
+        cliques: node ids (int64 arrays) of each clique, children before parents.
+        parents: ``(K,)`` int64, the parent clique of each clique, -1 for a root.
+    """
+
+    width: int
+    max_states: int
+    cliques: list
+    parents: np.ndarray
 
 
 class Graph:
@@ -134,6 +153,24 @@ class Graph:
             rho.setflags(write=False)
             self._cache["rho"] = rho
         return self._cache["rho"]
+
+    def junction_tree(self, num_classes: int) -> JunctionTree:
+        """What exact inference on this graph costs with ``num_classes`` labels: the
+        junction tree ``method="exact"`` uses (a forest's is its edges). Raises
+        :class:`NotForestError` when no elimination order tried keeps cliques storable."""
+        c = operator.index(num_classes)
+        if c < 1:
+            raise ValueError(f"num_classes must be >= 1, got {c}")
+        if "junction" not in self._cache:
+            self._cache["junction"] = self._core.junction_tree()
+        cliques, parents = self._cache["junction"]
+        width = max(len(k) for k in cliques) - 1
+        return JunctionTree(
+            width=width,
+            max_states=c ** (width + 1),
+            cliques=[np.array(k, dtype=np.int64) for k in cliques],
+            parents=np.array(parents, dtype=np.int64),
+        )
 
     @property
     def grid_shape(self) -> tuple[int, int] | None:

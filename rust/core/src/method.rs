@@ -286,6 +286,7 @@ impl Method {
         };
         let mut options = options;
         let dropped: Vec<(String, Value)>;
+        let by_auto = name == "auto";
         let name = match name {
             "auto" if graph.is_forest() => "exact",
             "auto" if junction::fits(graph, classes, max_states()?).is_ok() => "exact",
@@ -331,8 +332,14 @@ impl Method {
             } else {
                 accepted.join(", ")
             };
+            let why = match (by_auto, name) {
+                (true, "exact") => " (chosen by method='auto': the graph is a forest or its \
+                                   junction tree fits max_states; name a method to use others)",
+                (true, _) => " (chosen by method='auto')",
+                _ => "",
+            };
             return option_err!(
-                "unknown option(s) {} for method '{name}' in {} (accepted: {acc})",
+                "unknown option(s) {} for method '{name}'{why} in {} (accepted: {acc})",
                 unknown.join(", "),
                 entry.name()
             );

@@ -81,6 +81,27 @@ impl GraphCore {
             .map_err(to_py)
     }
 
+    /// The junction tree exact inference would use: `(cliques, parents)`, cliques as lists
+    /// of node ids in upward order, parents as clique indices (-1 for roots). Raises
+    /// NotForestError when every order tried makes a clique too large to store.
+    fn junction_tree(&self) -> PyResult<(Vec<Vec<u32>>, Vec<i64>)> {
+        let jt = self.inner.junction_tree().map_err(|size| {
+            to_py(Error::NotForest(format!(
+                "no junction tree with cliques of at most {} nodes was found (the best order \
+                 tried made a clique of {size}): exact inference is out of reach; use a loopy \
+                 method",
+                expsoftmax_core::model::junction::MAX_CLIQUE
+            )))
+        });
+        let jt = jt?;
+        let parents = jt
+            .parent
+            .iter()
+            .map(|p| p.map_or(-1, |p| p as i64))
+            .collect();
+        Ok((jt.cliques.clone(), parents))
+    }
+
     /// Default TRW edge appearance probabilities `(E,)` float64.
     fn default_edge_appearance(&self, py: Python<'_>) -> Py<PyAny> {
         convert::arr(py, self.inner.default_edge_appearance().to_vec())
