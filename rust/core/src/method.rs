@@ -333,8 +333,10 @@ impl Method {
                 accepted.join(", ")
             };
             let why = match (by_auto, name) {
-                (true, "exact") => " (chosen by method='auto': the graph is a forest or its \
-                                   junction tree fits max_states; name a method to use others)",
+                (true, "exact") => {
+                    " (chosen by method='auto': the graph is a forest or its \
+                                   junction tree fits max_states; name a method to use others)"
+                }
                 (true, _) => " (chosen by method='auto')",
                 _ => "",
             };

@@ -17,6 +17,7 @@ use super::item_error;
 use crate::error::{Error, Result};
 use crate::inference::{EdgeSink, Inference, ItemInfo};
 use crate::kernels::alloc;
+use crate::kernels::logspace::{exp, ln_pos};
 use crate::kernels::real::Real;
 use crate::kernels::rng::Rng;
 use crate::model::graph::Graph;
@@ -48,12 +49,17 @@ struct Clique {
     /// table size `C^s` (1 for a root).
     msg_at: usize,
     sep_size: usize,
-    /// Entry → separator index (empty for a root).
-    up: Vec<u32>,
-    /// The parent's entry → this clique's separator index.
-    in_parent: Vec<u32>,
-    /// Entries grouped by separator index (`size / sep_size` per group, ascending).
-    by_sep: Vec<u32>,
+    /// The separator index of an entry is linear in its digits: `Σ_p digit_p · up[p]`
+    /// over this clique's positions (`up[p] = C^j` for the separator's `j`-th node, else
+    /// 0), and `Σ_q digit_q · in_parent[q]` over the parent's positions. Walking a table in
+    /// index order keeps that sum with O(1) work per entry (no stored maps: at 10 x 100,
+    /// C = 3, they would take 2 GB).
+    up: Vec<usize>,
+    in_parent: Vec<usize>,
+    /// This table's entries grouped by its separator state (upward messages, choices).
+    groups: Groups,
+    /// The parent's entries grouped by this clique's separator state (downward message).
+    parent_groups: Groups,
     children: Vec<usize>,
     /// Node scores added here: (node, position).
     nodes: Vec<(usize, usize)>,
@@ -99,26 +105,23 @@ impl Junction {
                 None => Vec::new(),
             };
             let sep_size = c.pow(sep.len() as u32);
-            let index = |digits: &[usize], pick: &dyn Fn(&(usize, usize)) -> usize| {
-                sep.iter()
-                    .enumerate()
-                    .map(|(j, s)| digits[pick(s)] * c.pow(j as u32))
-                    .sum::<usize>() as u32
+            let mut up = vec![0usize; m];
+            let mut in_parent = vec![0usize; parent.map_or(0, |p| jt.cliques[p].len())];
+            for (j, &(a, b)) in sep.iter().enumerate() {
+                up[a] = c.pow(j as u32);
+                in_parent[b] = c.pow(j as u32);
+            }
+            let (groups, parent_groups) = match parent {
+                Some(p) => (
+                    Groups::new(&sep.iter().map(|&(a, _)| a).collect::<Vec<_>>(), m, c),
+                    Groups::new(
+                        &sep.iter().map(|&(_, b)| b).collect::<Vec<_>>(),
+                        jt.cliques[p].len(),
+                        c,
+                    ),
+                ),
+                None => (Groups::new(&[], m, c), Groups::new(&[], 0, c)),
             };
-            let mut up = Vec::new();
-            let mut in_parent = Vec::new();
-            if let Some(p) = parent {
-                up.reserve(size);
-                for_each_entry(m, c, |_, d| up.push(index(d, &|s| s.0)));
-                in_parent.reserve(c.pow(jt.cliques[p].len() as u32));
-                for_each_entry(jt.cliques[p].len(), c, |_, d| {
-                    in_parent.push(index(d, &|s| s.1))
-                });
-            }
-            let mut by_sep: Vec<u32> = (0..size as u32).collect();
-            if parent.is_some() {
-                by_sep.sort_by_key(|&e| (up[e as usize], e));
-            }
             cliques.push(Clique {
                 at: table_len,
                 size,
@@ -128,7 +131,8 @@ impl Junction {
                 sep_size,
                 up,
                 in_parent,
-                by_sep,
+                groups,
+                parent_groups,
                 children: Vec::new(),
                 nodes: Vec::new(),
                 edges: Vec::new(),
@@ -184,39 +188,34 @@ impl Junction {
             }
             for &(e, pa, pb2) in &k.edges {
                 es.raw(e, false, &mut pair);
-                let (sa, sb) = (k.stride[pa], k.stride[pb2]);
-                for (idx, x) in t.iter_mut().enumerate() {
-                    let (a, bb) = ((idx / sa) % c, (idx / sb) % c);
-                    *x += pair[a * c + bb];
-                }
+                for_each_pair_run(k.size, k.stride[pa], k.stride[pb2], c, |run, a, bb| {
+                    let v = pair[a * c + bb];
+                    t[run].iter_mut().for_each(|x| *x += v);
+                });
             }
         }
     }
 
-    /// Upward pass with `reduce` (log-sum-exp for sum-product, max for max-product):
-    /// leaves each clique's table plus its children's messages in `tab` and the messages in
-    /// `msg`; returns log Z (or the best score), summed over components.
+    /// Upward pass, sum-product (log-sum-exp) or max-product: leaves each clique's table
+    /// plus its children's messages in `tab` and the messages in `msg`; returns log Z (or
+    /// the best score), summed over components.
     fn upward(&self, tab: &mut [f64], msg: &mut [f64], max_product: bool) -> Result<f64> {
+        let c = self.c;
         let mut total = 0.0;
         for k in &self.cliques {
             let t = &mut tab[k.at..k.at + k.size];
             for &ch in &k.children {
                 let child = &self.cliques[ch];
                 let m = &msg[child.msg_at..child.msg_at + child.sep_size];
-                for (x, &s) in t.iter_mut().zip(&child.in_parent) {
-                    *x += m[s as usize];
-                }
+                walk(t.len(), c, &child.in_parent, |idx, s| t[idx] += m[s]);
             }
             match k.parent {
                 Some(_) => {
-                    let g = k.size / k.sep_size;
-                    for (s, group) in k.by_sep.chunks_exact(g).enumerate() {
-                        msg[k.msg_at + s] =
-                            reduce(group.iter().map(|&e| t[e as usize]), max_product);
-                    }
+                    let m = &mut msg[k.msg_at..k.msg_at + k.sep_size];
+                    k.groups.reduce(t, m, max_product);
                 }
                 None => {
-                    let z = reduce(t.iter().copied(), max_product);
+                    let z = reduce(t, max_product);
                     if z == f64::NEG_INFINITY {
                         return Err(infeasible());
                     }
@@ -229,10 +228,11 @@ impl Junction {
 
     /// After [`Self::upward`], turns `tab` into clique marginals (probabilities).
     fn downward(&self, tab: &mut [f64], msg: &[f64], down: &mut Vec<f64>) {
+        let c = self.c;
         let mut root_z = vec![0.0; self.cliques.len()];
         for (i, k) in self.cliques.iter().enumerate().rev() {
             match k.parent {
-                None => root_z[i] = reduce(tab[k.at..k.at + k.size].iter().copied(), false),
+                None => root_z[i] = reduce(&tab[k.at..k.at + k.size], false),
                 Some(p) => {
                     root_z[i] = root_z[p];
                     let par = &self.cliques[p];
@@ -240,28 +240,17 @@ impl Junction {
                     // separator state, with k's own message divided out.
                     down.clear();
                     down.resize(k.sep_size, f64::NEG_INFINITY);
-                    let pt = &tab[par.at..par.at + par.size];
-                    let mut mx = vec![f64::NEG_INFINITY; k.sep_size];
-                    for (&x, &s) in pt.iter().zip(&k.in_parent) {
-                        mx[s as usize] = mx[s as usize].max(x);
-                    }
-                    let mut sum = vec![0.0; k.sep_size];
-                    for (&x, &s) in pt.iter().zip(&k.in_parent) {
-                        let m = mx[s as usize];
-                        if m > f64::NEG_INFINITY {
-                            sum[s as usize] += (x - m).exp();
-                        }
-                    }
-                    for s in 0..k.sep_size {
-                        let own = msg[k.msg_at + s];
-                        if mx[s] > f64::NEG_INFINITY && own > f64::NEG_INFINITY {
-                            down[s] = mx[s] + sum[s].ln() - own;
-                        }
+                    k.parent_groups
+                        .reduce(&tab[par.at..par.at + par.size], down, false);
+                    for (d, &own) in down.iter_mut().zip(&msg[k.msg_at..k.msg_at + k.sep_size]) {
+                        *d = if *d > f64::NEG_INFINITY && own > f64::NEG_INFINITY {
+                            *d - own
+                        } else {
+                            f64::NEG_INFINITY
+                        };
                     }
                     let t = &mut tab[k.at..k.at + k.size];
-                    for (x, &s) in t.iter_mut().zip(&k.up) {
-                        *x += down[s as usize];
-                    }
+                    walk(t.len(), c, &k.up, |idx, s| t[idx] += down[s]);
                 }
             }
         }
@@ -270,13 +259,85 @@ impl Junction {
         for (i, k) in self.cliques.iter().enumerate() {
             let z = root_z[i];
             for x in &mut tab[k.at..k.at + k.size] {
-                *x = if *x == f64::NEG_INFINITY {
-                    0.0
-                } else {
-                    (*x - z).exp()
-                };
+                *x = exp(*x - z);
             }
         }
+    }
+}
+
+/// A table's entries grouped by the state of some of its positions (a separator): group
+/// `s` is `{base(s) + o : o in offsets}`, where `base(s)` places the separator's digits of
+/// `s` at their strides and `offsets` ranges over every value of the other positions.
+struct Groups {
+    /// Stride in the table of the separator's `j`-th node.
+    strides: Vec<usize>,
+    offsets: Vec<usize>,
+    c: usize,
+}
+
+impl Groups {
+    /// Groups of a table of `m` positions by the digits at positions `sep` (in the
+    /// separator's order).
+    fn new(sep: &[usize], m: usize, c: usize) -> Groups {
+        let strides: Vec<usize> = sep.iter().map(|&p| c.pow(p as u32)).collect();
+        let mut offsets = vec![0usize];
+        for p in (0..m).filter(|p| !sep.contains(p)) {
+            let st = c.pow(p as u32);
+            offsets = (0..c)
+                .flat_map(|x| offsets.iter().map(move |&o| o + x * st))
+                .collect();
+        }
+        Groups {
+            strides,
+            offsets,
+            c,
+        }
+    }
+
+    /// The first entry of group `s`.
+    fn base(&self, mut s: usize) -> usize {
+        let mut b = 0;
+        for &st in &self.strides {
+            b += (s % self.c) * st;
+            s /= self.c;
+        }
+        b
+    }
+
+    /// Calls `f(s, base(s))` for every separator state in order (bases by an odometer).
+    #[inline(always)]
+    fn for_each_base(&self, mut f: impl FnMut(usize, usize)) {
+        let (c, n) = (self.c, self.strides.len());
+        let mut d = [0usize; MAX_CLIQUE];
+        let mut base = 0;
+        for s in 0..c.pow(n as u32) {
+            f(s, base);
+            for j in 0..n {
+                d[j] += 1;
+                base += self.strides[j];
+                if d[j] < c {
+                    break;
+                }
+                d[j] = 0;
+                base -= c * self.strides[j];
+            }
+        }
+    }
+
+    /// `out[s]` = log-sum-exp (or max) of group `s` of `t`; −inf when all are −inf.
+    fn reduce(&self, t: &[f64], out: &mut [f64], max_product: bool) {
+        let off = &self.offsets;
+        self.for_each_base(|s, base| {
+            let m = off
+                .iter()
+                .fold(f64::NEG_INFINITY, |m, &o| m.max(t[base + o]));
+            out[s] = if max_product || m == f64::NEG_INFINITY {
+                m
+            } else {
+                // The sum is at least 1 (the largest term is exp(0)).
+                m + ln_pos(off.iter().map(|&o| exp(t[base + o] - m)).sum::<f64>())
+            };
+        });
     }
 }
 
@@ -292,6 +353,36 @@ fn add_along(t: &mut [f64], stride: usize, c: usize, f: impl Fn(usize) -> f64) {
     }
 }
 
+/// Calls `f(run, a, b)` for every run of consecutive entries of a table of `size` entries
+/// whose digits at strides `sa` and `sb` (two different positions) are `a` and `b`: the
+/// entries a pairwise factor touches with one value, without a division per entry.
+#[inline]
+fn for_each_pair_run(
+    size: usize,
+    sa: usize,
+    sb: usize,
+    c: usize,
+    mut f: impl FnMut(std::ops::Range<usize>, usize, usize),
+) {
+    let (lo, hi, swap) = if sa < sb {
+        (sa, sb, false)
+    } else {
+        (sb, sa, true)
+    };
+    for top in (0..size).step_by(hi * c) {
+        for xh in 0..c {
+            let base_h = top + xh * hi;
+            for mid in (0..hi).step_by(lo * c) {
+                for xl in 0..c {
+                    let start = base_h + mid + xl * lo;
+                    let (a, b) = if swap { (xh, xl) } else { (xl, xh) };
+                    f(start..start + lo, a, b);
+                }
+            }
+        }
+    }
+}
+
 /// Sums of `p` grouped by the digit at `stride`: the marginal of that position.
 fn marginal_along(p: &[f64], stride: usize, c: usize, out: &mut [f64]) {
     out.iter_mut().for_each(|o| *o = 0.0);
@@ -303,26 +394,53 @@ fn marginal_along(p: &[f64], stride: usize, c: usize, out: &mut [f64]) {
 }
 
 /// log-sum-exp (or max) of `xs`, −inf for none or all −inf.
-fn reduce(xs: impl Iterator<Item = f64> + Clone, max_product: bool) -> f64 {
-    let m = xs.clone().fold(f64::NEG_INFINITY, f64::max);
+fn reduce(xs: &[f64], max_product: bool) -> f64 {
+    let m = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if max_product || m == f64::NEG_INFINITY {
         return m;
     }
-    m + xs.map(|x| (x - m).exp()).sum::<f64>().ln()
+    m + xs.iter().map(|&x| exp(x - m)).sum::<f64>().ln()
 }
 
-/// Calls `f(index, digits)` for every entry of a table of `m` positions, in index order.
-fn for_each_entry(m: usize, c: usize, mut f: impl FnMut(usize, &[usize])) {
-    let mut d = vec![0usize; m];
-    let size = c.pow(m as u32);
-    for idx in 0..size {
-        f(idx, &d);
-        for digit in d.iter_mut() {
-            *digit += 1;
-            if *digit < c {
+/// `Σ_p digit_p(idx) · weights[p]` for one entry.
+fn walk_one(mut idx: usize, c: usize, weights: &[usize]) -> usize {
+    let mut v = 0;
+    for &w in weights {
+        v += (idx % c) * w;
+        idx /= c;
+    }
+    v
+}
+
+/// Calls `f(index, Σ_p digit_p · weights[p])` for every entry of a table of `size` entries
+/// (`weights.len()` positions), in index order, updating the sum as the digits count up.
+#[inline(always)]
+fn walk(size: usize, c: usize, weights: &[usize], mut f: impl FnMut(usize, usize)) {
+    let m = weights.len();
+    let mut d = [0usize; MAX_CLIQUE];
+    let mut v = 0usize;
+    // The lowest position changes fastest: handle it as an inner run.
+    let (w0, rest) = match weights.split_first() {
+        Some((&w0, rest)) => (w0, rest),
+        None => {
+            f(0, 0);
+            return;
+        }
+    };
+    let mut idx = 0;
+    while idx < size {
+        for x in 0..c {
+            f(idx + x, v + x * w0);
+        }
+        idx += c;
+        for p in 0..m - 1 {
+            d[p] += 1;
+            v += rest[p];
+            if d[p] < c {
                 break;
             }
-            *digit = 0;
+            d[p] = 0;
+            v -= c * rest[p];
         }
     }
 }
@@ -388,10 +506,10 @@ impl<T: Real> Inference<T> for Junction {
             }
             for &(e, pa, pb2) in &k.edges {
                 ws.pair.iter_mut().for_each(|x| *x = 0.0);
-                let (sa, sb) = (k.stride[pa], k.stride[pb2]);
-                for (idx, &x) in p.iter().enumerate() {
-                    ws.pair[((idx / sa) % c) * c + (idx / sb) % c] += x;
-                }
+                let pair = &mut ws.pair;
+                for_each_pair_run(k.size, k.stride[pa], k.stride[pb2], c, |run, a, bb| {
+                    pair[a * c + bb] += p[run].iter().sum::<f64>();
+                });
                 let slot = edges.slot(e);
                 if S::ACCUMULATE {
                     slot.iter_mut().zip(&ws.pair).for_each(|(o, &x)| *o += x);
@@ -416,23 +534,26 @@ impl Junction {
         }
     }
 
-    /// Top-down choice of one entry per clique: the root's by `pick(all entries)`, each
-    /// child's among the entries that agree with its parent's choice.
+    /// Top-down choice of one entry per clique: the root's by `pick(table, entries)` over
+    /// all entries, each child's among the entries that agree with its parent's choice on
+    /// the separator.
     fn choose(
         &self,
         tab: &[f64],
         mut pick: impl FnMut(&[f64], &mut dyn Iterator<Item = usize>) -> usize,
     ) -> Vec<usize> {
+        let c = self.c;
         let mut chosen = vec![0usize; self.cliques.len()];
         for (i, k) in self.cliques.iter().enumerate().rev() {
             let t = &tab[k.at..k.at + k.size];
             chosen[i] = match k.parent {
                 None => pick(t, &mut (0..k.size)),
                 Some(p) => {
-                    let s = self.cliques[i].in_parent[chosen[p]] as usize;
-                    let g = k.size / k.sep_size;
-                    let group = &k.by_sep[s * g..(s + 1) * g];
-                    pick(t, &mut group.iter().map(|&e| e as usize))
+                    // The separator state chosen in the parent, then every entry of this
+                    // clique that agrees with it.
+                    let st = walk_one(chosen[p], c, &k.in_parent);
+                    let base = k.groups.base(st);
+                    pick(t, &mut k.groups.offsets.iter().map(|&o| base + o))
                 }
             };
         }
@@ -503,7 +624,7 @@ impl Junction {
                         if t[e] == f64::NEG_INFINITY {
                             0.0
                         } else {
-                            (t[e] - m).exp()
+                            exp(t[e] - m)
                         }
                     }));
                     idx[rng.categorical(w)]
