@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use super::item_error;
 use crate::error::{Error, Result};
 use crate::inference::{EdgeSink, Inference, ItemInfo};
+use crate::interrupt::Stop;
 use crate::kernels::alloc;
 use crate::kernels::logspace::{exp, ln_pos};
 use crate::kernels::real::Real;
@@ -175,11 +176,12 @@ impl Junction {
     }
 
     /// Clique potentials of item `b`: node scores and edge tables added at their homes.
-    fn potentials<T: Real>(&self, pb: &Problem<'_, T>, b: usize, tab: &mut [f64]) {
+    fn potentials<T: Real>(&self, pb: &Problem<'_, T>, b: usize, tab: &mut [f64]) -> Result<()> {
         let c = self.c;
         let (node, es) = (pb.node.item(b), pb.edge.item(b));
         let mut pair = vec![0.0; c * c];
         for k in &self.cliques {
+            pb.stop.check()?;
             let t = &mut tab[k.at..k.at + k.size];
             t.iter_mut().for_each(|x| *x = 0.0);
             for &(v, p) in &k.nodes {
@@ -194,15 +196,24 @@ impl Junction {
                 });
             }
         }
+        Ok(())
     }
 
     /// Upward pass, sum-product (log-sum-exp) or max-product: leaves each clique's table
     /// plus its children's messages in `tab` and the messages in `msg`; returns log Z (or
     /// the best score), summed over components.
-    fn upward(&self, tab: &mut [f64], msg: &mut [f64], max_product: bool) -> Result<f64> {
+    fn upward(
+        &self,
+        tab: &mut [f64],
+        msg: &mut [f64],
+        max_product: bool,
+        stop: &Stop,
+    ) -> Result<f64> {
         let c = self.c;
         let mut total = 0.0;
         for k in &self.cliques {
+            // A large tree takes seconds per item: stay interruptible.
+            stop.check()?;
             let t = &mut tab[k.at..k.at + k.size];
             for &ch in &k.children {
                 let child = &self.cliques[ch];
@@ -227,10 +238,17 @@ impl Junction {
     }
 
     /// After [`Self::upward`], turns `tab` into clique marginals (probabilities).
-    fn downward(&self, tab: &mut [f64], msg: &[f64], down: &mut Vec<f64>) {
+    fn downward(
+        &self,
+        tab: &mut [f64],
+        msg: &[f64],
+        down: &mut Vec<f64>,
+        stop: &Stop,
+    ) -> Result<()> {
         let c = self.c;
         let mut root_z = vec![0.0; self.cliques.len()];
         for (i, k) in self.cliques.iter().enumerate().rev() {
+            stop.check()?;
             match k.parent {
                 None => root_z[i] = reduce(&tab[k.at..k.at + k.size], false),
                 Some(p) => {
@@ -262,6 +280,7 @@ impl Junction {
                 *x = exp(*x - z);
             }
         }
+        Ok(())
     }
 }
 
@@ -495,9 +514,9 @@ impl<T: Real> Inference<T> for Junction {
         edges: &mut S,
     ) -> Result<ItemInfo> {
         let c = self.c;
-        self.potentials(pb, b, &mut ws.tab);
-        let log_z = self.upward(&mut ws.tab, &mut ws.msg, false)?;
-        self.downward(&mut ws.tab, &ws.msg, &mut ws.down);
+        self.potentials(pb, b, &mut ws.tab)?;
+        let log_z = self.upward(&mut ws.tab, &mut ws.msg, false, pb.stop)?;
+        self.downward(&mut ws.tab, &ws.msg, &mut ws.down, pb.stop)?;
         for k in &self.cliques {
             let p = &ws.tab[k.at..k.at + k.size];
             for &(v, pos) in &k.nodes {
@@ -569,8 +588,8 @@ impl Junction {
             || (vec![0.0; self.table_len], vec![0.0; self.msg_len]),
             |(tab, msg), (b, row)| {
                 pb.stop.check()?;
-                self.potentials(pb, b, tab);
-                self.upward(tab, msg, true)
+                self.potentials(pb, b, tab)?;
+                self.upward(tab, msg, true, pb.stop)
                     .map_err(|e| item_error(e, b, pb.batch))?;
                 let chosen = self.choose(tab, |t, entries| {
                     let mut best = (f64::NEG_INFINITY, usize::MAX);
@@ -604,8 +623,8 @@ impl Junction {
             pb.stop.check()?;
             tab.resize(self.table_len, 0.0);
             let mut msg = vec![0.0; self.msg_len];
-            self.potentials(pb, b, tab);
-            self.upward(tab, &mut msg, false)
+            self.potentials(pb, b, tab)?;
+            self.upward(tab, &mut msg, false, pb.stop)
                 .map_err(|e| item_error(e, b, bsz))?;
             Ok::<(), Error>(())
         })?;
