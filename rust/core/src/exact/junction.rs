@@ -14,6 +14,7 @@
 use rayon::prelude::*;
 
 use super::item_error;
+use super::sumproduct::infeasible;
 use crate::error::{Error, Result};
 use crate::inference::{EdgeSink, Inference, ItemInfo};
 use crate::interrupt::Stop;
@@ -462,12 +463,6 @@ fn walk(size: usize, c: usize, weights: &[usize], mut f: impl FnMut(usize, usize
             v -= c * rest[p];
         }
     }
-}
-
-fn infeasible() -> Error {
-    Error::Infeasible(
-        "the scores forbid every labelling (all have score -inf), so log Z = -inf".into(),
-    )
 }
 
 fn too_large(clique: usize, states: Option<u128>, c: usize, max_states: u128) -> Error {

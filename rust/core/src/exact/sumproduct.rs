@@ -78,7 +78,8 @@ fn edge_table<'w, T: Real>(
     }
 }
 
-fn infeasible() -> Error {
+/// The error of a model whose scores forbid every labelling.
+pub(crate) fn infeasible() -> Error {
     Error::Infeasible(
         "the scores forbid every labelling (all have score -inf), so log Z = -inf".into(),
     )
