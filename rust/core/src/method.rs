@@ -177,8 +177,12 @@ impl Given<'_> {
     }
 
     fn int(&self, name: &str, least: i128, most: i128) -> Result<usize> {
+        Ok(self.wide_int(name, least, most.min(usize::MAX as i128))? as usize)
+    }
+
+    fn wide_int(&self, name: &str, least: i128, most: i128) -> Result<i128> {
         match self.get(name) {
-            Value::Int(i) if (least..=most).contains(&i) => Ok(i as usize),
+            Value::Int(i) if (least..=most).contains(&i) => Ok(i),
             Value::Int(i) => option_err!(
                 "{name} must be an integer in [{least}, {most}] for method '{}', got {i}",
                 self.method
@@ -281,7 +285,7 @@ impl Method {
                 method: "exact",
                 opts: options,
             }
-            .int("max_states", 1, i128::MAX)
+            .wide_int("max_states", 1, i128::MAX)
             .map(|m| m as u128)
         };
         let mut options = options;
@@ -368,7 +372,7 @@ impl Method {
         };
         Ok(match name {
             "exact" => {
-                let max_states = g.int("max_states", 1, i128::MAX)? as u128;
+                let max_states = g.wide_int("max_states", 1, i128::MAX)? as u128;
                 if !graph.is_forest() {
                     junction::fits(graph, classes, max_states)?;
                 }
