@@ -149,6 +149,11 @@ def test_auto_and_the_budget():
     assert es.infer(g, s_n, s_e, max_states=3**6).method == "bp"
     with pytest.raises(es.NotForestError, match="max_states"):
         es.infer(g, s_n, s_e, method="exact", max_states=3**6)
+    # A budget raised beyond the machine: MemoryError naming the tables, before allocating.
+    wide, z2 = es.Graph.grid(30, 30), np.zeros((2, 2))
+    for call in (es.infer, es.decode):
+        with pytest.raises(MemoryError, match="clique tables"):
+            call(wide, np.zeros((900, 2)), z2, method="exact", max_states=2**40)
     with pytest.raises(es.OptionError, match="chosen by method='auto'"):
         es.infer(g, s_n, s_e, max_iter=10)
     assert es.Graph.grid(20, 40).junction_tree(2).width == 20

@@ -85,7 +85,16 @@ impl Junction {
     /// Lays out `graph`'s junction tree for `c` classes, refusing trees whose largest
     /// clique table exceeds `max_states` entries with an error that says what to do.
     pub fn new(graph: &Graph, c: usize, max_states: u128) -> Result<Junction> {
-        Ok(Self::layout(graph, fits(graph, c, max_states)?, c))
+        let jt = fits(graph, c, max_states)?;
+        // One set of tables per worker thread, plus the layout's offsets: refused up front
+        // (MemoryError) rather than aborting in an allocation.
+        let total = usize::try_from(jt.total_states(c)).unwrap_or(usize::MAX);
+        alloc::check(
+            "junction-tree clique tables",
+            &[rayon::current_num_threads() + 1, total],
+            8,
+        )?;
+        Ok(Self::layout(graph, jt, c))
     }
 
     fn layout(graph: &Graph, jt: &JunctionTree, c: usize) -> Junction {
@@ -122,7 +131,8 @@ impl Junction {
                         c,
                     ),
                 ),
-                None => (Groups::new(&[], m, c), Groups::new(&[], 0, c)),
+                // A root is never grouped: its entries are all taken together.
+                None => (Groups::new(&[], 0, c), Groups::new(&[], 0, c)),
             };
             cliques.push(Clique {
                 at: table_len,
