@@ -99,13 +99,17 @@ def infer(
         s_e: edge scores ``(..., E, C, C)``; the edge axis may be 1 (one shared table) and
             batch axes broadcast with those of ``s_n``. Or :class:`WeightedEdges`
             ``(weight (..., E), table (..., C, C))``. ``-inf`` forbids a label or pair.
-        method: ``"auto"`` (exact on forests, ``"bp"`` otherwise), ``"exact"``, ``"bp"``
+        method: ``"auto"`` (exact on forests and on graphs whose junction tree fits
+            ``max_states``, ``"bp"`` otherwise; ``result.method`` says which ran),
+            ``"exact"`` (sum-product on the forest or junction tree), ``"bp"``
             (loopy BP, Bethe log Z), ``"trw"`` (tree-reweighted BP, upper bound on log Z),
             ``"mean_field"`` (lower bound) or ``"gibbs"`` (sampling; AIS log Z).
         lengths: for chains with exact inference, ``(...)`` real lengths (rest is padding);
             or ``mask`` ``(..., I)`` bool, True on the real prefix. Other methods refuse
             them.
-        **options: for the loopy methods ``max_iter`` (100), ``tol`` (1e-6), ``damping``
+        **options: for ``"exact"`` (and ``"auto"``) ``max_states`` (2**22: the largest
+            clique table a junction tree may use, entries per item); for the loopy methods
+            ``max_iter`` (100), ``tol`` (1e-6), ``damping``
             (0.0), ``schedule`` (``"checkerboard"`` or ``"parallel"``); for ``"trw"`` also
             ``edge_appearance`` (float or ``(E,)``; default from spanning trees). For
             ``"gibbs"``: ``num_samples`` (1000 kept sweeps *per chain*), ``burn_in`` (100),
@@ -260,9 +264,9 @@ def sample(
 ) -> np.ndarray:
     """Samples from ``P``: int64 ``(num_samples, ..., I)``.
 
-    Exact on forests (``"auto"`` there); with ``method="gibbs"`` (``"auto"`` on graphs with
-    cycles) the kept sweeps of ``num_chains`` chains, interleaved: sample ``s`` comes from
-    chain ``s % num_chains``. Here ``num_samples`` is the *total* number of samples per
+    Exact on forests and junction trees that fit ``max_states`` (``"auto"`` there); with
+    ``method="gibbs"`` (``"auto"`` on other graphs) the kept sweeps of ``num_chains``
+    chains, interleaved: sample ``s`` comes from chain ``s % num_chains``. Here ``num_samples`` is the *total* number of samples per
     item; each chain keeps ``ceil(num_samples / num_chains)`` sweeps (the Gibbs option
     ``num_samples`` of :func:`infer` counts kept sweeps *per chain*, so it is not an option
     here). Gibbs options: ``burn_in`` (100), ``thin`` (1), ``num_chains`` (4), ``init``

@@ -117,7 +117,8 @@ def exp_softmax_loss(
             tensors (:class:`expsoftmax.WeightedEdges`): both get gradients.
         y: gold labels ``(..., I)``, integer tensor or array.
         graph: the :class:`expsoftmax.Graph`.
-        method: inference method (``"auto"``: exact on forests, ``"bp"`` otherwise;
+        method: inference method (``"auto"``: exact on forests and junction trees that fit
+            ``max_states``, ``"bp"`` otherwise;
             ``"trw"``, ``"mean_field"``, ``"gibbs"``); ``**options`` as in
             :func:`expsoftmax.infer`.
         reduction: ``"none"`` (per item, shape ``(...)``), ``"sum"`` or ``"mean"`` over items.
