@@ -266,10 +266,11 @@ def sample(
 
     Exact on forests and junction trees that fit ``max_states`` (``"auto"`` there); with
     ``method="gibbs"`` (``"auto"`` on other graphs) the kept sweeps of ``num_chains``
-    chains, interleaved: sample ``s`` comes from chain ``s % num_chains``. Here ``num_samples`` is the *total* number of samples per
-    item; each chain keeps ``ceil(num_samples / num_chains)`` sweeps (the Gibbs option
-    ``num_samples`` of :func:`infer` counts kept sweeps *per chain*, so it is not an option
-    here). Gibbs options: ``burn_in`` (100), ``thin`` (1), ``num_chains`` (4), ``init``
+    chains, interleaved: sample ``s`` comes from chain ``s % num_chains``. Here
+    ``num_samples`` is the *total* number of samples per item; each chain keeps
+    ``ceil(num_samples / num_chains)`` sweeps (the Gibbs option ``num_samples`` of
+    :func:`infer` counts kept sweeps *per chain*, so it is not an option here). Gibbs
+    options: ``burn_in`` (100), ``thin`` (1), ``num_chains`` (4), ``init``
     (``"random"``).
 
     Sample ``s`` of batch item ``b`` depends only on ``(seed, b, s)``, so the same seed
