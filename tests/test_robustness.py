@@ -115,8 +115,14 @@ def test_loose_arguments_are_refused():
         es.sample(GRID, GN, GE, 2.0)
     with pytest.raises(errors.OptionError, match="ais_runs"):
         es.infer(GRID, GN, GE, method="gibbs", ais_runs=10**12)
-    with pytest.raises(errors.OptionError, match="num_chains"):
-        es.infer(GRID, GN, GE, method="gibbs", num_chains=10**9)
+    for call in (
+        lambda: es.infer(GRID, GN, GE, method="gibbs", num_chains=10**9),
+        lambda: es.loss_and_grad(GRID, GN, GE, np.zeros(12, int), method="gibbs", num_chains=10**9),
+        lambda: es.decode(GRID, GN, GE, method="gibbs", num_chains=10**9),
+        lambda: es.sample(GRID, GN, GE, 4, method="gibbs", num_chains=10**9),
+    ):
+        with pytest.raises(MemoryError, match="Gibbs"):
+            call()
 
 
 def test_lengths_and_mask_are_honoured_or_refused():

@@ -197,12 +197,6 @@ fn method_parse_applies_the_auto_rule_and_checks_every_option() {
     );
     refused(
         "gibbs",
-        &[("num_chains", Value::Int(1_000_000_000))],
-        Entry::Infer,
-        "num_chains",
-    );
-    refused(
-        "gibbs",
         &[("num_samples", Value::Int(5))],
         Entry::Sample,
         "num_samples",
