@@ -80,8 +80,48 @@ def test_reductions_and_module():
         exp_softmax_loss(s_n, s_e, y, g, reduction="avg")
     with pytest.raises(ValueError, match="unknown option"):
         exp_softmax_loss(s_n, s_e, y, g, bogus=1)
-    with pytest.raises(TypeError, match="float32 or float64"):
-        exp_softmax_loss(s_n.half(), s_e, y, g)
+    with pytest.raises(TypeError, match="float32, float64, float16 or bfloat16"):
+        exp_softmax_loss(s_n.long(), s_e, y, g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32_and_answered_in_its_dtype(dtype):
+    g = es.Graph.chain(5)
+    s_n, s_e, y = _inputs(torch.float32, shared=True, batch=(3,), n=5)
+    ref = exp_softmax_loss(s_n, s_e, y, g, reduction="sum")
+    ref_n, ref_e = torch.autograd.grad(ref, (s_n, s_e))
+    a = s_n.detach().to(dtype).requires_grad_()
+    b = s_e.detach().to(dtype).requires_grad_()
+    loss = exp_softmax_loss(a, b, y, g, reduction="sum")
+    loss.backward()
+    assert loss.dtype == dtype and a.grad.dtype == dtype and b.grad.dtype == dtype
+    # The inputs were rounded to half precision; everything after that ran in float32.
+    ours = exp_softmax_loss(a.detach().float(), b.detach().float(), y, g, reduction="sum")
+    assert torch.allclose(loss.float(), ours.to(torch.float32).to(dtype).float())
+    assert torch.allclose(a.grad.float(), ref_n, atol=0.05)
+    assert torch.allclose(b.grad.float(), ref_e, atol=0.2)
+
+
+def test_differentiating_the_gradient_again_raises_instead_of_returning_zero():
+    g = es.Graph.chain(4)
+    for method in ("exact", "bp"):
+        s_n, s_e, y = _inputs(torch.float64, shared=True, batch=(2,), n=4)
+        loss = exp_softmax_loss(s_n, s_e, y, g, method=method)
+        (gn,) = torch.autograd.grad(loss, s_n, create_graph=True)
+        assert gn.requires_grad
+        with pytest.raises(RuntimeError, match=f"second derivatives.*{method}"):
+            torch.autograd.grad((gn**2).sum(), s_n)
+        # Once-only differentiation is unaffected.
+        assert torch.autograd.grad(exp_softmax_loss(s_n, s_e, y, g, method=method), s_n)
+
+
+def test_the_module_takes_a_mask():
+    g = es.Graph.chain(6)
+    s_n, s_e, y = _inputs(torch.float64, shared=True, batch=(3,), n=6)
+    lengths = torch.tensor([6, 2, 4])
+    mask = torch.arange(6) < lengths[:, None]
+    mod = ExpSoftmaxLoss(g, reduction="none")
+    assert torch.equal(mod(s_n, s_e, y, mask=mask), mod(s_n, s_e, y, lengths=lengths))
 
 
 def test_lengths_in_torch_zero_gradient_on_padding():

@@ -19,13 +19,39 @@ from .errors import DTypeError, OptionError
 from .graph import Graph
 
 _REDUCTIONS = ("none", "sum", "mean")
-_TORCH_FLOATS = (torch.float32, torch.float64)
+# Half precision is computed in float32 (numpy has no bfloat16, and the core works in
+# float32/float64); gradients go back in the input's dtype.
+_HALF = (torch.float16, torch.bfloat16)
+_TORCH_FLOATS = (torch.float32, torch.float64, *_HALF)
 
 
 def _numpy(t: Any) -> Any:
     if isinstance(t, Tensor):
-        return t.detach().cpu().numpy()
+        t = t.detach()
+        if t.dtype in _HALF:
+            t = t.float()
+        return t.cpu().numpy()
     return t
+
+
+class _NoSecondOrder(torch.autograd.Function):
+    """Marks a first-order gradient so that differentiating it again raises instead of
+    silently contributing zero (the loss's backward is computed by the core, outside
+    autograd). `anchor` is any input that requires grad, so the mark is recorded."""
+
+    @staticmethod
+    def forward(ctx: Any, grad: Tensor, anchor: Tensor, method: str) -> Tensor:  # type: ignore[override]
+        ctx.method = method
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx: Any, *_: Any) -> Any:  # type: ignore[override]
+        raise RuntimeError(
+            "expsoftmax: second derivatives of the exponential-softmax loss are not "
+            f"available (method={ctx.method!r}): its gradient (marginals - gold) is computed "
+            "by the core outside autograd. Differentiate the loss once (no create_graph), "
+            "or use a first-order method."
+        )
 
 
 class _ExpSoftmaxLossFn(torch.autograd.Function):
@@ -55,8 +81,14 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
         return torch.from_numpy(np.ascontiguousarray(loss)).to(device=s_n.device, dtype=s_n.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
+        # With create_graph=True autograd records this backward; the gradients are marked
+        # so that a second differentiation raises (never a silent zero).
+        ctx.create_graph = torch.is_grad_enabled()
+        return _ExpSoftmaxLossFn._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx: Any, g: Tensor) -> tuple[Optional[Tensor], ...]:
         s_n, s_e, s_w, shape = ctx.meta
         gw = g.detach().to("cpu", torch.float64).numpy().reshape(shape)
         if gw.size and np.all(gw == gw.flat[0]):
@@ -75,7 +107,10 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
                 out.append(None)
                 continue
             arr = arr if scale == 1.0 else arr * scale
-            out.append(torch.from_numpy(np.ascontiguousarray(arr)).to(like.device, like.dtype))
+            grad = torch.from_numpy(np.ascontiguousarray(arr)).to(like.device, like.dtype)
+            if ctx.create_graph:
+                grad = _NoSecondOrder.apply(grad, like, ctx.args[4])
+            out.append(grad)
         return (*out, None, None, None, None, None)
 
 
@@ -93,7 +128,7 @@ def _check(reduction: str, s_n: Any, s_e: Any) -> None:
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in _TORCH_FLOATS:
-            raise DTypeError(f"{name} must be float32 or float64, got {t.dtype}")
+            raise DTypeError(f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
 
 
 def exp_softmax_loss(
@@ -111,7 +146,8 @@ def exp_softmax_loss(
     """Exponential-softmax loss ``log Z − s(y)``.
 
     Args:
-        s_n: node scores ``(..., I, C)``, float32 or float64.
+        s_n: node scores ``(..., I, C)``, float32 or float64; float16 and bfloat16 are
+            computed in float32 (the loss and gradients come back in the input dtype).
         s_e: edge scores ``(..., E, C, C)`` (edge axis 1 = one shared table); batch axes
             broadcast with ``s_n``'s. Or a ``(weight (..., E), table (..., C, C))`` pair of
             tensors (:class:`expsoftmax.WeightedEdges`): both get gradients.
@@ -143,7 +179,7 @@ def exp_softmax_loss(
 class ExpSoftmaxLoss(nn.Module):
     """Module form of :func:`exp_softmax_loss` for a fixed graph and method.
 
-    ``forward(s_n, s_e, y, lengths=None)`` returns the reduced loss.
+    ``forward(s_n, s_e, y, lengths=None, mask=None)`` returns the reduced loss.
     """
 
     def __init__(
@@ -159,9 +195,24 @@ class ExpSoftmaxLoss(nn.Module):
         self.reduction = reduction
         self.options = dict(options)
 
-    def forward(self, s_n: Tensor, s_e: Any, y: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        s_n: Tensor,
+        s_e: Any,
+        y: Tensor,
+        lengths: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+    ) -> Tensor:
         return exp_softmax_loss(
-            s_n, s_e, y, self.graph, self.method, self.reduction, lengths=lengths, **self.options
+            s_n,
+            s_e,
+            y,
+            self.graph,
+            self.method,
+            self.reduction,
+            lengths=lengths,
+            mask=mask,
+            **self.options,
         )
 
     def extra_repr(self) -> str:
