@@ -272,4 +272,6 @@ class GridCRFLoss(nn.Module):
         return self.loss(s_n, s_e, y.reshape(y.shape[0], -1))
 
 
-__all__ = ["ExpSoftmaxLoss", "GridCRFLoss", "exp_softmax_loss", "grid_scores"]
+from ._crf import CRF  # noqa: E402  (it builds on exp_softmax_loss above)
+
+__all__ = ["CRF", "ExpSoftmaxLoss", "GridCRFLoss", "exp_softmax_loss", "grid_scores"]
