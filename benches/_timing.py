@@ -20,3 +20,15 @@ def per_unit(run, k1: int, k2: int, repeats: int = 3) -> float:
         t2 = time.perf_counter()
         best = min(best, ((t2 - t1) - (t1 - t0)) / (k2 - k1))
     return best
+
+
+def best_of(f, repeats: int) -> float:
+    """Milliseconds of the fastest of ``repeats`` whole calls of ``f()``, after one warm-up
+    call (whole calls: fixed costs included)."""
+    f()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return min(ts) * 1e3

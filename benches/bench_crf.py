@@ -9,24 +9,19 @@ Tip: OMP_WAIT_POLICY=PASSIVE keeps torch's idle OpenMP threads off the cores.
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 import expsoftmax as es
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import best_of  # noqa: E402
+
 from expsoftmax.torch import CRF
 
 SHAPES = [(32, 128, 16), (64, 64, 9), (128, 32, 50), (8, 512, 32)]
-
-
-def best(f, repeats: int) -> float:
-    f()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return min(ts) * 1e3
 
 
 def main() -> None:
@@ -55,8 +50,8 @@ def main() -> None:
         def step(m, em=em, tags=tags, mask=mask):
             m(em, tags, mask).backward()
 
-        f = [best(lambda m=m: step(m), args.repeats) for m in (ours, theirs)]
-        d = [best(lambda m=m: m.decode(em, mask), args.repeats) for m in (ours, theirs)]  # noqa: B023
+        f = [best_of(lambda m=m: step(m), args.repeats) for m in (ours, theirs)]
+        d = [best_of(lambda m=m: m.decode(em, mask), args.repeats) for m in (ours, theirs)]  # noqa: B023
         print(
             f"| ({b}, {t}, {c}) | {f[0]:.2f} | {f[1]:.2f} | {f[1] / f[0]:.1f}x "
             f"| {d[0]:.2f} | {d[1]:.2f} | {d[1] / d[0]:.1f}x |",

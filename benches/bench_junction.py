@@ -14,12 +14,17 @@ import argparse
 import multiprocessing as mp
 import queue
 import resource
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 
 import expsoftmax as es
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import best_of  # noqa: E402
 
 SHAPES = [(6, 6, 2), (7, 7, 2), (8, 8, 2), (5, 5, 3)]
 
@@ -78,16 +83,6 @@ def pgmpy_marginals(g: es.Graph, s_n: np.ndarray, s_e: np.ndarray, how: str) -> 
         kw = {"elimination_order": "MinFill"}
     p = np.stack([inf.query([n], show_progress=False, **kw).values for n in names])
     return p / p.sum(1, keepdims=True)
-
-
-def best_of(f, repeats: int) -> float:
-    f()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return min(ts) * 1e3
 
 
 def main() -> None:
