@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::interrupt::Stop;
-use crate::kernels::logspace::{exp_rel, finite_span};
+use crate::kernels::logspace::{exp, exp_rel, finite_span, ln_pos};
 use crate::kernels::real::Real;
 use crate::loopy::options::Schedule;
 use crate::model::adjacency::slot;
@@ -622,14 +622,16 @@ fn row_update_body<M: Real>(
             let out = &mut ws.out[xo * w..xo * w + len];
             let prev = &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len];
             if damping > 0.0 {
-                // Geometric mixture (damping in the log domain); renormalised below.
+                // Geometric mixture (damping in the log domain); renormalised below. The
+                // branch-free ln/exp (subnormals clamped to the smallest normal) keep this
+                // loop vectorised: with libm's it cost more than the whole update.
+                let keep = 1.0 - damping;
                 for (o, &p) in out.iter_mut().zip(prev) {
                     let p = p.to_f64();
-                    *o = if *o > 0.0 && p > 0.0 {
-                        (o.ln() * (1.0 - damping) + p.ln() * damping).exp()
-                    } else {
-                        0.0
-                    };
+                    let lo = ln_pos(o.max(f64::MIN_POSITIVE));
+                    let lp = ln_pos(p.max(f64::MIN_POSITIVE));
+                    let v = exp(lo * keep + lp * damping);
+                    *o = if *o > 0.0 && p > 0.0 { v } else { 0.0 };
                 }
             }
         }
