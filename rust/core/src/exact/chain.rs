@@ -28,9 +28,9 @@ use crate::kernels::real::Real;
 use crate::model::scores::Problem;
 
 /// Widest finite span of the table for f64 products (`e^{-708 + 600}` is negligible).
-const SPAN: f64 = 300.0;
+pub(crate) const SPAN: f64 = 300.0;
 /// Widest span for float32 products (`e^{-87 + 60}` ≈ 2e-12, below f32 rounding).
-const SPAN_F32: f64 = 30.0;
+pub(crate) const SPAN_F32: f64 = 30.0;
 /// Items per chunk: a GEMM's row count, and a unit of parallel work (fixed, so results
 /// do not depend on the number of threads).
 const CHUNK: usize = 32;
@@ -38,7 +38,7 @@ const CHUNK: usize = 32;
 pub const MIN_BATCH: usize = 8;
 
 /// The float type of the products: f32 for float32 models when the table allows.
-trait Gemm: Copy + Send + Sync + Default + PartialOrd + 'static {
+pub(crate) trait Gemm: Copy + Send + Sync + Default + PartialOrd + 'static {
     /// Smallest positive normal value, as f64.
     const MIN_NORMAL: f64;
     fn of(x: f64) -> Self;

@@ -3,6 +3,7 @@
 //! call of the per-item kernels in `sumproduct`, `maxproduct` and `sampling`.
 
 pub mod chain;
+pub mod chain_edges;
 pub mod junction;
 pub mod maxproduct;
 pub mod sampling;
@@ -192,6 +193,10 @@ pub(crate) fn item_error(e: Error, b: usize, batch: usize) -> Error {
 
 /// Exact log Z and marginals of every item.
 pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Result<Marginals<T>> {
+    // Linear chains with a table per edge: the scaled-domain kernel, when it applies.
+    if let Some(r) = crate::exact::chain_edges::marginals(pb, want_edges) {
+        return r;
+    }
     inference::marginals(pb, &Exact::new(pb.graph)?, want_edges)
 }
 
@@ -205,6 +210,9 @@ pub fn loss_and_grad<T: Real>(
     // (input errors are left to the general driver, which reports them).
     if weights.is_none_or(|w| w.len() == pb.batch) && inference::check_labels(pb, y).is_ok() {
         if let Some(r) = crate::exact::chain::loss_and_grad(pb, y, weights) {
+            return r;
+        }
+        if let Some(r) = crate::exact::chain_edges::loss_and_grad(pb, y, weights) {
             return r;
         }
     }

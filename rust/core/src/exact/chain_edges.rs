@@ -1,0 +1,556 @@
+//! Linear-chain forward–backward with one table per edge (and per item): the form a network
+//! writes, `s_e (B, T-1, C, C)`.
+//!
+//! The per-item kernel (`sumproduct`) works in the log domain: per message `2C`
+//! exponentials and logarithms besides the `C²` table exponentials. Here, as in the
+//! shared-table kernel (`chain`), the products run in the scaled probability domain: one
+//! exponential per (item, edge, a, b) — `E_t = exp(θ_t − max θ_t)`, kept for the backward
+//! pass — and multiply–adds after that, rows renormalised at every position with the logs
+//! of the normalisers summed into log Z in f64. The backward pass keeps one β row (the
+//! next position's), and writes node and pair marginals as it goes:
+//!
+//! ```text
+//! g[b]   = φ_{t+1}[b] β_{t+1}[b]          bt[a] = Σ_b E_t[a, b] g[b]
+//! d      = Σ_a α_t[a] bt[a]               node_t[a] = α_t[a] bt[a] / d
+//! pair_t[a, b] = α_t[a] E_t[a, b] g[b] / d            β_t = bt / Σ bt
+//! ```
+//!
+//! Exactness up to rounding follows the shared-table kernel's argument (see `chain`), per
+//! table: the path is taken when no table has a −inf entry and every table's finite span is
+//! at most `SPAN` (f64 products) or `SPAN_F32` (f32 products, for float32 models); otherwise
+//! the caller runs the log-domain kernel. Rows are element-wise loops over `C` that
+//! vectorise (AVX2 where the CPU has it); items run in parallel, each in a fixed order, so
+//! results do not depend on the thread count.
+
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::exact::chain::{Gemm, SPAN, SPAN_F32};
+use crate::inference::{LossGrad, Marginals};
+use crate::kernels::alloc::filled;
+use crate::kernels::batch::chunk_size;
+use crate::kernels::real::Real;
+use crate::model::scores::Problem;
+
+/// Whether `pb` is a batch of chains with a table per edge (per item or broadcast over
+/// items), per-item node scores: the shape this kernel serves.
+fn applies<T: Real>(pb: &Problem<'_, T>) -> bool {
+    let n = pb.graph.num_nodes();
+    pb.graph.is_chain()
+        && n >= 2
+        && pb.node.batch == pb.batch
+        && pb.edge.weight.is_none()
+        && pb.edge.edges == n - 1
+}
+
+/// The product precision the tables allow: `Some(true)` for f32, `Some(false)` for f64,
+/// `None` when a table has a −inf entry or a span too wide for f64 products.
+fn precision<T: Real>(pb: &Problem<'_, T>) -> Option<bool> {
+    let cc = pb.classes() * pb.classes();
+    let widest = pb
+        .edge
+        .data
+        .par_chunks(cc)
+        .map(|t| {
+            let (mut hi, mut lo) = (f64::NEG_INFINITY, f64::INFINITY);
+            for x in t {
+                let x = x.to_f64();
+                hi = hi.max(x);
+                lo = lo.min(x);
+            }
+            hi - lo
+        })
+        .reduce(|| 0.0, f64::max);
+    // −inf − finite = inf, and NaN never reaches here (scores are validated).
+    if widest > SPAN {
+        None
+    } else {
+        Some(std::mem::size_of::<T>() == 4 && widest <= SPAN_F32)
+    }
+}
+
+/// Per-worker buffers.
+struct Ws<F> {
+    phi: Vec<F>,
+    alpha: Vec<F>,
+    e: Vec<F>,
+    beta: Vec<F>,
+    g: Vec<F>,
+    bt: Vec<F>,
+}
+
+impl<F: Gemm> Ws<F> {
+    fn new(n: usize, c: usize) -> Ws<F> {
+        let z = F::of(0.0);
+        Ws {
+            phi: vec![z; n * c],
+            alpha: vec![z; n * c],
+            e: vec![z; n.saturating_sub(1) * c * c],
+            beta: vec![z; c],
+            g: vec![z; c],
+            bt: vec![z; c],
+        }
+    }
+}
+
+/// Where an item's pair marginals go.
+enum EdgeOut<'x, T> {
+    /// `(E, C, C)` rows of the item (zero beyond its last edge).
+    Rows(&'x mut [T]),
+    /// Added (times the item's weight) into a shared `(E, C, C)` accumulator.
+    Sum(&'x mut [f64]),
+    Skip,
+}
+
+crate::simd_dispatch! {
+    /// Forward–backward of one item of `len` active nodes: node marginals times `w` into
+    /// `node_out` (`(n, C)`, zero past `len`), pair marginals times `w` into `edge_out`;
+    /// returns log Z, or `None` if every labelling is forbidden.
+    fn item<T: Real, F: Gemm>(
+        node: &[T],
+        tabs: &[T],
+        len: usize,
+        c: usize,
+        w: f64,
+        ws: &mut Ws<F>,
+        node_out: &mut [T],
+        edge_out: EdgeOut<'_, T>,
+    ) -> Option<f64> => item_body
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn item_body<T: Real, F: Gemm>(
+    node: &[T],
+    tabs: &[T],
+    len: usize,
+    c: usize,
+    w: f64,
+    ws: &mut Ws<F>,
+    node_out: &mut [T],
+    mut edge_out: EdgeOut<'_, T>,
+) -> Option<f64> {
+    let cc = c * c;
+    let zero = F::of(0.0);
+    node_out.fill(T::from_f64(0.0));
+    if let EdgeOut::Rows(r) = &mut edge_out {
+        r.fill(T::from_f64(0.0));
+    }
+    if len == 0 {
+        return Some(0.0);
+    }
+    let mut log_z = 0.0f64;
+    for t in 0..len {
+        let s = &node[t * c..(t + 1) * c];
+        let m = s.iter().fold(f64::NEG_INFINITY, |a, x| a.max(x.to_f64()));
+        if m == f64::NEG_INFINITY {
+            return None;
+        }
+        log_z += m;
+        for (p, x) in ws.phi[t * c..(t + 1) * c].iter_mut().zip(s) {
+            // Flushed to zero below the normal range (no slow subnormals): such a label
+            // weighs less than e^-87 (f32) relative to the node's best.
+            let v = F::exp_nonpos(x.to_f64() - m);
+            *p = if v.f() < F::MIN_NORMAL { zero } else { v };
+        }
+    }
+    for t in 0..len - 1 {
+        let tab = &tabs[t * cc..(t + 1) * cc];
+        let m = tab.iter().fold(f64::NEG_INFINITY, |a, x| a.max(x.to_f64()));
+        log_z += m;
+        for (e, x) in ws.e[t * cc..(t + 1) * cc].iter_mut().zip(tab) {
+            *e = F::exp_nonpos(x.to_f64() - m);
+        }
+    }
+    // Normalises `v` by its sum; returns the sum (0: nothing reachable).
+    fn normalise<F: Gemm>(v: &mut [F]) -> f64 {
+        let s: f64 = v.iter().map(|x| x.f()).sum();
+        if s > 0.0 {
+            let inv = F::of(1.0 / s);
+            v.iter_mut().for_each(|x| *x = F::of(x.f() * inv.f()));
+        }
+        s
+    }
+    // Forward: α_0 = φ_0, α_t = (α_{t-1} E_{t-1}) ⊙ φ_t, normalised.
+    ws.alpha[..c].copy_from_slice(&ws.phi[..c]);
+    let s = normalise(&mut ws.alpha[..c]);
+    if s <= 0.0 {
+        return None;
+    }
+    log_z += s.ln();
+    for t in 1..len {
+        let (done, rest) = ws.alpha.split_at_mut(t * c);
+        let prev = &done[(t - 1) * c..];
+        let cur = &mut rest[..c];
+        cur.fill(zero);
+        let e = &ws.e[(t - 1) * cc..t * cc];
+        for (a, &av) in prev.iter().enumerate() {
+            let av = av.f();
+            for (o, &x) in cur.iter_mut().zip(&e[a * c..(a + 1) * c]) {
+                *o = F::of(o.f() + av * x.f());
+            }
+        }
+        for (o, &p) in cur.iter_mut().zip(&ws.phi[t * c..(t + 1) * c]) {
+            *o = F::of(o.f() * p.f());
+        }
+        let s = normalise(cur);
+        if s <= 0.0 {
+            return None;
+        }
+        log_z += s.ln();
+    }
+    // Backward, writing marginals: the last node's is α itself (β = 1).
+    let last = (len - 1) * c;
+    for (o, &a) in node_out[last..last + c].iter_mut().zip(&ws.alpha[last..last + c]) {
+        *o = T::from_f64(a.f() * w);
+    }
+    ws.beta.fill(F::of(1.0));
+    for t in (0..len - 1).rev() {
+        let e = &ws.e[t * cc..(t + 1) * cc];
+        for ((g, &p), &b) in ws.g.iter_mut().zip(&ws.phi[(t + 1) * c..]).zip(&ws.beta) {
+            *g = F::of(p.f() * b.f());
+        }
+        for (a, bt) in ws.bt.iter_mut().enumerate() {
+            let row = &e[a * c..(a + 1) * c];
+            *bt = F::of(row.iter().zip(&ws.g).map(|(x, g)| x.f() * g.f()).sum::<f64>());
+        }
+        let alpha = &ws.alpha[t * c..(t + 1) * c];
+        let d: f64 = alpha.iter().zip(&ws.bt).map(|(a, b)| a.f() * b.f()).sum();
+        let scale = w / d;
+        for ((o, &a), &b) in node_out[t * c..(t + 1) * c]
+            .iter_mut()
+            .zip(alpha)
+            .zip(&ws.bt)
+        {
+            *o = T::from_f64(a.f() * b.f() * scale);
+        }
+        match &mut edge_out {
+            EdgeOut::Rows(rows) => {
+                let out = &mut rows[t * cc..(t + 1) * cc];
+                for (a, &av) in alpha.iter().enumerate() {
+                    let k = av.f() * scale;
+                    for ((o, &x), &g) in out[a * c..(a + 1) * c]
+                        .iter_mut()
+                        .zip(&e[a * c..(a + 1) * c])
+                        .zip(&ws.g)
+                    {
+                        *o = T::from_f64(k * x.f() * g.f());
+                    }
+                }
+            }
+            EdgeOut::Sum(acc) => {
+                let out = &mut acc[t * cc..(t + 1) * cc];
+                for (a, &av) in alpha.iter().enumerate() {
+                    let k = av.f() * scale;
+                    for ((o, &x), &g) in out[a * c..(a + 1) * c]
+                        .iter_mut()
+                        .zip(&e[a * c..(a + 1) * c])
+                        .zip(&ws.g)
+                    {
+                        *o += k * x.f() * g.f();
+                    }
+                }
+            }
+            EdgeOut::Skip => {}
+        }
+        ws.beta.copy_from_slice(&ws.bt);
+        normalise(&mut ws.beta);
+    }
+    Some(log_z)
+}
+
+/// Exact log Z and marginals of a batch of chains with per-edge tables, or `None` when
+/// this kernel does not apply (or an item is infeasible: the caller's kernel reports it).
+pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Option<Result<Marginals<T>>> {
+    if !applies(pb) {
+        return None;
+    }
+    match precision(pb)? {
+        true => marginals_in::<T, f32>(pb, want_edges),
+        false => marginals_in::<T, f64>(pb, want_edges),
+    }
+}
+
+fn marginals_in<T: Real, F: Gemm>(
+    pb: &Problem<'_, T>,
+    want_edges: bool,
+) -> Option<Result<Marginals<T>>> {
+    let (n, c, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.batch);
+    let ecc = (n - 1) * c * c;
+    let zero = T::from_f64(0.0);
+    let mut node = match filled("node marginals", &[bsz, n, c], zero) {
+        Ok(v) => v,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut edge = if want_edges {
+        match filled("edge marginals", &[bsz, n - 1, c, c], zero) {
+            Ok(v) => Some(v),
+            Err(e) => return Some(Err(e)),
+        }
+    } else {
+        None
+    };
+    let mut log_z = vec![T::from_f64(0.0); bsz];
+    let mut edge_rows: Vec<Option<&mut [T]>> = match &mut edge {
+        Some(v) => v.chunks_mut(ecc).map(Some).collect(),
+        None => (0..bsz).map(|_| None).collect(),
+    };
+    let ok = log_z
+        .par_iter_mut()
+        .zip(node.par_chunks_mut(n * c))
+        .zip(edge_rows.par_iter_mut())
+        .enumerate()
+        .map_init(
+            || Ws::<F>::new(n, c),
+            |ws, (b, ((lz, nd), er))| {
+                if pb.stop.is_raised() {
+                    return false;
+                }
+                let out = match er.take() {
+                    Some(r) => EdgeOut::Rows(r),
+                    None => EdgeOut::Skip,
+                };
+                let tabs = pb.edge.stored_item(b);
+                match item(pb.node.item(b), tabs, pb.active(b), c, 1.0, ws, nd, out) {
+                    Some(z) => {
+                        *lz = T::from_f64(z);
+                        true
+                    }
+                    None => false,
+                }
+            },
+        )
+        .all(|x| x);
+    if let Err(e) = pb.stop.check() {
+        return Some(Err(e));
+    }
+    if !ok {
+        return None;
+    }
+    Some(Ok(Marginals {
+        log_z,
+        node,
+        edge,
+        iterations: vec![1; bsz],
+        converged: vec![true; bsz],
+        max_change: vec![0.0; bsz],
+    }))
+}
+
+/// Loss and gradients of a batch of chains with per-edge tables, or `None` when this kernel
+/// does not apply. Labels must be checked already.
+pub fn loss_and_grad<T: Real>(
+    pb: &Problem<'_, T>,
+    y: &[i64],
+    weights: Option<&[f64]>,
+) -> Option<Result<LossGrad<T>>> {
+    if !applies(pb) {
+        return None;
+    }
+    match precision(pb)? {
+        true => loss_in::<T, f32>(pb, y, weights),
+        false => loss_in::<T, f64>(pb, y, weights),
+    }
+}
+
+fn loss_in<T: Real, F: Gemm>(
+    pb: &Problem<'_, T>,
+    y: &[i64],
+    weights: Option<&[f64]>,
+) -> Option<Result<LossGrad<T>>> {
+    let (n, c, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.batch);
+    let (cc, ecc) = (c * c, (n - 1) * c * c);
+    let per_item = pb.edge.batch == bsz && bsz > 1;
+    let mut gn = match filled("node gradient", &[bsz, n, c], T::from_f64(0.0)) {
+        Ok(v) => v,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut loss = vec![T::from_f64(0.0); bsz];
+    // Gold score of item b, and the weighted gold one-hots subtracted from the gradients.
+    let gold = |b: usize, gn: &mut [T], ge: Option<&mut [T]>, acc: Option<&mut [f64]>| {
+        let (len, w) = (pb.active(b), weights.map_or(1.0, |w| w[b]));
+        let (node, tabs, yb) = (pb.node.item(b), pb.edge.stored_item(b), &y[b * n..(b + 1) * n]);
+        let mut s = 0.0;
+        for t in 0..len {
+            let yt = yb[t] as usize;
+            s += node[t * c + yt].to_f64();
+            gn[t * c + yt] = T::from_f64(gn[t * c + yt].to_f64() - w);
+        }
+        let (mut ge, mut acc) = (ge, acc);
+        for t in 0..len.saturating_sub(1) {
+            let k = t * cc + yb[t] as usize * c + yb[t + 1] as usize;
+            s += tabs[k].to_f64();
+            if let Some(ge) = ge.as_deref_mut() {
+                ge[k] = T::from_f64(ge[k].to_f64() - w);
+            }
+            if let Some(acc) = acc.as_deref_mut() {
+                acc[k] -= w;
+            }
+        }
+        s
+    };
+    if per_item {
+        let mut ge = match filled("edge gradient", &[bsz, n - 1, c, c], T::from_f64(0.0)) {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        let ok = loss
+            .par_iter_mut()
+            .zip(gn.par_chunks_mut(n * c))
+            .zip(ge.par_chunks_mut(ecc))
+            .enumerate()
+            .map_init(
+                || Ws::<F>::new(n, c),
+                |ws, (b, ((l, gn), ge))| {
+                    if pb.stop.is_raised() {
+                        return false;
+                    }
+                    let (w, tabs) = (weights.map_or(1.0, |w| w[b]), pb.edge.stored_item(b));
+                    let len = pb.active(b);
+                    let Some(z) =
+                        item(pb.node.item(b), tabs, len, c, w, ws, gn, EdgeOut::Rows(ge))
+                    else {
+                        return false;
+                    };
+                    *l = T::from_f64(z - gold(b, gn, Some(ge), None));
+                    true
+                },
+            )
+            .all(|x| x);
+        if let Err(e) = pb.stop.check() {
+            return Some(Err(e));
+        }
+        return ok.then(|| Ok(lossgrad(loss, gn, ge)));
+    }
+    // Tables broadcast over items: per-chunk f64 accumulators (chunks fixed by the batch
+    // size, not the thread count), summed in chunk order.
+    let chunk = chunk_size(bsz, ecc);
+    let parts: Vec<Option<Vec<f64>>> = loss
+        .par_chunks_mut(chunk)
+        .zip(gn.par_chunks_mut(chunk * n * c))
+        .enumerate()
+        .map_init(
+            || Ws::<F>::new(n, c),
+            |ws, (k, (loss, gn))| {
+                let mut acc = vec![0.0f64; ecc];
+                for (i, (l, gn)) in loss.iter_mut().zip(gn.chunks_mut(n * c)).enumerate() {
+                    let b = k * chunk + i;
+                    if pb.stop.is_raised() {
+                        return None;
+                    }
+                    let (w, tabs) = (weights.map_or(1.0, |w| w[b]), pb.edge.stored_item(b));
+                    let len = pb.active(b);
+                    let out = EdgeOut::Sum(&mut acc);
+                    let z = item(pb.node.item(b), tabs, len, c, w, ws, gn, out)?;
+                    *l = T::from_f64(z - gold(b, gn, None, Some(&mut acc)));
+                }
+                Some(acc)
+            },
+        )
+        .collect();
+    if let Err(e) = pb.stop.check() {
+        return Some(Err(e));
+    }
+    let mut total = vec![0.0f64; ecc];
+    for p in parts {
+        total.iter_mut().zip(&p?).for_each(|(t, x)| *t += x);
+    }
+    let ge = total.into_iter().map(T::from_f64).collect();
+    Some(Ok(lossgrad(loss, gn, ge)))
+}
+
+fn lossgrad<T: Real>(loss: Vec<T>, gn: Vec<T>, ge: Vec<T>) -> LossGrad<T> {
+    let bsz = loss.len();
+    LossGrad {
+        loss,
+        grad_node: gn,
+        grad_edge: ge,
+        grad_weight: None,
+        iterations: vec![1; bsz],
+        converged: vec![true; bsz],
+        max_change: vec![0.0; bsz],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exact::Exact;
+    use crate::kernels::rng::Rng;
+    use crate::model::graph::Graph;
+    use crate::model::scores::{EdgeScores, NodeScores};
+
+    /// This kernel against the per-item log-domain kernel: per-item and broadcast tables,
+    /// random lengths (incl. 0 and 1), forbidden node labels, item weights, f64 and f32;
+    /// loss, gradients and marginals (node and pair).
+    fn check<T: Real>(edge_batch: usize, tol: f64) {
+        let (b, n, c) = (13, 7, 5);
+        let mut rng = Rng::stream(7, &[edge_batch as u64]);
+        let mut u = |s: f64| (rng.uniform() * 2.0 - 1.0) * s;
+        let mut sn: Vec<T> = (0..b * n * c).map(|_| T::from_f64(u(2.0))).collect();
+        sn[3 * n * c + 2 * c] = T::from_f64(f64::NEG_INFINITY);
+        let se: Vec<T> = (0..edge_batch * (n - 1) * c * c)
+            .map(|_| T::from_f64(u(3.0)))
+            .collect();
+        let mut r2 = Rng::stream(8, &[]);
+        let mut y: Vec<i64> = (0..b * n)
+            .map(|_| (r2.uniform() * c as f64) as i64)
+            .collect();
+        y[3 * n + 2] = 1; // allowed where label 0 is forbidden
+        let lengths: Vec<usize> = (0..b).map(|i| [n, 0, 1, 4, n, 2][i % 6]).collect();
+        let w: Vec<f64> = (0..b).map(|i| 0.5 + i as f64 / b as f64).collect();
+        let g = Graph::chain(n).unwrap();
+        let node = NodeScores {
+            data: &sn,
+            batch: b,
+            nodes: n,
+            classes: c,
+        };
+        let edges = EdgeScores::tables(&se, edge_batch, n - 1, c);
+        let pb = Problem::new(&g, node, edges, b, Some(&lengths)).unwrap();
+        let exact = Exact::new(&g).unwrap();
+        let close = |a: &[T], b: &[T]| {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                let (x, y) = (x.to_f64(), y.to_f64());
+                assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        };
+        let fast = loss_and_grad(&pb, &y, Some(&w)).expect("applies").unwrap();
+        let slow = crate::inference::loss_and_grad(&pb, &exact, &y, Some(&w)).unwrap();
+        close(&fast.loss, &slow.loss);
+        close(&fast.grad_node, &slow.grad_node);
+        close(&fast.grad_edge, &slow.grad_edge);
+        let fast = marginals(&pb, true).expect("applies").unwrap();
+        let slow = crate::inference::marginals(&pb, &exact, true).unwrap();
+        close(&fast.log_z, &slow.log_z);
+        close(&fast.node, &slow.node);
+        close(fast.edge.as_ref().unwrap(), slow.edge.as_ref().unwrap());
+    }
+
+    #[test]
+    fn matches_the_per_item_kernel() {
+        for eb in [1, 13] {
+            check::<f64>(eb, 1e-12);
+            check::<f32>(eb, 3e-5);
+        }
+    }
+
+    #[test]
+    fn wide_or_forbidden_tables_are_left_to_the_log_domain_kernel() {
+        let g = Graph::chain(3).unwrap();
+        let sn = vec![0.0f64; 2 * 3 * 2];
+        for bad in [f64::NEG_INFINITY, 400.0] {
+            let mut se = vec![0.0f64; 2 * 2 * 2];
+            se[1] = bad;
+            let node = NodeScores {
+                data: &sn,
+                batch: 2,
+                nodes: 3,
+                classes: 2,
+            };
+            let pb = Problem::new(&g, node, EdgeScores::tables(&se, 1, 2, 2), 2, None).unwrap();
+            assert!(marginals(&pb, true).is_none());
+        }
+    }
+}
