@@ -14,7 +14,8 @@ torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 
 import expsoftmax as es  # noqa: E402
-from expsoftmax.demo import CRFNet, crf_step  # noqa: E402
+from expsoftmax.demo import SegNet  # noqa: E402
+from expsoftmax.torch import exp_softmax_loss, grid_scores  # noqa: E402
 
 H = W = 8
 C = 3
@@ -24,9 +25,24 @@ def _batch():
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.random((4, 1, H, W)).astype(np.float32))
     y = torch.from_numpy(rng.integers(0, C, (4, H, W)))
-    wh = torch.from_numpy(rng.random((4, H, W - 1)).astype(np.float32))
-    wv = torch.from_numpy(rng.random((4, H - 1, W)).astype(np.float32))
-    return x, y, wh, wv
+    return x, y
+
+
+def _net():
+    # The demo's network (node head, edge head, table); batch norm in eval mode so that
+    # a step does not depend on how the batch is split.
+    torch.manual_seed(0)
+    return SegNet(C, width=4).eval()
+
+
+def _step(model, opt, x, y):
+    """One step of the demo's CRF loss: the mean over the local batch (DDP averages the
+    gradients over ranks, so equal halves give the whole batch's step)."""
+    s_n, s_e = grid_scores(*model(x))
+    loss = exp_softmax_loss(s_n, s_e, y.reshape(len(y), -1), es.Graph.grid(H, W), "bp", max_iter=20)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
 
 
 def _params(model):
@@ -37,31 +53,19 @@ def _rank(rank, world, port, q):
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
-    torch.manual_seed(0)
-    model = torch.nn.parallel.DistributedDataParallel(CRFNet(C))
+    model = torch.nn.parallel.DistributedDataParallel(_net())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y, wh, wv = _batch()
+    x, y = _batch()
     part = slice(rank * 2, rank * 2 + 2)
-    crf_step(
-        model,
-        opt,
-        es.Graph.grid(H, W),
-        x[part],
-        y[part],
-        wh[part],
-        wv[part],
-        "bp",
-        {"max_iter": 20},
-    )
+    _step(model, opt, x[part], y[part])
     q.put((rank, _params(model.module)))
     dist.destroy_process_group()
 
 
 def test_two_ranks_match_a_single_process_step():
-    torch.manual_seed(0)
-    ref = CRFNet(C)
+    ref = _net()
     opt = torch.optim.SGD(ref.parameters(), lr=0.1)
-    crf_step(ref, opt, es.Graph.grid(H, W), *_batch(), "bp", {"max_iter": 20})
+    _step(ref, opt, *_batch())
     want = _params(ref)
 
     with socket.socket() as s:

@@ -214,3 +214,55 @@ def test_gibbs_loss_module_gradients_are_sampled_marginals_minus_gold():
     assert abs(loss.item() - want_loss) < 0.3
     np.testing.assert_allclose(s_n.grad.numpy(), np.array(want_gn), atol=0.05)
     assert s_e.grad.shape == (1, 3, 3) and torch.isfinite(s_e.grad).all()
+
+
+def _counting(monkeypatch):
+    import expsoftmax.torch as et
+
+    calls = []
+    real = et._loss_and_grad
+
+    def counted(*a, **kw):
+        calls.append(kw.get("weights"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(et, "_loss_and_grad", counted)
+    return calls
+
+
+@pytest.mark.parametrize("edge_batch", [(4,), ()])
+def test_backward_reuses_the_forward_pass(monkeypatch, edge_batch):
+    # Per-item tables: any upstream gradient scales the forward's per-item gradients (one
+    # core call in all). A table shared by the items: uniform upstream gradients reuse the
+    # forward's sum; a non-uniform one needs the per-item terms (a second call).
+    calls = _counting(monkeypatch)
+    g = es.Graph.chain(6)
+    gen = torch.Generator().manual_seed(3)
+    s_n = torch.randn(4, 6, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    s_e = torch.randn(*edge_batch, 5, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = torch.randint(0, 3, (4, 6), generator=gen)
+    w = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
+    (exp_softmax_loss(s_n, s_e, y, g, reduction="none") * w).sum().backward()
+    assert len(calls) == (1 if edge_batch else 2)
+    _, gn, ge = es.loss_and_grad(g, s_n.detach().numpy(), s_e.detach().numpy(), y.numpy())
+    np.testing.assert_allclose(s_n.grad.numpy(), gn * w.numpy()[:, None, None], atol=1e-12)
+    if edge_batch:
+        np.testing.assert_allclose(
+            s_e.grad.numpy(), ge * w.numpy()[:, None, None, None], atol=1e-12
+        )
+    calls.clear()
+    s_n.grad = s_e.grad = None
+    exp_softmax_loss(s_n, s_e, y, g, reduction="mean").backward()
+    assert len(calls) == 1
+    np.testing.assert_allclose(s_n.grad.numpy(), gn / 4, atol=1e-12)
+
+
+def test_a_second_backward_through_a_retained_graph_gives_the_same_gradients():
+    g = es.Graph.chain(5)
+    s_n, s_e, y = _inputs(torch.float64, shared=False)
+    loss = exp_softmax_loss(s_n, s_e, y, g, reduction="mean")
+    loss.backward(retain_graph=True)
+    first = (s_n.grad.clone(), s_e.grad.clone())
+    s_n.grad = s_e.grad = None
+    loss.backward()
+    assert torch.equal(s_n.grad, first[0]) and torch.equal(s_e.grad, first[1])

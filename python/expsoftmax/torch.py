@@ -71,12 +71,19 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
         method: str,
         lengths: Any,
         options: dict[str, Any],
+        prescale: float,
     ) -> Tensor:
         sn, se, yy, ll = _numpy(s_n), _numpy(s_e), _numpy(y), _numpy(lengths)
         edge_arg = se if s_w is None else WeightedEdges(_numpy(s_w), se)
-        loss, gn, ge = _loss_and_grad(graph, sn, edge_arg, yy, method, ll, options, None)
+        # The gradients come out of the core already times the upstream gradient the
+        # reduction will send (1/n for "mean"), so the usual backward scales nothing.
+        pre = None if prescale == 1.0 else np.float64(prescale)
+        loss, gn, ge = _loss_and_grad(graph, sn, edge_arg, yy, method, ll, options, pre)
         ctx.args = (graph, sn, edge_arg, yy, method, ll, options)
-        ctx.grads = (gn, ge)
+        ctx.prescale = prescale
+        # Writable, contiguous arrays that the backward hands to autograd (scaled in place).
+        parts = (gn, ge.table, ge.weight) if s_w is not None else (gn, ge)
+        ctx.grads = tuple(np.require(a, requirements=("C", "W")) for a in parts)
         ctx.meta = (s_n, s_e, s_w, loss.shape)
         return torch.from_numpy(np.ascontiguousarray(loss)).to(device=s_n.device, dtype=s_n.dtype)
 
@@ -91,27 +98,49 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
     def _backward(ctx: Any, g: Tensor) -> tuple[Optional[Tensor], ...]:
         s_n, s_e, s_w, shape = ctx.meta
         gw = g.detach().to("cpu", torch.float64).numpy().reshape(shape)
+
+        def fresh(weights: Optional[np.ndarray]) -> tuple[np.ndarray, ...]:
+            gn, ge = _loss_and_grad(*ctx.args, weights=weights)[1:]
+            return (gn, ge.table, ge.weight) if s_w is not None else (gn, ge)
+
+        parts = ctx.grads
+        ctx.grads = None
+        if parts is None:
+            # A second backward through the same graph (retain_graph=True): the first one
+            # handed the forward's arrays to autograd, so they are computed again, as the
+            # forward did (deterministic: the same bits, then the same scaling below).
+            parts = fresh(None if ctx.prescale == 1.0 else np.float64(ctx.prescale))
         if gw.size and np.all(gw == gw.flat[0]):
             # Upstream gradient the same for every item (reduction "sum"/"mean"): the
-            # forward pass's summed gradient, scaled. A Python float keeps the gradients'
-            # dtype (no float64 copy), and 1.0 is skipped.
-            gn, ge = ctx.grads
-            scale = float(gw.flat[0])
+            # forward pass's gradients, scaled in place (no copy; a factor 1 is skipped).
+            scale = float(gw.flat[0]) / ctx.prescale
+            if scale != 1.0:
+                for arr in parts:
+                    arr *= scale
+        elif all(
+            a.ndim == len(shape) + tail and a.shape[: len(shape)] == shape
+            for a, tail in zip(parts, (2, 2, 1) if s_w is not None else (2, 3))
+        ):
+            # Every gradient has the items' batch axes (nothing was summed over items):
+            # each item's rows scaled by its upstream gradient, in place.
+            for arr in parts:
+                k = gw.reshape(shape + (1,) * (arr.ndim - len(shape))) / ctx.prescale
+                arr *= k.astype(arr.dtype)
         else:
-            gn, ge = _loss_and_grad(*ctx.args, weights=gw)[1:]
-            scale = 1.0
-        parts = (gn, ge.table, ge.weight) if s_w is not None else (gn, ge, None)
+            # A table shared by the items was summed over them in the forward pass: the
+            # weighted sum needs the per-item terms, computed again.
+            parts = fresh(gw)
         out = []
         for arr, like, need in zip(parts, (s_n, s_e, s_w), ctx.needs_input_grad[:3]):
-            if arr is None or not need:
+            if not need:
                 out.append(None)
                 continue
-            arr = arr if scale == 1.0 else arr * scale
-            grad = torch.from_numpy(np.ascontiguousarray(arr)).to(like.device, like.dtype)
+            grad = torch.from_numpy(arr).to(like.device, like.dtype)
             if ctx.create_graph:
                 grad = _NoSecondOrder.apply(grad, like, ctx.args[4])
             out.append(grad)
-        return (*out, None, None, None, None, None)
+        out += [None] * (3 - len(out))
+        return (*out, None, None, None, None, None, None)
 
 
 def _check(reduction: str, s_n: Any, s_e: Any) -> None:
@@ -168,7 +197,21 @@ def exp_softmax_loss(
     _check(reduction, s_n, s_e)
     lengths = _lengths(_numpy(lengths), _numpy(mask))
     table, weight = (s_e[1], s_e[0]) if isinstance(s_e, tuple) else (s_e, None)
-    loss = _ExpSoftmaxLossFn.apply(s_n, table, weight, y, graph, method, lengths, options)
+    prescale = 1.0
+    if reduction == "mean":
+        # The upstream gradient "mean" will send to every item, exactly as torch computes
+        # it (1 / n in the loss's dtype), so the forward can fold it into the gradients.
+        edge_batch = [table.shape[:-2]] if weight is not None else [table.shape[:-3]]
+        if weight is not None:
+            edge_batch.append(weight.shape[:-1])
+        try:
+            ys = tuple(np.shape(y))[:-1]
+            n = int(np.prod(np.broadcast_shapes(s_n.shape[:-2], ys, *edge_batch)))
+        except ValueError:
+            n = 0  # the core names the mismatch
+        if n > 0:
+            prescale = torch.ones((), dtype=s_n.dtype).div(n).item()
+    loss = _ExpSoftmaxLossFn.apply(s_n, table, weight, y, graph, method, lengths, options, prescale)
     if reduction == "sum":
         return loss.sum()
     if reduction == "mean":

@@ -201,7 +201,10 @@ fn item_body<T: Real, F: Gemm>(
     }
     // Backward, writing marginals: the last node's is α itself (β = 1).
     let last = (len - 1) * c;
-    for (o, &a) in node_out[last..last + c].iter_mut().zip(&ws.alpha[last..last + c]) {
+    for (o, &a) in node_out[last..last + c]
+        .iter_mut()
+        .zip(&ws.alpha[last..last + c])
+    {
         *o = T::from_f64(a.f() * w);
     }
     ws.beta.fill(F::of(1.0));
@@ -212,7 +215,12 @@ fn item_body<T: Real, F: Gemm>(
         }
         for (a, bt) in ws.bt.iter_mut().enumerate() {
             let row = &e[a * c..(a + 1) * c];
-            *bt = F::of(row.iter().zip(&ws.g).map(|(x, g)| x.f() * g.f()).sum::<f64>());
+            *bt = F::of(
+                row.iter()
+                    .zip(&ws.g)
+                    .map(|(x, g)| x.f() * g.f())
+                    .sum::<f64>(),
+            );
         }
         let alpha = &ws.alpha[t * c..(t + 1) * c];
         let d: f64 = alpha.iter().zip(&ws.bt).map(|(a, b)| a.f() * b.f()).sum();
@@ -369,7 +377,11 @@ fn loss_in<T: Real, F: Gemm>(
     // Gold score of item b, and the weighted gold one-hots subtracted from the gradients.
     let gold = |b: usize, gn: &mut [T], ge: Option<&mut [T]>, acc: Option<&mut [f64]>| {
         let (len, w) = (pb.active(b), weights.map_or(1.0, |w| w[b]));
-        let (node, tabs, yb) = (pb.node.item(b), pb.edge.stored_item(b), &y[b * n..(b + 1) * n]);
+        let (node, tabs, yb) = (
+            pb.node.item(b),
+            pb.edge.stored_item(b),
+            &y[b * n..(b + 1) * n],
+        );
         let mut s = 0.0;
         for t in 0..len {
             let yt = yb[t] as usize;
@@ -407,8 +419,7 @@ fn loss_in<T: Real, F: Gemm>(
                     }
                     let (w, tabs) = (weights.map_or(1.0, |w| w[b]), pb.edge.stored_item(b));
                     let len = pb.active(b);
-                    let Some(z) =
-                        item(pb.node.item(b), tabs, len, c, w, ws, gn, EdgeOut::Rows(ge))
+                    let Some(z) = item(pb.node.item(b), tabs, len, c, w, ws, gn, EdgeOut::Rows(ge))
                     else {
                         return false;
                     };

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::interrupt::Stop;
-use crate::kernels::logspace::{exp, exp_rel, finite_span, ln_pos};
+use crate::kernels::logspace::{exp, exp_nonpos_f32, exp_rel, finite_span, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
 use crate::loopy::options::Schedule;
 use crate::model::adjacency::slot;
@@ -626,12 +626,25 @@ fn row_update_body<M: Real>(
                 // branch-free ln/exp (subnormals clamped to the smallest normal) keep this
                 // loop vectorised: with libm's it cost more than the whole update.
                 let keep = 1.0 - damping;
-                for (o, &p) in out.iter_mut().zip(prev) {
-                    let p = p.to_f64();
-                    let lo = ln_pos(o.max(f64::MIN_POSITIVE));
-                    let lp = ln_pos(p.max(f64::MIN_POSITIVE));
-                    let v = exp(lo * keep + lp * damping);
-                    *o = if *o > 0.0 && p > 0.0 { v } else { 0.0 };
+                if std::mem::size_of::<M>() == 4 {
+                    // f32 storage: the mixture at f32 precision, eight lanes. Messages
+                    // are normalised, so both logs and the mixture are <= 0.
+                    let (k32, d32) = (keep as f32, damping as f32);
+                    for (o, &p) in out.iter_mut().zip(prev) {
+                        let p = p.to_f64();
+                        let lo = ln_pos_f32((*o as f32).max(f32::MIN_POSITIVE));
+                        let lp = ln_pos_f32((p as f32).max(f32::MIN_POSITIVE));
+                        let v = exp_nonpos_f32(lo * k32 + lp * d32) as f64;
+                        *o = if *o > 0.0 && p > 0.0 { v } else { 0.0 };
+                    }
+                } else {
+                    for (o, &p) in out.iter_mut().zip(prev) {
+                        let p = p.to_f64();
+                        let lo = ln_pos(o.max(f64::MIN_POSITIVE));
+                        let lp = ln_pos(p.max(f64::MIN_POSITIVE));
+                        let v = exp(lo * keep + lp * damping);
+                        *o = if *o > 0.0 && p > 0.0 { v } else { 0.0 };
+                    }
                 }
             }
         }
