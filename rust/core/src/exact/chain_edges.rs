@@ -58,10 +58,15 @@ fn precision<T: Real>(pb: &Problem<'_, T>) -> Option<bool> {
                 hi = hi.max(x);
                 lo = lo.min(x);
             }
-            hi - lo
+            // A forbidden pair (−inf) leaves this path (so does a table of −inf only,
+            // whose span −inf − (−inf) would be NaN).
+            if lo == f64::NEG_INFINITY {
+                f64::INFINITY
+            } else {
+                hi - lo
+            }
         })
         .reduce(|| 0.0, f64::max);
-    // −inf − finite = inf, and NaN never reaches here (scores are validated).
     if widest > SPAN {
         None
     } else {
