@@ -38,7 +38,16 @@ const CHUNK: usize = 32;
 pub const MIN_BATCH: usize = 8;
 
 /// The float type of the products: f32 for float32 models when the table allows.
-pub(crate) trait Gemm: Copy + Send + Sync + Default + PartialOrd + 'static {
+pub(crate) trait Gemm:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + PartialOrd
+    + 'static
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+{
     /// Smallest positive normal value, as f64.
     const MIN_NORMAL: f64;
     fn of(x: f64) -> Self;

@@ -188,15 +188,15 @@ fn item_body<T: Real, F: Gemm>(
         let prev = &done[(t - 1) * c..];
         let cur = &mut rest[..c];
         cur.fill(zero);
+        // Products in the product type (eight f32 lanes for float32 models).
         let e = &ws.e[(t - 1) * cc..t * cc];
         for (a, &av) in prev.iter().enumerate() {
-            let av = av.f();
             for (o, &x) in cur.iter_mut().zip(&e[a * c..(a + 1) * c]) {
-                *o = F::of(o.f() + av * x.f());
+                *o = *o + av * x;
             }
         }
         for (o, &p) in cur.iter_mut().zip(&ws.phi[t * c..(t + 1) * c]) {
-            *o = F::of(o.f() * p.f());
+            *o = *o * p;
         }
         let s = normalise(cur);
         if s <= 0.0 {
@@ -216,16 +216,12 @@ fn item_body<T: Real, F: Gemm>(
     for t in (0..len - 1).rev() {
         let e = &ws.e[t * cc..(t + 1) * cc];
         for ((g, &p), &b) in ws.g.iter_mut().zip(&ws.phi[(t + 1) * c..]).zip(&ws.beta) {
-            *g = F::of(p.f() * b.f());
+            *g = p * b;
         }
+        // Row dot products in the product type (all terms are non-negative: no
+        // cancellation to fear at f32).
         for (a, bt) in ws.bt.iter_mut().enumerate() {
-            let row = &e[a * c..(a + 1) * c];
-            *bt = F::of(
-                row.iter()
-                    .zip(&ws.g)
-                    .map(|(x, g)| x.f() * g.f())
-                    .sum::<f64>(),
-            );
+            *bt = dot(&e[a * c..(a + 1) * c], &ws.g);
         }
         let alpha = &ws.alpha[t * c..(t + 1) * c];
         let d: f64 = alpha.iter().zip(&ws.bt).map(|(a, b)| a.f() * b.f()).sum();
@@ -241,13 +237,13 @@ fn item_body<T: Real, F: Gemm>(
             EdgeOut::Rows(rows) => {
                 let out = &mut rows[t * cc..(t + 1) * cc];
                 for (a, &av) in alpha.iter().enumerate() {
-                    let k = av.f() * scale;
+                    let k = F::of(av.f() * scale);
                     for ((o, &x), &g) in out[a * c..(a + 1) * c]
                         .iter_mut()
                         .zip(&e[a * c..(a + 1) * c])
                         .zip(&ws.g)
                     {
-                        *o = T::from_f64(k * x.f() * g.f());
+                        *o = T::from_f64((k * x * g).f());
                     }
                 }
             }
@@ -270,6 +266,24 @@ fn item_body<T: Real, F: Gemm>(
         normalise(&mut ws.beta);
     }
     Some(log_z)
+}
+
+/// `Σ_k a[k] b[k]` in the product type with eight partial sums (a fixed order, so
+/// deterministic; independent sums so the loop vectorises).
+#[inline(always)]
+fn dot<F: Gemm>(a: &[F], b: &[F]) -> F {
+    let mut acc = [F::of(0.0); 8];
+    let full = a.len() / 8 * 8;
+    for (x, y) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
+        for j in 0..8 {
+            acc[j] = acc[j] + x[j] * y[j];
+        }
+    }
+    let mut tail = F::of(0.0);
+    for (&x, &y) in a[full..].iter().zip(&b[full..]) {
+        tail = tail + x * y;
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
 }
 
 /// Exact log Z and marginals of a batch of chains with per-edge tables, or `None` when
