@@ -1,8 +1,21 @@
 """Loopy BP on grids: expsoftmax against PGMax (JAX) and a vectorised numpy LBP.
 
 Run: python benches/bench_bp.py [--shapes H,W,C ...] [--tools ours numpy pgmax]
+     python benches/bench_bp.py --whole [--whole-shapes H,W,C ...]   (the lead table)
 
-Same model for every tool: node scores ~ N(0, 1), one shared (C, C) table ~ N(0, 1),
+The lead table (--whole) is the form a segmentation network trains with: per-edge float32
+tables s_e (E, C, C) (N(0, 1), different for every edge), damping 0.5 (PGMax's default),
+50 iterations, flooding schedule; our time is the whole `infer` call (potentials,
+iterations, beliefs, pair marginals, Bethe energy), PGMax's is its jitted `run` of 50
+iterations alone (compiled beforehand; beliefs not computed). Then the same call with one
+shared table, and with weight x table edges. "bound / ours" is the physical bound of our
+call as a fraction of its time: the larger of (tables read once per iteration plus
+messages read and written, at this machine's copy rate) and (one exponential per table
+entry plus, with damping, three transcendental functions per message entry per
+iteration, at numpy's vectorised exp rate over the threads).
+
+The per-iteration table (default) uses the same model for every tool: node scores
+~ N(0, 1), one shared (C, C) table ~ N(0, 1),
 sum-product, flooding (parallel) schedule, no damping, float32 inputs. Per-iteration time
 is (time of K2 iterations - time of K1 iterations) / (K2 - K1), best of 3, after warm-up
 (JIT compilation for PGMax), so fixed costs (setup, beliefs) cancel. Also reports the
@@ -25,9 +38,10 @@ import numpy as np
 import expsoftmax as es
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import per_unit  # noqa: E402
+from _timing import best_of, machine_rates, per_unit  # noqa: E402
 
 SHAPES = [(64, 64, 5), (128, 128, 5), (256, 256, 21), (512, 512, 2)]
+WHOLE_SHAPES = [(64, 64, 3), (96, 96, 7), (128, 128, 5), (200, 150, 3), (256, 256, 21)]
 
 
 def model(h, w, c, seed=0):
@@ -105,6 +119,76 @@ def pgmax_lbp(h, w, c, s_n, t):
     return run
 
 
+def pgmax_run(h, w, c, s_n, tables, damping, iters):
+    """PGMax's jitted `run` of `iters` iterations with per-edge log potentials, in ms
+    (best of 3, compiled beforehand)."""
+    import jax
+    from pgmax import fgraph, fgroup, infer, vgroup
+
+    variables = vgroup.NDVarArray(num_states=c, shape=(h, w))
+    fg = fgraph.FactorGraph(variable_groups=variables)
+    pairs = [[variables[r, x], variables[r, x + 1]] for r in range(h) for x in range(w - 1)]
+    pairs += [[variables[r, x], variables[r + 1, x]] for r in range(h - 1) for x in range(w)]
+    fg.add_factors(
+        fgroup.PairwiseFactorGroup(variables_for_factors=pairs, log_potential_matrix=tables)
+    )
+    bp = infer.build_inferer(fg.bp_state, backend="bp")
+    arrays = bp.init(evidence_updates={variables: s_n})
+    run = jax.jit(lambda a: bp.run(a, num_iters=iters, damping=damping, temperature=1.0))
+    return best_of(lambda: jax.block_until_ready(run(arrays)), 3)
+
+
+def whole_calls(shapes, tools, threads, iters=50, damping=0.5):
+    """The lead table (see the module doc)."""
+    copy_rate, exp_rate = machine_rates()
+    print(
+        f"whole calls: BP {iters} iterations, damping {damping}, flooding, float32; "
+        f"{threads} threads; best of 3, ms. Machine: copy {copy_rate / 1e9:.1f} GB/s, "
+        f"np.exp {exp_rate / 1e9:.2f} G/s per thread\n"
+    )
+    print(
+        "| (H, W, C) | ours, per-edge | PGMax run, per-edge | PGMax / ours | bound / ours "
+        "| ours, shared table | ours, weight x table |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    nan = float("nan")
+    for h, w, c in shapes:
+        rng = np.random.default_rng(0)
+        g = es.Graph.grid(h, w)
+        s_n = rng.normal(size=(h * w, c)).astype(np.float32)
+        tables = rng.normal(size=(g.num_edges, c, c)).astype(np.float32)
+        weighted = es.WeightedEdges(
+            rng.uniform(0, 1, g.num_edges).astype(np.float32),
+            rng.normal(size=(c, c)).astype(np.float32),
+        )
+
+        def ours(s_e, g=g, s_n=s_n):
+            def call():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", es.ConvergenceWarning)
+                    es.infer(g, s_n, s_e, method="bp", max_iter=iters, tol=0, damping=damping)
+
+            return best_of(call, 3)
+
+        t_edge = ours(tables)
+        t_shared, t_w = ours(tables[:1]), ours(weighted)
+        t_pg = nan
+        if "pgmax" in tools:
+            try:
+                t_pg = pgmax_run(h, w, c, s_n.reshape(h, w, c), tables, damping, iters)
+            except ImportError:
+                pass
+        n_msg = 2 * g.num_edges * c
+        nbytes = iters * (4 * g.num_edges * c * c + 2 * 4 * n_msg)
+        n_exp = g.num_edges * c * c + (3 * iters * n_msg if damping > 0 else 0)
+        bound = max(nbytes / copy_rate, n_exp / (exp_rate * threads)) * 1e3
+        print(
+            f"| {(h, w, c)} | {t_edge:.1f} | {t_pg:.1f} | {t_pg / t_edge:.1f}x "
+            f"| {bound / t_edge:.2f} | {t_shared:.1f} | {t_w:.1f} |",
+            flush=True,
+        )
+
+
 def weighted_training_step(h, w, c, iters=(1, 11)):
     """Segmentation-style BP loss + gradients: N(0,1) node scores, U(0,1) contrast weights
     per edge times one 2·I table (never materialised per edge). Returns seconds per
@@ -138,7 +222,15 @@ def main() -> None:
         default=None,
         help="H,W,C: time one weighted-edge BP loss_and_grad (1 and 11 iterations) only",
     )
+    ap.add_argument("--whole", action="store_true", help="the lead table only (see above)")
+    ap.add_argument("--whole-shapes", nargs="*", default=None, help="H,W,C triples")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
+    es.set_num_threads(args.threads)
+    if args.whole:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.whole_shapes or []]
+        whole_calls(shapes or WHOLE_SHAPES, args.tools, args.threads)
+        return
     if args.weighted:
         h, w, c = (int(v) for v in args.weighted.split(","))
         t1, t11 = weighted_training_step(h, w, c)

@@ -72,6 +72,20 @@ struct Weighted {
     /// Horizontal weights `[r][col]` (col < w − 1, stride w) and vertical `[r][col]`.
     wh: Vec<f64>,
     wv: Vec<f64>,
+    /// `Some(Δ)` when `θ` is a Potts table (one value on the diagonal, another off it,
+    /// both finite): messages then cost O(C) per edge.
+    potts: Option<f64>,
+}
+
+/// `Some(diagonal − off-diagonal)` when the `c x c` table `t` is finite and constant on
+/// and off its diagonal.
+fn potts_delta(t: &[f64], c: usize) -> Option<f64> {
+    if c < 2 || t.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    let (d, o) = (t[0], t[1]);
+    let potts = (0..c * c).all(|k| t[k] == if k % (c + 1) == 0 { d } else { o });
+    potts.then_some(d - o)
 }
 
 impl Weighted {
@@ -141,7 +155,15 @@ impl GridPotentials {
         let one_table = edges.shared() || edges.weighted();
         let scale = |e: usize| edges.weight(e) / rho.map_or(1.0, |r| r[e]);
         let n_tables = if shared { 1 } else { n_h + (h - 1) * w };
-        let weighted = one_table && !shared && n_tables * cc * 8 > max_cache;
+        // Weighted Potts tables always take the row-by-row path (it needs no potentials).
+        let potts = if one_table && !shared {
+            let mut theta = vec![0.0; cc];
+            edges.unweighted(0, &mut theta);
+            potts_delta(&theta, c)
+        } else {
+            None
+        };
+        let weighted = one_table && !shared && (potts.is_some() || n_tables * cc * 8 > max_cache);
         if !weighted && n_tables * cc * 8 > max_cache {
             return None;
         }
@@ -223,6 +245,7 @@ impl GridPotentials {
                 lo,
                 wh,
                 wv,
+                potts,
             });
             (Vec::new(), Vec::new())
         } else if shared {
@@ -591,28 +614,61 @@ fn row_update_body<M: Real>(
             FROM_RIGHT => r,
             _ => r - 1,
         };
-        if let Some(wt) = &p.weighted {
-            // Made once per edge row and reused by the two directions that share it.
-            if ws.pot_at != Some((vertical, tab_row)) {
-                wt.fill(vertical, tab_row, w, &mut ws.pot);
-                ws.pot_at = Some((vertical, tab_row));
-            }
-        }
-        for xo in 0..c {
-            let out = &mut ws.out[xo * w..xo * w + len];
+        if let Some((wt, delta)) = p.weighted.as_ref().and_then(|wt| Some((wt, wt.potts?))) {
+            // Potts table (a constant plus Δ on the diagonal): per edge,
+            // m(x') ∝ Σ_x cav(x) + (e^{wΔ} − 1) cav(x'), so O(C) work and one exponential
+            // instead of C² of each. Scaled so that no factor exceeds 1: with wΔ >= 0,
+            // m = e^{−wΔ} S + (1 − e^{−wΔ}) cav; otherwise m = S + (e^{wΔ} − 1) cav.
+            let wr = if vertical { &wt.wv } else { &wt.wh };
+            let wr = &wr[tab_row * w..tab_row * w + len];
+            let (sum, rest) = ws.pot.split_at_mut(w);
+            let (alpha, beta) = rest.split_at_mut(w);
+            sum[..len].fill(0.0);
             for x in 0..c {
-                let k = match dir {
-                    FROM_LEFT | FROM_UP => x * c + xo,
-                    _ => xo * c + x,
-                };
-                let t = if p.weighted.is_some() {
-                    Tab::Row(&ws.pot[k * w..(k + 1) * w])
-                } else {
-                    p.tab(vertical, tab_row, k)
-                };
                 let cav = &ws.cav[x * w + src_off..x * w + src_off + len];
-                // Horizontal per-edge rows are indexed by the edge's left column.
-                axpy(out, &t, 0, cav);
+                sum[..len].iter_mut().zip(cav).for_each(|(s, &q)| *s += q);
+            }
+            for ((a, b), &wi) in alpha.iter_mut().zip(beta.iter_mut()).zip(wr) {
+                let z = wi * delta;
+                let e = if wt.low {
+                    exp_nonpos_f32(-(z.abs() as f32)) as f64
+                } else {
+                    exp(-z.abs())
+                };
+                (*a, *b) = if z >= 0.0 { (e, 1.0 - e) } else { (1.0, e - 1.0) };
+            }
+            for xo in 0..c {
+                let cav = &ws.cav[xo * w + src_off..xo * w + src_off + len];
+                let out = &mut ws.out[xo * w..xo * w + len];
+                for i in 0..len {
+                    // max(0): S − cav(x') may round below zero when Δ is very negative.
+                    out[i] = (alpha[i] * sum[i] + beta[i] * cav[i]).max(0.0);
+                }
+            }
+        } else {
+            if let Some(wt) = &p.weighted {
+                // Made once per edge row and reused by the two directions that share it.
+                if ws.pot_at != Some((vertical, tab_row)) {
+                    wt.fill(vertical, tab_row, w, &mut ws.pot);
+                    ws.pot_at = Some((vertical, tab_row));
+                }
+            }
+            for xo in 0..c {
+                let out = &mut ws.out[xo * w..xo * w + len];
+                for x in 0..c {
+                    let k = match dir {
+                        FROM_LEFT | FROM_UP => x * c + xo,
+                        _ => xo * c + x,
+                    };
+                    let t = if p.weighted.is_some() {
+                        Tab::Row(&ws.pot[k * w..(k + 1) * w])
+                    } else {
+                        p.tab(vertical, tab_row, k)
+                    };
+                    let cav = &ws.cav[x * w + src_off..x * w + src_off + len];
+                    // Horizontal per-edge rows are indexed by the edge's left column.
+                    axpy(out, &t, 0, cav);
+                }
             }
         }
         // Normalise, damp, measure, write: loops across the columns of the row.
