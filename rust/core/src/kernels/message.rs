@@ -384,6 +384,18 @@ pub fn scaled(w: f64, t: f64) -> f64 {
     }
 }
 
+/// `Some((diagonal, off-diagonal))` when the `c x c` table `t` is finite and takes one value
+/// on its diagonal and one off it (a Potts table): kernels then need O(C) work per edge.
+pub fn potts(t: &[f64], c: usize) -> Option<(f64, f64)> {
+    if c < 2 || t.len() != c * c || t.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    let (d, o) = (t[0], t[1]);
+    (0..c * c)
+        .all(|k| t[k] == if k % (c + 1) == 0 { d } else { o })
+        .then_some((d, o))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,5 +460,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn potts_tables_are_recognised() {
+        assert_eq!(potts(&[2.0, 0.5, 0.5, 2.0], 2), Some((2.0, 0.5)));
+        let mut t = vec![-1.0; 9];
+        for k in [0, 4, 8] {
+            t[k] = 1.0;
+        }
+        assert_eq!(potts(&t, 3), Some((1.0, -1.0)));
+        t[5] = -0.9;
+        assert_eq!(potts(&t, 3), None);
+        assert_eq!(
+            potts(&[1.0, f64::NEG_INFINITY, f64::NEG_INFINITY, 1.0], 2),
+            None
+        );
+        assert_eq!(potts(&[1.0], 1), None);
     }
 }

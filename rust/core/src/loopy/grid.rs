@@ -23,7 +23,6 @@ use crate::interrupt::Stop;
 use crate::kernels::logspace::{exp, exp_nonpos_f32, exp_rel, finite_span, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
 use crate::loopy::options::Schedule;
-use crate::model::adjacency::slot;
 use crate::model::scores::ItemEdges;
 
 /// Largest span of finite scores (per node row, per table) the probability domain takes.
@@ -75,17 +74,6 @@ struct Weighted {
     /// `Some(Δ)` when `θ` is a Potts table (one value on the diagonal, another off it,
     /// both finite): messages then cost O(C) per edge.
     potts: Option<f64>,
-}
-
-/// `Some(diagonal − off-diagonal)` when the `c x c` table `t` is finite and constant on
-/// and off its diagonal.
-fn potts_delta(t: &[f64], c: usize) -> Option<f64> {
-    if c < 2 || t.iter().any(|x| !x.is_finite()) {
-        return None;
-    }
-    let (d, o) = (t[0], t[1]);
-    let potts = (0..c * c).all(|k| t[k] == if k % (c + 1) == 0 { d } else { o });
-    potts.then_some(d - o)
 }
 
 impl Weighted {
@@ -159,7 +147,7 @@ impl GridPotentials {
         let potts = if one_table && !shared {
             let mut theta = vec![0.0; cc];
             edges.unweighted(0, &mut theta);
-            potts_delta(&theta, c)
+            crate::kernels::message::potts(&theta, c).map(|(d, o)| d - o)
         } else {
             None
         };
@@ -635,7 +623,11 @@ fn row_update_body<M: Real>(
                 } else {
                     exp(-z.abs())
                 };
-                (*a, *b) = if z >= 0.0 { (e, 1.0 - e) } else { (1.0, e - 1.0) };
+                (*a, *b) = if z >= 0.0 {
+                    (e, 1.0 - e)
+                } else {
+                    (1.0, e - 1.0)
+                };
             }
             for xo in 0..c {
                 let cav = &ws.cav[xo * w + src_off..xo * w + src_off + len];
@@ -859,27 +851,35 @@ fn iterate_in<M: Real>(
             break;
         }
     }
-    // Back to the general layout.
+    // Back to the general layout (log messages, slots by edge), one edge row per task:
+    // edge e's two slots are msgs[2e c..(2e + 2) c], so horizontal row r owns the block of
+    // its w − 1 edges and vertical row r the block of its w edges.
     let at = |d: usize, r: usize, x: usize, col: usize| cur[d * n + (r * c + x) * w + col].to_f64();
     let n_h = h * (w - 1);
-    for r in 0..h {
-        for col in 0..w {
-            if col + 1 < w {
-                let e = r * (w - 1) + col;
-                for x in 0..c {
-                    msgs[slot(e, true) * c + x] = ln0(at(FROM_LEFT, r, x, col + 1));
-                    msgs[slot(e, false) * c + x] = ln0(at(FROM_RIGHT, r, x, col));
+    let (horiz, vert) = msgs[..2 * (n_h + (h - 1) * w) * c].split_at_mut(2 * n_h * c);
+    if w > 1 {
+        horiz
+            .par_chunks_mut(2 * (w - 1) * c)
+            .enumerate()
+            .for_each(|(r, out)| {
+                for col in 0..w - 1 {
+                    for x in 0..c {
+                        out[(2 * col) * c + x] = ln0(at(FROM_LEFT, r, x, col + 1));
+                        out[(2 * col + 1) * c + x] = ln0(at(FROM_RIGHT, r, x, col));
+                    }
                 }
-            }
-            if r + 1 < h {
-                let e = n_h + r * w + col;
-                for x in 0..c {
-                    msgs[slot(e, true) * c + x] = ln0(at(FROM_UP, r + 1, x, col));
-                    msgs[slot(e, false) * c + x] = ln0(at(FROM_DOWN, r, x, col));
-                }
-            }
-        }
+            });
     }
+    vert.par_chunks_mut(2 * w * c)
+        .enumerate()
+        .for_each(|(r, out)| {
+            for col in 0..w {
+                for x in 0..c {
+                    out[(2 * col) * c + x] = ln0(at(FROM_UP, r + 1, x, col));
+                    out[(2 * col + 1) * c + x] = ln0(at(FROM_DOWN, r, x, col));
+                }
+            }
+        });
     Ok(result)
 }
 

@@ -646,12 +646,136 @@ fn edge_beliefs_body<T: Real>(
     pairs: &mut [f64],
     terms: &mut [f64],
 ) {
-    let cc = ew.xj.len() * ew.xj.len();
+    let c = ew.xj.len();
+    let cc = c * c;
+    // One Potts table for every edge (shared, or weighted): the O(C) belief.
+    let potts = (edges.shared() || edges.weighted())
+        .then(|| {
+            let mut t = vec![0.0; cc];
+            edges.unweighted(0, &mut t);
+            crate::kernels::message::potts(&t, c)
+        })
+        .flatten();
     for ((p, t), &(v, k)) in pairs.chunks_exact_mut(cc).zip(terms.iter_mut()).zip(slots) {
-        *t = edge_belief(
-            adj, node, edges, msgs, a, lnb, rho, v as usize, k as usize, ew, p,
-        );
+        let (v, k) = (v as usize, k as usize);
+        let fast = potts
+            .and_then(|pd| potts_edge_belief(adj, node, edges, msgs, a, lnb, rho, v, k, pd, ew, p));
+        *t = fast.unwrap_or_else(|| edge_belief(adj, node, edges, msgs, a, lnb, rho, v, k, ew, p));
     }
+}
+
+/// [`edge_belief`] for a Potts table `(diagonal, off)` times the edge's weight: with
+/// `s = w Δ / ρ`, `p(a, b) = q_v(a) q_w(b) (A + B [a = b]) / Z` where `(A, B)` is
+/// `(e^{-s}, 1 − e^{-s})` for `s >= 0` and `(1, e^s − 1)` otherwise (no factor above 1),
+/// and the free-energy term needs only the row and column sums and the diagonal, since
+/// `ln p(a, b) = ln q_v(a) + ln q_w(b) + ln(A + B [a = b]) − ln Z`. O(C) exponentials and
+/// logarithms instead of O(C²). `None` when `Z` is too small for the probability domain
+/// (the caller then runs the general belief).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn potts_edge_belief<T: Real>(
+    adj: &Adjacency,
+    node: &[T],
+    edges: &ItemEdges<'_, T>,
+    msgs: &Shared,
+    a: &[f64],
+    lnb: &[f64],
+    rho: Option<&[f64]>,
+    v: usize,
+    k: usize,
+    (diag, off): (f64, f64),
+    ew: &mut EdgeWs,
+    pair: &mut [f64],
+) -> Option<f64> {
+    let c = ew.xj.len();
+    let (e, w) = (adj.edge[k] as usize, adj.nbr[k] as usize);
+    let r = rho.map_or(1.0, |r| r[e]);
+    let we = edges.weight(e);
+    let s = we * (diag - off) / r;
+    let nw = &mut ew.nw;
+    for (t, &x) in nw.th.iter_mut().zip(&node[v * c..(v + 1) * c]) {
+        *t = x.to_f64();
+    }
+    cavity(
+        adj,
+        v,
+        k,
+        &nw.th,
+        &a[v * c..(v + 1) * c],
+        msgs,
+        rho,
+        &mut nw.x,
+    );
+    for (t, &x) in nw.th.iter_mut().zip(&node[w * c..(w + 1) * c]) {
+        *t = x.to_f64();
+    }
+    let twin = adj.twin[k] as usize;
+    cavity(
+        adj,
+        w,
+        twin,
+        &nw.th,
+        &a[w * c..(w + 1) * c],
+        msgs,
+        rho,
+        &mut ew.xj,
+    );
+    let (xv, xw) = (&nw.x, &ew.xj);
+    let (mv, mw) = (max(xv), max(xw));
+    if mv == f64::NEG_INFINITY || mw == f64::NEG_INFINITY {
+        return None;
+    }
+    let (qv, qw) = (&mut ew.msg, &mut ew.qj);
+    for (q, &x) in qv.iter_mut().zip(xv) {
+        *q = exp(x - mv);
+    }
+    for (q, &x) in qw.iter_mut().zip(xw) {
+        *q = exp(x - mw);
+    }
+    let (big_a, big_b) = if s >= 0.0 {
+        let e = exp(-s);
+        (e, 1.0 - e)
+    } else {
+        (1.0, exp(s) - 1.0)
+    };
+    let (sv, sw): (f64, f64) = (qv.iter().sum(), qw.iter().sum());
+    let dot: f64 = qv.iter().zip(qw.iter()).map(|(x, y)| x * y).sum();
+    let z = big_a * sv * sw + big_b * dot;
+    // (Also catches a NaN z.)
+    if z.is_nan() || z < 1e-200 {
+        return None;
+    }
+    let inv = 1.0 / z;
+    let (mut ent, mut diag_mass) = (0.0, 0.0);
+    for i in 0..c {
+        let row = &mut pair[i * c..(i + 1) * c];
+        let f = qv[i] * inv;
+        for (o, &q) in row.iter_mut().zip(qw.iter()) {
+            *o = f * big_a * q;
+        }
+        row[i] += f * big_b * qw[i];
+        // Row i's sum, and its share of Σ p (ln q_v − ln b_v).
+        let ri = f * (big_a * sw + big_b * qw[i]);
+        if ri > 0.0 {
+            ent += ri * (xv[i] - mv - lnb[v * c + i]);
+        }
+        let ci = qw[i] * inv * (big_a * sv + big_b * qv[i]);
+        if ci > 0.0 {
+            ent += ci * (xw[i] - mw - lnb[w * c + i]);
+        }
+        diag_mass += row[i];
+    }
+    // Σ p ln(A + B[a = b]) = ln A (1 − D) + ln(A + B) D, with ln A = −s, ln(A + B) = 0 for
+    // s >= 0 and ln A = 0, ln(A + B) = s otherwise.
+    let shape = if s >= 0.0 {
+        -s * (1.0 - diag_mass)
+    } else {
+        s * diag_mass
+    };
+    let mi = ent + shape - z.ln();
+    // Energy E_p[w θ] = w (off + Δ D).
+    let energy = we * (off + (diag - off) * diag_mass);
+    Some(energy - r * mi)
 }
 
 simd_dispatch! {
