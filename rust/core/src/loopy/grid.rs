@@ -407,6 +407,8 @@ pub struct RowWs {
     pot: Vec<f64>,
     pot_at: Option<(bool, usize)>,
     norm: Vec<f64>,
+    /// f32 scratch row for damping f32 messages.
+    damp: Vec<f32>,
     a: Vec<f64>,
     b: Vec<f64>,
     cav: Vec<f64>,
@@ -603,40 +605,10 @@ fn row_update_body<M: Real>(
             _ => r - 1,
         };
         if let Some((wt, delta)) = p.weighted.as_ref().and_then(|wt| Some((wt, wt.potts?))) {
-            // Potts table (a constant plus Δ on the diagonal): per edge,
-            // m(x') ∝ Σ_x cav(x) + (e^{wΔ} − 1) cav(x'), so O(C) work and one exponential
-            // instead of C² of each. Scaled so that no factor exceeds 1: with wΔ >= 0,
-            // m = e^{−wΔ} S + (1 − e^{−wΔ}) cav; otherwise m = S + (e^{wΔ} − 1) cav.
             let wr = if vertical { &wt.wv } else { &wt.wh };
             let wr = &wr[tab_row * w..tab_row * w + len];
-            let (sum, rest) = ws.pot.split_at_mut(w);
-            let (alpha, beta) = rest.split_at_mut(w);
-            sum[..len].fill(0.0);
-            for x in 0..c {
-                let cav = &ws.cav[x * w + src_off..x * w + src_off + len];
-                sum[..len].iter_mut().zip(cav).for_each(|(s, &q)| *s += q);
-            }
-            for ((a, b), &wi) in alpha.iter_mut().zip(beta.iter_mut()).zip(wr) {
-                let z = wi * delta;
-                let e = if wt.low {
-                    exp_nonpos_f32(-(z.abs() as f32)) as f64
-                } else {
-                    exp(-z.abs())
-                };
-                (*a, *b) = if z >= 0.0 {
-                    (e, 1.0 - e)
-                } else {
-                    (1.0, e - 1.0)
-                };
-            }
-            for xo in 0..c {
-                let cav = &ws.cav[xo * w + src_off..xo * w + src_off + len];
-                let out = &mut ws.out[xo * w..xo * w + len];
-                for i in 0..len {
-                    // max(0): S − cav(x') may round below zero when Δ is very negative.
-                    out[i] = (alpha[i] * sum[i] + beta[i] * cav[i]).max(0.0);
-                }
-            }
+            let geo = (c, w, len, src_off);
+            potts_messages(&ws.cav, &mut ws.out, &mut ws.pot, wr, delta, wt.low, geo);
         } else {
             if let Some(wt) = &p.weighted {
                 // Made once per edge row and reused by the two directions that share it.
@@ -670,30 +642,7 @@ fn row_update_body<M: Real>(
             let out = &mut ws.out[xo * w..xo * w + len];
             let prev = &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len];
             if damping > 0.0 {
-                // Geometric mixture (damping in the log domain); renormalised below. The
-                // branch-free ln/exp (subnormals clamped to the smallest normal) keep this
-                // loop vectorised: with libm's it cost more than the whole update.
-                let keep = 1.0 - damping;
-                if std::mem::size_of::<M>() == 4 {
-                    // f32 storage: the mixture at f32 precision, eight lanes. Messages
-                    // are normalised, so both logs and the mixture are <= 0.
-                    let (k32, d32) = (keep as f32, damping as f32);
-                    for (o, &p) in out.iter_mut().zip(prev) {
-                        let p = p.to_f64();
-                        let lo = ln_pos_f32((*o as f32).max(f32::MIN_POSITIVE));
-                        let lp = ln_pos_f32((p as f32).max(f32::MIN_POSITIVE));
-                        let v = exp_nonpos_f32(lo * k32 + lp * d32) as f64;
-                        *o = if *o > 0.0 && p > 0.0 { v } else { 0.0 };
-                    }
-                } else {
-                    for (o, &p) in out.iter_mut().zip(prev) {
-                        let p = p.to_f64();
-                        let lo = ln_pos(o.max(f64::MIN_POSITIVE));
-                        let lp = ln_pos(p.max(f64::MIN_POSITIVE));
-                        let v = exp(lo * keep + lp * damping);
-                        *o = if *o > 0.0 && p > 0.0 { v } else { 0.0 };
-                    }
-                }
+                damp_row(out, prev, &mut ws.damp[..len], damping);
             }
         }
         if damping > 0.0 {
@@ -745,6 +694,91 @@ fn row_update_body<M: Real>(
     change
 }
 
+crate::simd_dispatch! {
+    /// Damps the fresh messages `out` towards the previous ones `prev` by the geometric
+    /// mixture `out^(1 − d) · prev^d` (damping in the log domain; renormalised by the
+    /// caller). Branch-free ln/exp (subnormals clamped to the smallest normal) keep the
+    /// loops vectorised; f32 messages are mixed at f32 precision in the f32 scratch `tmp`
+    /// (eight lanes). Its own dispatch, so the update's code is not disturbed by it.
+    fn damp_row<M: Real>(out: &mut [f64], prev: &[M], tmp: &mut [f32], damping: f64) -> ()
+        => damp_row_body
+}
+
+#[inline(always)]
+fn damp_row_body<M: Real>(out: &mut [f64], prev: &[M], tmp: &mut [f32], damping: f64) {
+    let keep = 1.0 - damping;
+    if std::mem::size_of::<M>() == 4 {
+        // Messages are normalised, so both logs and the mixture are <= 0.
+        let (k32, d32) = (keep as f32, damping as f32);
+        for (t, &o) in tmp.iter_mut().zip(out.iter()) {
+            *t = o as f32;
+        }
+        for (t, &p) in tmp.iter_mut().zip(prev) {
+            let p = p.to_f64() as f32;
+            let lo = ln_pos_f32(t.max(f32::MIN_POSITIVE));
+            let lp = ln_pos_f32(p.max(f32::MIN_POSITIVE));
+            let v = exp_nonpos_f32(lo * k32 + lp * d32);
+            *t = if *t > 0.0 && p > 0.0 { v } else { 0.0 };
+        }
+        for (o, &t) in out.iter_mut().zip(tmp.iter()) {
+            *o = t as f64;
+        }
+    } else {
+        for (o, &p) in out.iter_mut().zip(prev) {
+            let p = p.to_f64();
+            let lo = ln_pos(o.max(f64::MIN_POSITIVE));
+            let lp = ln_pos(p.max(f64::MIN_POSITIVE));
+            let v = exp(lo * keep + lp * damping);
+            *o = if *o > 0.0 && p > 0.0 { v } else { 0.0 };
+        }
+    }
+}
+
+/// Messages across one edge row with Potts tables (a constant plus Δ on the diagonal, edge
+/// weight `wr[i]`): `m(x') ∝ Σ_x cav(x) + (e^{wΔ} − 1) cav(x')`, so O(C) work and one
+/// exponential per edge instead of C² of each. Scaled so that no factor exceeds 1: with
+/// `wΔ >= 0`, `m = e^{−wΔ} S + (1 − e^{−wΔ}) cav`; otherwise `m = S + (e^{wΔ} − 1) cav`.
+/// Kept out of line so the general update's code is not disturbed by it.
+#[inline(never)]
+fn potts_messages(
+    cav: &[f64],
+    out: &mut [f64],
+    scratch: &mut [f64],
+    wr: &[f64],
+    delta: f64,
+    low: bool,
+    (c, w, len, src_off): (usize, usize, usize, usize),
+) {
+    let (sum, rest) = scratch.split_at_mut(w);
+    let (alpha, beta) = rest.split_at_mut(w);
+    sum[..len].fill(0.0);
+    for x in 0..c {
+        let cv = &cav[x * w + src_off..x * w + src_off + len];
+        sum[..len].iter_mut().zip(cv).for_each(|(s, &q)| *s += q);
+    }
+    for ((a, b), &wi) in alpha.iter_mut().zip(beta.iter_mut()).zip(wr) {
+        let z = wi * delta;
+        let e = if low {
+            exp_nonpos_f32(-(z.abs() as f32)) as f64
+        } else {
+            exp(-z.abs())
+        };
+        (*a, *b) = if z >= 0.0 {
+            (e, 1.0 - e)
+        } else {
+            (1.0, e - 1.0)
+        };
+    }
+    for xo in 0..c {
+        let cv = &cav[xo * w + src_off..xo * w + src_off + len];
+        let o = &mut out[xo * w..xo * w + len];
+        for i in 0..len {
+            // max(0): S − cav(x') may round below zero when Δ is very negative.
+            o[i] = (alpha[i] * sum[i] + beta[i] * cv[i]).max(0.0);
+        }
+    }
+}
+
 impl RowWs {
     fn new(c: usize, w: usize, weighted: bool) -> RowWs {
         RowWs {
@@ -756,6 +790,7 @@ impl RowWs {
             },
             pot_at: None,
             norm: vec![0.0; w],
+            damp: vec![0.0; w],
             a: vec![0.0; c * w],
             b: vec![0.0; c * w],
             cav: vec![0.0; c * w],
