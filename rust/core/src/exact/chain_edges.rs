@@ -32,11 +32,20 @@ use crate::kernels::batch::chunk_size;
 use crate::kernels::real::Real;
 use crate::model::scores::Problem;
 
+/// Largest per-worker buffer of exponentiated tables (bytes).
+const MAX_ITEM_TABLES: usize = 256 << 20;
+
 /// Whether `pb` is a batch of chains with a table per edge (per item or broadcast over
 /// items), per-item node scores: the shape this kernel serves.
 fn applies<T: Real>(pb: &Problem<'_, T>) -> bool {
     let n = pb.graph.num_nodes();
-    pb.graph.is_chain()
+    let c = pb.classes();
+    // Each worker keeps an item's exponentiated tables; beyond this the per-item kernel,
+    // which streams them, runs instead (no unbounded workspace per thread).
+    let fits = (n.saturating_sub(1))
+        .checked_mul(c * c * 8)
+        .is_some_and(|b| b <= MAX_ITEM_TABLES);
+    fits && pb.graph.is_chain()
         && n >= 2
         && pb.node.batch == pb.batch
         && pb.edge.weight.is_none()
