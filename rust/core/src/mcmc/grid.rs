@@ -83,22 +83,30 @@ impl GridFactors {
             exp_rel(row);
         }
         let (mut fwd, mut bwd) = (vec![1.0; (tables + 1) * cc], vec![1.0; (tables + 1) * cc]);
-        let mut t = vec![0.0; cc];
-        for e in 0..tables {
-            for (transpose, out) in [(false, &mut fwd), (true, &mut bwd)] {
-                edges.raw(e, transpose, &mut t);
-                // β · (−inf) stays −inf; β = 0 leaves only the forbidden pairs.
-                for x in t.iter_mut() {
-                    if *x > f64::NEG_INFINITY {
-                        *x *= beta;
+        // Per-edge factors in parallel (each edge's two tables are its own slots; the
+        // values do not depend on the split).
+        let ok = fwd[..tables * cc]
+            .par_chunks_mut(cc)
+            .zip(bwd[..tables * cc].par_chunks_mut(cc))
+            .enumerate()
+            .all(|(e, (f, b))| {
+                [(false, f), (true, b)].into_iter().all(|(transpose, out)| {
+                    edges.raw(e, transpose, out);
+                    // β · (−inf) stays −inf; β = 0 leaves only the forbidden pairs.
+                    for x in out.iter_mut() {
+                        if *x > f64::NEG_INFINITY {
+                            *x *= beta;
+                        }
                     }
-                }
-                if finite_span(&t) > SPAN {
-                    return None;
-                }
-                exp_rel(&mut t);
-                out[e * cc..(e + 1) * cc].copy_from_slice(&t);
-            }
+                    if finite_span(out) > SPAN {
+                        return false;
+                    }
+                    exp_rel(out);
+                    true
+                })
+            });
+        if !ok {
+            return None;
         }
         Some(GridFactors {
             h,
