@@ -41,6 +41,7 @@ def test_tiny_run_of_every_row(tmp_path):
         losses = np.array(out["history"][demo.crf_row(method)])
         assert len(losses) == 50 and np.array_equal(losses[:20], pre)
         crf = losses[20:]
+        assert np.array_equal(crf, out["history"][method])
         assert np.all(np.isfinite(crf)) and crf[-10:].mean() < crf[:10].mean()
     fig = out["figure"]
     assert fig.exists() and fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

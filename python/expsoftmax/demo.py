@@ -198,7 +198,9 @@ def _quiet(fn, *a, **kw):
 def main(argv=None) -> dict:
     """Run the demo; returns ``{"results": {row: (pixel accuracy, mean IoU)},
     "per_class_iou": {row: (C,) array}, "steps": {row: optimiser steps}, "history":
-    {row: losses per step}, "figure": path, "seconds": wall time}`` (``{}`` on ranks > 0)."""
+    {row: losses per step, method: its exponential-softmax steps' losses, "pretraining":
+    the shared cross-entropy steps' losses}, "figure": path, "seconds": wall time}``
+    (``{}`` on ranks > 0)."""
     ap = argparse.ArgumentParser(
         prog="python -m expsoftmax.demo",
         description="Segment digit scenes: a per-pixel CNN against the same CNN with a CRF "
@@ -344,9 +346,11 @@ def _run(args, rank: int, world: int, port) -> dict:
         crf = _seg_net_class()(C, args.width)
         crf.load_state_dict(checkpoint)
         name = crf_row(method)
-        history[name] = history["pretraining"] + train(
+        # history[method]: the exponential-softmax losses alone; history[row]: all steps.
+        history[method] = train(
             crf, args.crf_steps, f"CRF ({method})", crf_loss(method), 2, LR_TUNE, False
         )
+        history[name] = history["pretraining"] + history[method]
         steps[name] = len(history[name])
         models[name] = crf
 
