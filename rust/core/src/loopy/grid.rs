@@ -155,26 +155,33 @@ impl GridPotentials {
         if !weighted && n_tables * cc * 8 > max_cache {
             return None;
         }
+        // Node potentials, one grid row per task.
         let mut phi = vec![0.0; h * w * c];
-        let mut row = vec![0.0; c];
-        for r in 0..h {
+        let rows_ok = phi.par_chunks_mut(c * w).enumerate().all(|(r, out)| {
+            let mut row = vec![0.0; c];
             for col in 0..w {
                 let v = r * w + col;
                 for x in 0..c {
                     row[x] = node[v * c + x].to_f64();
                 }
                 if !span_ok(&row) {
-                    return None;
+                    return false;
                 }
                 exp_rel(&mut row);
                 for x in 0..c {
-                    phi[(r * c + x) * w + col] = row[x];
+                    out[x * w + col] = row[x];
                 }
             }
+            true
+        });
+        if !rows_ok {
+            return None;
         }
         let mut t = vec![0.0; cc];
         let mut f32_ok = std::mem::size_of::<T>() == 4;
-        let mut load = |e: usize, t: &mut Vec<f64>| -> bool {
+        // Edge e's potentials into `t`: `None` when its span leaves the probability domain,
+        // else whether f32 messages stay safe with it.
+        let load = |e: usize, t: &mut [f64]| -> Option<bool> {
             edges.raw(e, false, t);
             if let Some(r) = rho {
                 // θ / ρ; a forbidden pair stays forbidden.
@@ -182,16 +189,15 @@ impl GridPotentials {
                     .for_each(|x| *x = crate::kernels::message::scaled(1.0 / r[e], *x));
             }
             if !span_ok(t) {
-                return false;
+                return None;
             }
             let (hi, lo) = t
                 .iter()
                 .fold((f64::NEG_INFINITY, f64::INFINITY), |(h, l), &x| {
                     (h.max(x), l.min(x))
                 });
-            f32_ok &= lo > f64::NEG_INFINITY && hi - lo <= SPAN_F32;
             exp_rel(t);
-            true
+            Some(lo > f64::NEG_INFINITY && hi - lo <= SPAN_F32)
         };
         let mut wtd = None;
         let (horiz, vert) = if weighted {
@@ -237,33 +243,37 @@ impl GridPotentials {
             });
             (Vec::new(), Vec::new())
         } else if shared {
-            if !load(0, &mut t) {
-                return None;
-            }
+            f32_ok &= load(0, &mut t)?;
             (t.clone(), t.clone())
         } else {
+            // Per-edge potentials, one grid row (its horizontal and vertical edges) per task.
             let mut horiz = vec![0.0; h * cc * w];
             let mut vert = vec![0.0; h * cc * w];
-            for r in 0..h {
-                for col in 0..w {
-                    if col + 1 < w {
-                        if !load(r * (w - 1) + col, &mut t) {
-                            return None;
+            let rows: Option<Vec<bool>> = horiz
+                .par_chunks_mut(cc * w)
+                .zip(vert.par_chunks_mut(cc * w))
+                .enumerate()
+                .map(|(r, (hr, vr))| {
+                    let mut t = vec![0.0; cc];
+                    let mut low = true;
+                    for col in 0..w {
+                        if col + 1 < w {
+                            low &= load(r * (w - 1) + col, &mut t)?;
+                            for k in 0..cc {
+                                hr[k * w + col] = t[k];
+                            }
                         }
-                        for k in 0..cc {
-                            horiz[(r * cc + k) * w + col] = t[k];
+                        if r + 1 < h {
+                            low &= load(n_h + r * w + col, &mut t)?;
+                            for k in 0..cc {
+                                vr[k * w + col] = t[k];
+                            }
                         }
                     }
-                    if r + 1 < h {
-                        if !load(n_h + r * w + col, &mut t) {
-                            return None;
-                        }
-                        for k in 0..cc {
-                            vert[(r * cc + k) * w + col] = t[k];
-                        }
-                    }
-                }
-            }
+                    Some(low)
+                })
+                .collect();
+            f32_ok &= rows?.into_iter().all(|x| x);
             (horiz, vert)
         };
         Some(GridPotentials {
