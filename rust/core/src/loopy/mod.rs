@@ -523,6 +523,36 @@ impl EdgeWs {
 
 /// Pair marginal of the edge at adjacency slot `k` of its first node `v` into `pair`
 /// (`C x C`, oriented like the edge's table); returns the edge's free-energy term
+/// The two cavity log-beliefs of the edge at adjacency slot `k` of node `v`: node `v`'s
+/// into `ew.nw.x`, its neighbour's into `ew.xj`. Returns (edge, neighbour, ρ_e).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn edge_cavities<T: Real>(
+    adj: &Adjacency,
+    node: &[T],
+    msgs: &Shared,
+    a: &[f64],
+    rho: Option<&[f64]>,
+    v: usize,
+    k: usize,
+    ew: &mut EdgeWs,
+) -> (usize, usize, f64) {
+    let c = ew.xj.len();
+    let (e, w) = (adj.edge[k] as usize, adj.nbr[k] as usize);
+    let nw = &mut ew.nw;
+    for (t, &s) in nw.th.iter_mut().zip(&node[v * c..(v + 1) * c]) {
+        *t = s.to_f64();
+    }
+    let av = &a[v * c..(v + 1) * c];
+    cavity(adj, v, k, &nw.th, av, msgs, rho, &mut nw.x);
+    for (t, &s) in nw.th.iter_mut().zip(&node[w * c..(w + 1) * c]) {
+        *t = s.to_f64();
+    }
+    let (aw, twin) = (&a[w * c..(w + 1) * c], adj.twin[k] as usize);
+    cavity(adj, w, twin, &nw.th, aw, msgs, rho, &mut ew.xj);
+    (e, w, rho.map_or(1.0, |r| r[e]))
+}
+
 /// `E_p[θ] − ρ I(p)` (mutual information against the node beliefs, logs in `lnb`).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -540,35 +570,8 @@ fn edge_belief<T: Real>(
     pair: &mut [f64],
 ) -> f64 {
     let c = ew.xj.len();
-    let (e, w) = (adj.edge[k] as usize, adj.nbr[k] as usize);
-    let r = rho.map_or(1.0, |r| r[e]);
+    let (e, w, r) = edge_cavities(adj, node, msgs, a, rho, v, k, ew);
     let nw = &mut ew.nw;
-    for (t, &s) in nw.th.iter_mut().zip(&node[v * c..(v + 1) * c]) {
-        *t = s.to_f64();
-    }
-    cavity(
-        adj,
-        v,
-        k,
-        &nw.th,
-        &a[v * c..(v + 1) * c],
-        msgs,
-        rho,
-        &mut nw.x,
-    );
-    for (t, &s) in nw.th.iter_mut().zip(&node[w * c..(w + 1) * c]) {
-        *t = s.to_f64();
-    }
-    cavity(
-        adj,
-        w,
-        adj.twin[k] as usize,
-        &nw.th,
-        &a[w * c..(w + 1) * c],
-        msgs,
-        rho,
-        &mut ew.xj,
-    );
     let my = max(&ew.xj);
     for (q, &x) in ew.qj.iter_mut().zip(&ew.xj) {
         *q = if my > f64::NEG_INFINITY {
@@ -688,38 +691,10 @@ fn potts_edge_belief<T: Real>(
     pair: &mut [f64],
 ) -> Option<f64> {
     let c = ew.xj.len();
-    let (e, w) = (adj.edge[k] as usize, adj.nbr[k] as usize);
-    let r = rho.map_or(1.0, |r| r[e]);
+    let (e, w, r) = edge_cavities(adj, node, msgs, a, rho, v, k, ew);
     let we = edges.weight(e);
     let s = we * (diag - off) / r;
-    let nw = &mut ew.nw;
-    for (t, &x) in nw.th.iter_mut().zip(&node[v * c..(v + 1) * c]) {
-        *t = x.to_f64();
-    }
-    cavity(
-        adj,
-        v,
-        k,
-        &nw.th,
-        &a[v * c..(v + 1) * c],
-        msgs,
-        rho,
-        &mut nw.x,
-    );
-    for (t, &x) in nw.th.iter_mut().zip(&node[w * c..(w + 1) * c]) {
-        *t = x.to_f64();
-    }
-    let twin = adj.twin[k] as usize;
-    cavity(
-        adj,
-        w,
-        twin,
-        &nw.th,
-        &a[w * c..(w + 1) * c],
-        msgs,
-        rho,
-        &mut ew.xj,
-    );
+    let nw = &ew.nw;
     let (xv, xw) = (&nw.x, &ew.xj);
     let (mv, mw) = (max(xv), max(xw));
     if mv == f64::NEG_INFINITY || mw == f64::NEG_INFINITY {
