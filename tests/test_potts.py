@@ -46,3 +46,19 @@ def test_a_nearly_potts_table_is_not_taken_for_one():
     a = es.infer(g, s_n, es.WeightedEdges(weight, table), method="bp", max_iter=40, tol=0)
     b = es.infer(g, s_n, full, method="bp", max_iter=40, tol=0)
     np.testing.assert_allclose(a.node_marginals, b.node_marginals, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["bp", "trw"])
+def test_a_shared_potts_table_on_a_general_graph(method):
+    # One shared Potts table (no weights) on a loopy graph that is not a grid: the O(C)
+    # pair belief against the general one (the same table given per edge).
+    rng = np.random.default_rng(4)
+    g = es.Graph(7, [(0, 1), (1, 2), (2, 0), (2, 3), (3, 4), (4, 5), (5, 3), (5, 6), (6, 0)])
+    c = 4
+    s_n = rng.normal(size=(3, 7, c))
+    table = 0.8 * np.eye(c) + 0.1
+    opts = dict(method=method, max_iter=200, tol=1e-12)
+    a = es.infer(g, s_n, table[None], **opts)
+    b = es.infer(g, s_n, np.broadcast_to(table, (g.num_edges, c, c)).copy(), **opts)
+    np.testing.assert_allclose(a.log_z, b.log_z, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(a.edge_marginals, b.edge_marginals, atol=1e-10)
