@@ -57,6 +57,14 @@ def ours(h, w, c, s_n, t):
     return run
 
 
+def _draw(a, y, mask, rng):
+    """Draws the labels where `mask` holds from the conditional scores `a (h, w, C)`."""
+    p = np.exp(a - a.max(-1, keepdims=True))
+    cdf = np.cumsum(p, -1)
+    u = rng.random(a.shape[:-1] + (1,)) * cdf[..., -1:]
+    y[mask] = (cdf < u).sum(-1)[mask]
+
+
 def numpy_checkerboard(h, w, c, s_n, t):
     rng = np.random.default_rng(0)
     th = s_n.reshape(h, w, c).astype(np.float64)
@@ -72,12 +80,7 @@ def numpy_checkerboard(h, w, c, s_n, t):
                 a[:, :-1] += tab[:, y[:, 1:]].transpose(1, 2, 0)  # right: table[x, y_right]
                 a[1:] += tab[y[:-1]]
                 a[:-1] += tab[:, y[1:]].transpose(1, 2, 0)
-                p = np.exp(a - a.max(-1, keepdims=True))
-                cdf = np.cumsum(p, -1)
-                u = rng.random((h, w, 1)) * cdf[..., -1:]
-                new = (cdf < u).sum(-1)
-                mask = colour == col
-                y[mask] = new[mask]
+                _draw(a, y, colour == col, rng)
         return y
 
     return run
@@ -104,12 +107,7 @@ def numpy_marginals(h, w, c, s_n, th, tv, sweeps, seed=0):
             a[:, :-1] += th[r_h, c_h, :, y[:, 1:]]  # right neighbour: table[x, y_right]
             a[1:] += tv[r_v, c_v, y[:-1]]
             a[:-1] += tv[r_v, c_v, :, y[1:]]
-            p = np.exp(a - a.max(-1, keepdims=True))
-            cdf = np.cumsum(p, -1)
-            u = rng.random((h, w, 1)) * cdf[..., -1:]
-            new = (cdf < u).sum(-1)
-            mask = colour == col
-            y[mask] = new[mask]
+            _draw(a, y, colour == col, rng)
         np.put_along_axis(
             counts, y[..., None], np.take_along_axis(counts, y[..., None], -1) + 1, -1
         )
