@@ -94,6 +94,32 @@ def sample(
     """``method``, ``samples`` (flat ``(num_samples * B * I,)`` int64, -1 at padded
     nodes)."""
 
+def marginals_jvp(
+    graph: GraphCore,
+    s_n: Floats,
+    s_e: Floats,
+    dims: Dims,
+    t_n: npt.NDArray[np.float64],
+    t_e: npt.NDArray[np.float64],
+    weight: Optional[Floats] = None,
+    lengths: Optional[I64] = None,
+) -> dict[str, Any]:
+    """Forests only: derivatives of log Z and the marginals in the direction ``(t_n (B*I*C,),
+    t_e (B*E*C*C,))``. ``log_z``, ``d_log_z`` ``(B,)``, ``d_node``, ``d_edge`` (flat
+    float64)."""
+
+def topk(
+    graph: GraphCore,
+    s_n: Floats,
+    s_e: Floats,
+    dims: Dims,
+    k: int,
+    weight: Optional[Floats] = None,
+    lengths: Optional[I64] = None,
+) -> dict[str, Any]:
+    """Forests only: ``labels`` (flat ``(k * B * I,)`` int64, best first, -1 at padded nodes
+    and past the last labelling) and ``scores`` (flat ``(k * B,)`` float64)."""
+
 def method_options(entry: str = "infer") -> dict[str, dict[str, Any]]:
     """``{method: {option: default}}`` accepted by ``entry``."""
 

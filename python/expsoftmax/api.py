@@ -301,3 +301,73 @@ def _count(v: Any, name: str) -> int:
     if n >= 1 << 64:
         raise OverflowError(f"{name} = {n} does not fit in 64 bits")
     return n
+
+
+def topk(
+    graph: Graph,
+    s_n: Any,
+    s_e: Any,
+    k: int,
+    *,
+    lengths: Any = None,
+    mask: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` highest-scoring labellings of a forest, best first, exactly.
+
+    Args:
+        graph: a forest (chains, trees); other graphs raise :class:`NotForestError`.
+        s_n, s_e, lengths, mask: as in :func:`infer`.
+        k: how many labellings (``k >= 1``).
+
+    Returns:
+        ``(labels, scores)``: int64 ``(k, ..., I)`` and float64 ``(k, ...)`` (the exact
+        score ``s(y)`` of each). When fewer than ``k`` labellings are allowed (``C**I < k``,
+        or ``-inf`` scores forbid them), the rows past the last one are ``-1`` and ``-inf``.
+        Padded chain positions are ``-1``. Ties keep the order in which they were found.
+    """
+    graph = _graph(graph)
+    kk = _count(k, "k")
+    if kk == 0:
+        raise ValueError("k must be >= 1")
+    sc = prepare(graph, s_n, s_e, lengths=_lengths(lengths, mask))
+    out = _core.topk(graph._core, sc.s_n, sc.s_e, sc.dims, kk, sc.weight, sc.lengths)
+    labels = out["labels"].reshape((kk,) + sc.batch_shape + (graph.num_nodes,))
+    return labels, out["scores"].reshape((kk,) + sc.batch_shape)
+
+
+def _marginals_jvp(
+    graph: Graph,
+    s_n: Any,
+    s_e: Any,
+    t_n: np.ndarray,
+    t_e: np.ndarray,
+    lengths: Any = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact second order on forests: the derivatives of log Z and of the node and pair
+    marginals when the scores move along ``(t_n (..., I, C), t_e (..., E, C, C))``
+    (broadcast to the batch). By the symmetry of the Hessian of log Z this is also the
+    vector–Jacobian product of the marginals with ``(t_n, t_e)``. Returns float64
+    ``(d_log_z (...), d_node (..., I, C), d_edge (..., E, C, C))``."""
+    graph = _graph(graph)
+    sc = prepare(graph, s_n, s_e, lengths=lengths)
+    n, e, c = graph.num_nodes, graph.num_edges, sc.classes
+
+    def dense(t: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
+        t = np.broadcast_to(np.asarray(t, dtype=np.float64), sc.batch_shape + tail)
+        return np.ascontiguousarray(t).reshape(-1)
+
+    out = _core.marginals_jvp(
+        graph._core,
+        sc.s_n,
+        sc.s_e,
+        sc.dims,
+        dense(t_n, (n, c)),
+        dense(t_e, (e, c, c)),
+        sc.weight,
+        sc.lengths,
+    )
+    return (
+        _shape(out["d_log_z"], sc),
+        _shape(out["d_node"], sc, (n, c)),
+        _shape(out["d_edge"], sc, (e, c, c)),
+    )

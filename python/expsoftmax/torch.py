@@ -35,9 +35,10 @@ def _numpy(t: Any) -> Any:
 
 
 class _NoSecondOrder(torch.autograd.Function):
-    """Marks a first-order gradient so that differentiating it again raises instead of
-    silently contributing zero (the loss's backward is computed by the core, outside
-    autograd). `anchor` is any input that requires grad, so the mark is recorded."""
+    """Marks a first-order gradient (loopy and sampling methods) so that differentiating it
+    again raises instead of silently contributing zero (the loss's backward is computed by
+    the core, outside autograd). `anchor` is any input that requires grad, so the mark is
+    recorded."""
 
     @staticmethod
     def forward(ctx: Any, grad: Tensor, anchor: Tensor, method: str) -> Tensor:  # type: ignore[override]
@@ -48,9 +49,9 @@ class _NoSecondOrder(torch.autograd.Function):
     def backward(ctx: Any, *_: Any) -> Any:  # type: ignore[override]
         raise RuntimeError(
             "expsoftmax: second derivatives of the exponential-softmax loss are not "
-            f"available (method={ctx.method!r}): its gradient (marginals - gold) is computed "
-            "by the core outside autograd. Differentiate the loss once (no create_graph), "
-            "or use a first-order method."
+            f"available with method={ctx.method!r}: its gradient (beliefs - gold) is "
+            "first-order only. Exact second derivatives need method='exact' (or 'auto') on "
+            "a forest; otherwise differentiate the loss once (no create_graph)."
         )
 
 
@@ -89,7 +90,8 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
-        # With create_graph=True autograd records this backward; the gradients are marked
+        # With create_graph=True autograd records this backward: exact on forests, the
+        # gradients are differentiable functions of the scores; otherwise they are marked
         # so that a second differentiation raises (never a silent zero).
         ctx.create_graph = torch.is_grad_enabled()
         return _ExpSoftmaxLossFn._backward(ctx, g)
@@ -97,6 +99,19 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
     @staticmethod
     def _backward(ctx: Any, g: Tensor) -> tuple[Optional[Tensor], ...]:
         s_n, s_e, s_w, shape = ctx.meta
+        graph, method = ctx.args[0], ctx.args[4]
+        if ctx.create_graph and method in ("auto", "exact") and graph.is_forest:
+            # Exact second order: the gradients as a differentiable function of the scores
+            # (the marginals' backward is the core's forward-mode pass).
+            from ._dist import loss_grads_twice_differentiable
+
+            y, lengths, options = ctx.args[3], ctx.args[5], ctx.args[6]
+            gn, ge, gw = loss_grads_twice_differentiable(
+                s_n, s_e, s_w, y, g.reshape(shape), graph, method, lengths, options
+            )
+            needs = ctx.needs_input_grad[:3]
+            grads = [t if need else None for t, need in zip((gn, ge, gw), needs)]
+            return (*grads, None, None, None, None, None, None)
         gw = g.detach().to("cpu", torch.float64).numpy().reshape(shape)
 
         def fresh(weights: Optional[np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -316,5 +331,6 @@ class GridCRFLoss(nn.Module):
 
 
 from ._crf import CRF  # noqa: E402  (it builds on exp_softmax_loss above)
+from ._dist import ExpSoftmax  # noqa: E402
 
-__all__ = ["CRF", "ExpSoftmaxLoss", "GridCRFLoss", "exp_softmax_loss", "grid_scores"]
+__all__ = ["CRF", "ExpSoftmax", "ExpSoftmaxLoss", "GridCRFLoss", "exp_softmax_loss", "grid_scores"]

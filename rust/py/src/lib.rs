@@ -7,7 +7,8 @@
 //!   the one way into the core (GIL released, Ctrl-C honoured, panics caught);
 //! - [`pool`]: the thread pool, rebuilt after `fork`.
 //!
-//! Four entry points (`infer`, `loss_and_grad`, `decode`, `sample`) serve every method.
+//! Four entry points (`infer`, `loss_and_grad`, `decode`, `sample`) serve every method;
+//! two more are exact on forests only (`marginals_jvp`: second order, `topk`: k-best).
 
 use std::sync::Arc;
 
@@ -225,6 +226,68 @@ fn sample<'py>(
     })
 }
 
+/// Forward-mode second order on forests: the derivatives of log Z and of the marginals in
+/// the direction `(t_n (B * I * C,), t_e (B * E * C * C,))` float64 (dense, per item).
+/// Returns a dict: `log_z`, `d_log_z` `(B,)`, `d_node`, `d_edge` (flat, float64).
+#[pyfunction]
+#[pyo3(signature = (graph, s_n, s_e, dims, t_n, t_e, weight=None, lengths=None))]
+#[allow(clippy::too_many_arguments)]
+fn marginals_jvp<'py>(
+    py: Python<'py>,
+    graph: &GraphCore,
+    s_n: &Bound<'py, PyAny>,
+    s_e: &Bound<'py, PyAny>,
+    dims: Dims,
+    t_n: PyReadonlyArray1<'py, f64>,
+    t_e: PyReadonlyArray1<'py, f64>,
+    weight: Option<&Bound<'py, PyAny>>,
+    lengths: Option<PyReadonlyArray1<'py, i64>>,
+) -> PyResult<Py<PyDict>> {
+    let g = &*graph.inner;
+    let lengths = convert::lengths(lengths)?;
+    let (tn, te) = (slice(&t_n, "t_n")?, slice(&t_e, "t_e")?);
+    with_scores!(s_n, s_e, weight, dims, lengths.as_deref(), |sc| {
+        let t = enter(py, |stop| {
+            expsoftmax_core::exact::tangent::marginals_jvp(&sc.problem(g, stop)?, tn, te)
+        })?;
+        let d = PyDict::new(py);
+        d.set_item("log_z", convert::arr(py, t.log_z))?;
+        d.set_item("d_log_z", convert::arr(py, t.d_log_z))?;
+        d.set_item("d_node", convert::arr(py, t.node))?;
+        d.set_item("d_edge", convert::arr(py, t.edge))?;
+        Ok(d.unbind())
+    })
+}
+
+/// The `k` best labellings on a forest, best first. Returns a dict: `labels` (flat
+/// `(k * B * I,)` int64, −1 at padded nodes and in rows past the last labelling) and
+/// `scores` (flat `(k * B,)` float64, −inf in those rows).
+#[pyfunction]
+#[pyo3(signature = (graph, s_n, s_e, dims, k, weight=None, lengths=None))]
+#[allow(clippy::too_many_arguments)]
+fn topk<'py>(
+    py: Python<'py>,
+    graph: &GraphCore,
+    s_n: &Bound<'py, PyAny>,
+    s_e: &Bound<'py, PyAny>,
+    dims: Dims,
+    k: usize,
+    weight: Option<&Bound<'py, PyAny>>,
+    lengths: Option<PyReadonlyArray1<'py, i64>>,
+) -> PyResult<Py<PyDict>> {
+    let g = &*graph.inner;
+    let lengths = convert::lengths(lengths)?;
+    with_scores!(s_n, s_e, weight, dims, lengths.as_deref(), |sc| {
+        let (labels, scores) = enter(py, |stop| {
+            expsoftmax_core::exact::kbest::topk(&sc.problem(g, stop)?, k)
+        })?;
+        let d = PyDict::new(py);
+        d.set_item("labels", convert::arr(py, labels))?;
+        d.set_item("scores", convert::arr(py, scores))?;
+        Ok(d.unbind())
+    })
+}
+
 /// Threads above this are refused: more than any machine's cores, and each costs a stack.
 const MAX_THREADS: i64 = 1024;
 
@@ -286,6 +349,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(loss_and_grad, m)?)?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_function(wrap_pyfunction!(sample, m)?)?;
+    m.add_function(wrap_pyfunction!(marginals_jvp, m)?)?;
+    m.add_function(wrap_pyfunction!(topk, m)?)?;
     m.add_function(wrap_pyfunction!(options::method_options, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;

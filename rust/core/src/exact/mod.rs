@@ -5,9 +5,11 @@
 pub mod chain;
 pub mod chain_edges;
 pub mod junction;
+pub mod kbest;
 pub mod maxproduct;
 pub mod sampling;
 pub mod sumproduct;
+pub mod tangent;
 
 use rayon::prelude::*;
 
