@@ -288,6 +288,15 @@ class ExpSoftmax:
             s_e = s_e.to(s_n.dtype)
         self.graph, self.method, self.options = graph, method, dict(options)
         self.s_n, self.s_e = s_n, s_e
+        if torch.compiler.is_compiling():
+            # Traced by dynamo: no numpy here; log_partition goes through a custom op.
+            if mask is not None:
+                lengths = mask.sum(-1)
+            self.lengths = None if lengths is None else torch.as_tensor(lengths).long()
+            ln_shape = () if self.lengths is None else tuple(self.lengths.shape)
+            self.batch_shape = torch.broadcast_shapes(s_n.shape[:-2], s_e.shape[:-3], ln_shape)
+            self._model = _Model(graph, method, None, self.options, s_n)
+            return
         ll = _lengths(
             None if lengths is None else _np(torch.as_tensor(lengths)),
             None if mask is None else _np(torch.as_tensor(mask)),
@@ -304,7 +313,15 @@ class ExpSoftmax:
 
     @property
     def log_partition(self) -> Tensor:
-        """log Z ``(...)`` (the method's estimate for loopy methods)."""
+        """log Z ``(...)`` (the method's estimate for loopy methods). Under
+        ``torch.compile`` it is the ``expsoftmax::log_partition`` custom op (first order)."""
+        if torch.compiler.is_compiling():
+            from . import _ops
+
+            key = _ops.config_key(self.graph, self.method, self.options)
+            return _ops.log_partition(self.s_n, self.s_e, self.lengths, key, self.graph.num_edges)[
+                0
+            ]
         return _LogPartition.apply(self.s_n, self.s_e, self._model)
 
     @property

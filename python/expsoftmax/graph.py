@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import operator
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +12,10 @@ import numpy as np
 
 from . import _core
 from .errors import DTypeError, ShapeError
+
+_KEYS = itertools.count()
+#: Live graphs by key (weak: a graph is not kept alive by being named).
+_LIVE: weakref.WeakValueDictionary[int, Graph] = weakref.WeakValueDictionary()
 
 
 def _as_int_array(x: Any, name: str) -> np.ndarray:
@@ -46,7 +52,7 @@ class Graph:
     inference) are built once, on first use.
     """
 
-    __slots__ = ("_num_nodes", "_edges", "_core", "_grid", "_cache")
+    __slots__ = ("_num_nodes", "_edges", "_core", "_grid", "_cache", "_key", "__weakref__")
 
     def __init__(self, num_nodes: int, edges: Any) -> None:
         if isinstance(num_nodes, (bool, np.bool_)):
@@ -73,6 +79,11 @@ class Graph:
         object.__setattr__(self, "_grid", None)
         # Derived data (e.g. TRW edge appearance probabilities), computed on demand.
         object.__setattr__(self, "_cache", {})
+        # A process-wide number naming this graph to the torch custom operators (which
+        # take only tensors, numbers and strings); see expsoftmax._ops.
+        key = next(_KEYS)
+        object.__setattr__(self, "_key", key)
+        _LIVE[key] = self
 
     # ---- constructors -------------------------------------------------------------------
     @classmethod

@@ -210,8 +210,12 @@ def exp_softmax_loss(
         The loss; its backward gives ``marginals − gold`` to ``s_n`` and ``s_e``.
     """
     _check(reduction, s_n, s_e)
-    lengths = _lengths(_numpy(lengths), _numpy(mask))
     table, weight = (s_e[1], s_e[0]) if isinstance(s_e, tuple) else (s_e, None)
+    if torch.compiler.is_compiling():
+        return _compiled_loss(
+            s_n, table, weight, y, graph, method, reduction, lengths, mask, options
+        )
+    lengths = _lengths(_numpy(lengths), _numpy(mask))
     prescale = 1.0
     if reduction == "mean":
         # The upstream gradient "mean" will send to every item, exactly as torch computes
@@ -227,6 +231,37 @@ def exp_softmax_loss(
         if n > 0:
             prescale = torch.ones((), dtype=s_n.dtype).div(n).item()
     loss = _ExpSoftmaxLossFn.apply(s_n, table, weight, y, graph, method, lengths, options, prescale)
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean()
+    return loss
+
+
+def _compiled_loss(
+    s_n: Tensor,
+    table: Tensor,
+    weight: Optional[Tensor],
+    y: Any,
+    graph: Graph,
+    method: str,
+    reduction: str,
+    lengths: Optional[Tensor],
+    mask: Optional[Tensor],
+    options: dict[str, Any],
+) -> Tensor:
+    """The loss through the ``expsoftmax::loss_and_grad`` custom op (no graph break under
+    ``torch.compile``); same values and gradients as the eager path."""
+    from . import _ops
+
+    if lengths is not None and mask is not None:
+        raise ValueError("give lengths or mask, not both")
+    if mask is not None:
+        # (The core checks that the lengths fit the chain; a mask must be a prefix.)
+        lengths = mask.sum(-1)
+    ll = None if lengths is None else torch.as_tensor(lengths).long()
+    key = _ops.config_key(graph, method, options)
+    loss = _ops.loss_and_grad(s_n, table, weight, torch.as_tensor(y), ll, key, None)[0]
     if reduction == "sum":
         return loss.sum()
     if reduction == "mean":
