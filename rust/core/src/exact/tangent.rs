@@ -17,9 +17,11 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::exact::item_error;
 use crate::exact::sumproduct::infeasible;
+use crate::kernels::logspace::{exp, max};
 use crate::kernels::real::Real;
 use crate::model::forest::{Forest, ROOT};
 use crate::model::scores::{ItemEdges, Problem};
+use crate::simd_dispatch;
 
 /// Directional derivatives of every item, flat in the batch's order.
 pub struct Tangents {
@@ -41,77 +43,132 @@ struct Ws {
     /// Message from each position to its parent, normalised, and its tangent.
     up: Vec<f64>,
     dup: Vec<f64>,
-    /// Edge table above a position, `[child, parent]`, and its tangent.
+    /// Edge table above a position, `[child, parent]` and `[parent, child]`, with tangents.
     t: Vec<f64>,
     dt: Vec<f64>,
+    tp: Vec<f64>,
+    dtp: Vec<f64>,
     x: Vec<f64>,
     dx: Vec<f64>,
     w: Vec<f64>,
+    cav: Vec<f64>,
+    dcav: Vec<f64>,
+    n: Vec<f64>,
+    dn: Vec<f64>,
 }
 
 impl Ws {
     fn new(n: usize, c: usize) -> Ws {
+        let v = |k: usize| vec![0.0; k];
         Ws {
             c,
-            bel: vec![0.0; n * c],
-            dbel: vec![0.0; n * c],
-            up: vec![0.0; n * c],
-            dup: vec![0.0; n * c],
-            t: vec![0.0; c * c],
-            dt: vec![0.0; c * c],
-            x: vec![0.0; c * c],
-            dx: vec![0.0; c * c],
-            w: vec![0.0; c * c],
+            bel: v(n * c),
+            dbel: v(n * c),
+            up: v(n * c),
+            dup: v(n * c),
+            t: v(c * c),
+            dt: v(c * c),
+            tp: v(c * c),
+            dtp: v(c * c),
+            x: v(c * c),
+            dx: v(c * c),
+            w: v(c * c),
+            cav: v(c),
+            dcav: v(c),
+            n: v(c),
+            dn: v(c),
         }
     }
 }
 
 /// `(LSE(x), Σ softmax(x) dx)`, with the weights left in `w`; `(-inf, 0)` when every
-/// entry is −inf (a tangent through an impossible configuration is 0).
-#[inline]
+/// entry is −inf. Tangents are finite, so an impossible entry (weight exactly 0) adds 0.
+/// Branch-free inner loops (the crate's vectorisable `exp`).
+#[inline(always)]
 fn dual_lse(x: &[f64], dx: &[f64], w: &mut [f64]) -> (f64, f64) {
-    let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let m = max(x);
     if m == f64::NEG_INFINITY {
         w.iter_mut().for_each(|v| *v = 0.0);
         return (m, 0.0);
     }
-    let mut s = 0.0;
     for (wk, &xk) in w.iter_mut().zip(x) {
-        *wk = (xk - m).exp();
-        s += *wk;
+        *wk = exp(xk - m);
     }
-    let mut d = 0.0;
-    for (wk, &dk) in w.iter_mut().zip(dx) {
-        *wk /= s;
-        // An impossible entry has weight 0; its tangent is never looked at.
-        if *wk > 0.0 {
-            d += *wk * dk;
-        }
-    }
-    (m + s.ln(), d)
+    let inv = 1.0 / lanes(w, |a| a);
+    w.iter_mut().for_each(|v| *v *= inv);
+    let d = lanes2(w, dx);
+    (m + (1.0 / inv).ln(), d)
 }
 
-/// Loads the table above position `p` as `[child label, parent label]` with its tangent
-/// (`ue` is the item's `(E, C, C)` tangent, `[first, second]`).
+/// `Σ f(a_k)` in eight independent partial sums (so the loop vectorises; the order is
+/// fixed, so results do not depend on the machine).
+#[inline(always)]
+fn lanes(a: &[f64], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0; 8];
+    let full = a.len() / 8 * 8;
+    for ch in a[..full].chunks_exact(8) {
+        for (s, &v) in acc.iter_mut().zip(ch) {
+            *s += f(v);
+        }
+    }
+    let tail: f64 = a[full..].iter().map(|&v| f(v)).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// `Σ a_k b_k` in eight independent partial sums.
+#[inline(always)]
+fn lanes2(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0; 8];
+    let full = a.len() / 8 * 8;
+    for (ca, cb) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
+        for k in 0..8 {
+            acc[k] += ca[k] * cb[k];
+        }
+    }
+    let tail: f64 = a[full..].iter().zip(&b[full..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// Loads the table above position `p` in both orientations, with its tangent (`ue` is the
+/// item's `(E, C, C)` tangent, `[first, second]`).
+#[inline(always)]
 fn load(f: &Forest, es: &ItemEdges<'_, impl Real>, ue: &[f64], p: usize, ws: &mut Ws) {
     let (e, c) = (f.edge[p] as usize, ws.c);
-    let transpose = !f.child_first[p];
-    es.raw(e, transpose, &mut ws.t);
+    // Stored [first, second]; child_first means first = child.
+    es.raw(e, !f.child_first[p], &mut ws.t);
+    es.raw(e, f.child_first[p], &mut ws.tp);
     let src = &ue[e * c * c..(e + 1) * c * c];
+    let (same, other) = if f.child_first[p] {
+        (&mut ws.dt, &mut ws.dtp)
+    } else {
+        (&mut ws.dtp, &mut ws.dt)
+    };
+    same.copy_from_slice(src);
     for a in 0..c {
         for b in 0..c {
-            ws.dt[a * c + b] = if transpose {
-                src[b * c + a]
-            } else {
-                src[a * c + b]
-            };
+            other[b * c + a] = src[a * c + b];
         }
     }
 }
 
-/// One item: returns `(log Z, d log Z)` and writes the marginals' tangents.
+simd_dispatch! {
+    /// One item: returns `(log Z, d log Z)` and writes the marginals' tangents.
+    fn item<T: Real>(
+        f: &Forest,
+        node: &[T],
+        es: &ItemEdges<'_, T>,
+        active: usize,
+        un: &[f64],
+        ue: &[f64],
+        out_n: &mut [f64],
+        out_e: &mut [f64],
+        ws: &mut Ws,
+    ) -> Result<(f64, f64)> => item_body
+}
+
 #[allow(clippy::too_many_arguments)]
-fn item<T: Real>(
+#[inline(always)]
+fn item_body<T: Real>(
     f: &Forest,
     node: &[T],
     es: &ItemEdges<'_, T>,
@@ -133,12 +190,9 @@ fn item<T: Real>(
     let (mut log_z, mut d_log_z) = (0.0, 0.0);
     for p in (0..active).rev() {
         let par = f.parent[p];
+        let (bel, dbel) = (&ws.bel[p * c..(p + 1) * c], &ws.dbel[p * c..(p + 1) * c]);
         if par == ROOT {
-            let (lz, d) = dual_lse(
-                &ws.bel[p * c..(p + 1) * c],
-                &ws.dbel[p * c..(p + 1) * c],
-                &mut ws.w[..c],
-            );
+            let (lz, d) = dual_lse(bel, dbel, &mut ws.w[..c]);
             if lz == f64::NEG_INFINITY {
                 return Err(infeasible());
             }
@@ -147,12 +201,14 @@ fn item<T: Real>(
             continue;
         }
         load(f, es, ue, p, ws);
-        // m(d) = LSE_s [bel(s) + t(s, d)], as duals.
+        let (bel, dbel) = (&ws.bel[p * c..(p + 1) * c], &ws.dbel[p * c..(p + 1) * c]);
+        // m(d) = LSE_s [bel(s) + t(s, d)], as duals (rows of the [parent, child] table).
         let mut shift = f64::NEG_INFINITY;
         for d in 0..c {
+            let (row, drow) = (&ws.tp[d * c..(d + 1) * c], &ws.dtp[d * c..(d + 1) * c]);
             for s in 0..c {
-                ws.x[s] = ws.bel[p * c + s] + ws.t[s * c + d];
-                ws.dx[s] = ws.dbel[p * c + s] + ws.dt[s * c + d];
+                ws.x[s] = bel[s] + row[s];
+                ws.dx[s] = dbel[s] + drow[s];
             }
             let (m, dm) = dual_lse(&ws.x[..c], &ws.dx[..c], &mut ws.w[..c]);
             ws.up[p * c + d] = m;
@@ -177,10 +233,9 @@ fn item<T: Real>(
             let par = par as usize;
             load(f, es, ue, p, ws);
             // Cavity of the parent (its belief without this edge's message), as duals.
-            let (mut cav, mut dcav) = (vec![0.0; c], vec![0.0; c]);
             for d in 0..c {
                 let u = ws.up[p * c + d];
-                (cav[d], dcav[d]) = if u == f64::NEG_INFINITY {
+                (ws.cav[d], ws.dcav[d]) = if u == f64::NEG_INFINITY {
                     (u, 0.0)
                 } else {
                     (
@@ -191,45 +246,48 @@ fn item<T: Real>(
             }
             // Pair marginal over (s, d) = softmax of bel(s) + t(s, d) + cav(d).
             for s in 0..c {
+                let (b, db) = (ws.bel[p * c + s], ws.dbel[p * c + s]);
+                let (row, drow) = (&ws.t[s * c..(s + 1) * c], &ws.dt[s * c..(s + 1) * c]);
+                let (x, dx) = (
+                    &mut ws.x[s * c..(s + 1) * c],
+                    &mut ws.dx[s * c..(s + 1) * c],
+                );
                 for d in 0..c {
-                    ws.x[s * c + d] = ws.bel[p * c + s] + ws.t[s * c + d] + cav[d];
-                    ws.dx[s * c + d] = ws.dbel[p * c + s] + ws.dt[s * c + d] + dcav[d];
+                    x[d] = b + row[d] + ws.cav[d];
+                    dx[d] = db + drow[d] + ws.dcav[d];
                 }
             }
             let (_, mean) = dual_lse(&ws.x, &ws.dx, &mut ws.w);
             let e = f.edge[p] as usize;
             let slot = &mut out_e[e * c * c..(e + 1) * c * c];
-            for s in 0..c {
-                for d in 0..c {
-                    let w = ws.w[s * c + d];
-                    let g = if w > 0.0 {
-                        w * (ws.dx[s * c + d] - mean)
-                    } else {
-                        0.0
-                    };
-                    // Stored [first, second]: [child, parent] when child_first.
-                    if f.child_first[p] {
-                        slot[s * c + d] = g;
-                    } else {
-                        slot[d * c + s] = g;
+            for k in 0..c * c {
+                ws.x[k] = ws.w[k] * (ws.dx[k] - mean);
+            }
+            // Stored [first, second]: [child, parent] when child_first.
+            if f.child_first[p] {
+                slot.copy_from_slice(&ws.x);
+            } else {
+                for s in 0..c {
+                    for d in 0..c {
+                        slot[d * c + s] = ws.x[s * c + d];
                     }
                 }
             }
             // Downward message into p: n(s) = LSE_d [t(s, d) + cav(d)].
             let mut shift = f64::NEG_INFINITY;
-            let (mut n, mut dn) = (vec![0.0; c], vec![0.0; c]);
             for s in 0..c {
+                let (row, drow) = (&ws.t[s * c..(s + 1) * c], &ws.dt[s * c..(s + 1) * c]);
                 let (xs, dxs) = (&mut ws.x[..c], &mut ws.dx[..c]);
                 for d in 0..c {
-                    xs[d] = ws.t[s * c + d] + cav[d];
-                    dxs[d] = ws.dt[s * c + d] + dcav[d];
+                    xs[d] = row[d] + ws.cav[d];
+                    dxs[d] = drow[d] + ws.dcav[d];
                 }
-                (n[s], dn[s]) = dual_lse(xs, dxs, &mut ws.w[..c]);
-                shift = shift.max(n[s]);
+                (ws.n[s], ws.dn[s]) = dual_lse(&ws.x[..c], &ws.dx[..c], &mut ws.w[..c]);
+                shift = shift.max(ws.n[s]);
             }
             for s in 0..c {
-                ws.bel[p * c + s] += n[s] - shift;
-                ws.dbel[p * c + s] += dn[s];
+                ws.bel[p * c + s] += ws.n[s] - shift;
+                ws.dbel[p * c + s] += ws.dn[s];
             }
         }
         let (_, mean) = dual_lse(
@@ -239,12 +297,7 @@ fn item<T: Real>(
         );
         let v = f.node[p] as usize;
         for k in 0..c {
-            let w = ws.w[k];
-            out_n[v * c + k] = if w > 0.0 {
-                w * (ws.dbel[p * c + k] - mean)
-            } else {
-                0.0
-            };
+            out_n[v * c + k] = ws.w[k] * (ws.dbel[p * c + k] - mean);
         }
     }
     Ok((log_z, d_log_z))
