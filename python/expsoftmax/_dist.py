@@ -85,13 +85,8 @@ class _Model:
 
     def jvp(self, s_n: Tensor, s_e: Tensor, t_n: Tensor, t_e: Tensor) -> tuple[Tensor, Tensor]:
         self.second_order("differentiating the marginals")
-        if not self.graph.is_forest:
-            raise NotImplementedError(
-                "expsoftmax: exact second derivatives are implemented on forests; this graph "
-                "has cycles (its exact method is a junction tree)."
-            )
         _, dn, de = api._marginals_jvp(
-            self.graph, _np(s_n), _np(s_e), _np(t_n), _np(t_e), self.lengths
+            self.graph, _np(s_n), _np(s_e), _np(t_n), _np(t_e), self.lengths, self.options
         )
         return _sum_to(self.out(dn), s_n.shape), _sum_to(self.out(de), s_e.shape)
 

@@ -342,13 +342,17 @@ def _marginals_jvp(
     t_n: np.ndarray,
     t_e: np.ndarray,
     lengths: Any = None,
+    options: Optional[dict[str, Any]] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact second order on forests: the derivatives of log Z and of the node and pair
-    marginals when the scores move along ``(t_n (..., I, C), t_e (..., E, C, C))``
-    (broadcast to the batch). By the symmetry of the Hessian of log Z this is also the
-    vector–Jacobian product of the marginals with ``(t_n, t_e)``. Returns float64
-    ``(d_log_z (...), d_node (..., I, C), d_edge (..., E, C, C))``."""
+    """Exact second order: the derivatives of log Z and of the node and pair marginals
+    when the scores move along ``(t_n (..., I, C), t_e (..., E, C, C))`` (broadcast to the
+    batch). By the symmetry of the Hessian of log Z this is also the vector–Jacobian
+    product of the marginals with ``(t_n, t_e)``. Forests: one forward-mode pass in the
+    core. Other graphs (junction trees): by conditioning (see :func:`_jvp_by_conditioning`).
+    Returns float64 ``(d_log_z (...), d_node (..., I, C), d_edge (..., E, C, C))``."""
     graph = _graph(graph)
+    if not graph.is_forest:
+        return _jvp_by_conditioning(graph, s_n, s_e, t_n, t_e, options or {})
     sc = prepare(graph, s_n, s_e, lengths=lengths)
     n, e, c = graph.num_nodes, graph.num_edges, sc.classes
 
@@ -371,3 +375,65 @@ def _marginals_jvp(
         _shape(out["d_node"], sc, (n, c)),
         _shape(out["d_edge"], sc, (e, c, c)),
     )
+
+
+#: Largest number of score entries the conditioning pass may lay out (clamped copies).
+_CONDITIONING_LIMIT = 50_000_000
+
+
+def _jvp_by_conditioning(
+    graph: Graph,
+    s_n: Any,
+    s_e: Any,
+    t_n: np.ndarray,
+    t_e: np.ndarray,
+    options: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact second order on any graph the exact method handles (junction trees).
+
+    With ``U(y) = t · φ(y)`` (the tangent's score of ``y``), the derivative of a marginal
+    ``μ_k = P(φ_k = 1)`` along ``t`` is ``Cov(φ_k, U) = μ_k (E[U | φ_k = 1] − E[U])``, and
+    ``E[U | φ_k = 1]`` is ``U``'s expectation under the marginals of the model with that
+    label (or pair of labels) clamped: one exact inference per node label and per edge
+    label pair, all in one batched call. Exact (no differencing); its cost is
+    ``I·C + E·C²`` inferences, so it is for the small loopy graphs junction trees serve."""
+    sn = np.asarray(s_n)
+    r = infer(graph, sn, s_e, "exact", **options)
+    mu_n, mu_e = r.node_marginals.astype(np.float64), r.edge_marginals.astype(np.float64)
+    batch = mu_n.shape[:-2]
+    n, c = mu_n.shape[-2:]
+    e = graph.num_edges
+    k1, k2 = n * c, e * c * c
+    if (k1 + k2) * max(int(np.prod(batch)), 1) * (n * c + e * c * c) > _CONDITIONING_LIMIT:
+        raise MemoryError(
+            f"exact second derivatives on this loopy graph ({n} nodes, {e} edges, C = {c}) "
+            f"need {k1 + k2} clamped inferences per item, too many to lay out; they are "
+            "exact on forests at the cost of one pass"
+        )
+    tn = np.broadcast_to(np.asarray(t_n, dtype=np.float64), mu_n.shape)
+    te = np.broadcast_to(np.asarray(t_e, dtype=np.float64), mu_e.shape)
+    eu = (mu_n * tn).sum((-1, -2)) + (mu_e * te).sum((-1, -2, -3))
+    base = np.broadcast_to(sn, batch + (n, c))
+    # Clamp k: node i to label a (k < k1), or edge (i, j) to labels (a, b). A clamp the
+    # model forbids (marginal 0) is left unclamped: its term is multiplied by 0.
+    keep = np.zeros((k1 + k2, n, c), dtype=bool)
+    idx = np.arange(k1)
+    keep[idx, idx // c, idx % c] = True
+    ends = np.asarray(graph.edges)
+    kk = np.arange(k2)
+    ee, ab = kk // (c * c), kk % (c * c)
+    keep[k1 + kk, ends[ee, 0], ab // c] = True
+    keep[k1 + kk, ends[ee, 1], ab % c] = True
+    clamped_nodes = keep.any(-1)  # (K, I): which nodes each clamp fixes
+    forbid = clamped_nodes[..., None] & ~keep  # (K, I, C)
+    feasible = np.concatenate([mu_n.reshape(batch + (k1,)), mu_e.reshape(batch + (k2,))], -1) > 0
+    feasible = np.moveaxis(feasible, -1, 0)  # (K, ...)
+    mask = forbid.reshape((k1 + k2,) + (1,) * len(batch) + (n, c)) & feasible[..., None, None]
+    clamped = np.where(mask, np.array(-np.inf, dtype=sn.dtype), base)
+    rc = infer(graph, clamped, s_e, "exact", **options)
+    euc = (rc.node_marginals * tn).sum((-1, -2)) + (rc.edge_marginals * te).sum((-1, -2, -3))
+    diff = np.moveaxis(euc - eu, 0, -1)  # (..., K)
+    d_node = mu_n * diff[..., :k1].reshape(batch + (n, c))
+    d_edge = mu_e * diff[..., k1:].reshape(batch + (e, c, c))
+    d_log_z = eu
+    return d_log_z, d_node, d_edge

@@ -99,15 +99,17 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
     @staticmethod
     def _backward(ctx: Any, g: Tensor) -> tuple[Optional[Tensor], ...]:
         s_n, s_e, s_w, shape = ctx.meta
-        graph, method = ctx.args[0], ctx.args[4]
-        if ctx.create_graph and method in ("auto", "exact") and graph.is_forest:
+        method = ctx.args[4]
+        if ctx.create_graph and method in ("auto", "exact"):
             # Exact second order: the gradients as a differentiable function of the scores
-            # (the marginals' backward is the core's forward-mode pass).
+            # (the marginals' backward is the core's forward-mode pass on forests, exact
+            # conditioning on junction trees; "auto" that chose BP raises, naming it, if
+            # differentiated again).
             from ._dist import loss_grads_twice_differentiable
 
             y, lengths, options = ctx.args[3], ctx.args[5], ctx.args[6]
             gn, ge, gw = loss_grads_twice_differentiable(
-                s_n, s_e, s_w, y, g.reshape(shape), graph, method, lengths, options
+                s_n, s_e, s_w, y, g.reshape(shape), ctx.args[0], method, lengths, options
             )
             needs = ctx.needs_input_grad[:3]
             grads = [t if need else None for t, need in zip((gn, ge, gw), needs)]
