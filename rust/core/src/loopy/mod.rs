@@ -569,7 +569,6 @@ fn edge_belief<T: Real>(
     ew: &mut EdgeWs,
     pair: &mut [f64],
 ) -> f64 {
-    let c = ew.xj.len();
     let (e, w, r) = edge_cavities(adj, node, msgs, a, rho, v, k, ew);
     let nw = &mut ew.nw;
     let my = max(&ew.xj);
@@ -596,24 +595,57 @@ fn edge_belief<T: Real>(
         false,
     );
     // Energy with the unscaled table; mutual information against the node beliefs.
-    let mut term = expect(pair, t.raw.iter().map(|&x| x * r));
-    // I = Σ p ln p − Σ_s p_s· ln b_v[s] − Σ_d p_·d ln b_w[d], with the logs of the node
-    // beliefs taken once per node (`lnb`) and a vectorised log here.
+    let term = expect(pair, t.raw.iter().map(|&x| x * r));
+    let cols = &mut ew.msg;
+    term - r * mutual_information(pair, &nw.x, &ew.xj, &t.raw, term / r, lnb, v, w, cols)
+}
+
+/// `I = Σ p ln p − Σ_s p_s· ln b_v[s] − Σ_d p_·d ln b_w[d]` for the pair marginal
+/// `p(s, d) ∝ exp(x[s] + t[s, d] + y[d])` (`pt` = `Σ p t`), with no logarithm per entry:
+/// `ln p(s, d) = x[s] + t[s, d] + y[d] − L`, so `Σ p ln p = Σ_s p_s· x[s] + pt +
+/// Σ_d p_·d y[d] − L`, and `L` is read off the largest entry of `p` (at least `1/C²`, so
+/// its logarithm is exact to rounding). A label with zero mass adds nothing.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn mutual_information(
+    pair: &[f64],
+    x: &[f64],
+    y: &[f64],
+    t: &[f64],
+    pt: f64,
+    lnb: &[f64],
+    v: usize,
+    w: usize,
+    cols: &mut [f64],
+) -> f64 {
+    let c = x.len();
     let (lv, lw) = (&lnb[v * c..(v + 1) * c], &lnb[w * c..(w + 1) * c]);
-    let mut mi = 0.0;
+    cols.fill(0.0);
+    let (mut best, mut at) = (f64::NEG_INFINITY, 0);
+    let mut mi = pt;
     for s in 0..c {
         let row = &pair[s * c..(s + 1) * c];
-        // Terms into a scratch row first (a map vectorises; a running sum would not).
-        let ls = lv[s];
-        for ((o, &p), &l) in ew.msg.iter_mut().zip(row).zip(lw) {
-            // All logs are floored at ln 1e-300 (finite), so p = 0 gives exactly 0 with
-            // no branch.
-            *o = p * (ln_pos(p.max(1e-300)) - ls - l);
+        let mut rs = 0.0;
+        for (cd, &p) in cols.iter_mut().zip(row) {
+            *cd += p;
+            rs += p;
         }
-        mi += ew.msg.iter().sum::<f64>();
+        for (d, &p) in row.iter().enumerate() {
+            if p > best {
+                (best, at) = (p, s * c + d);
+            }
+        }
+        if rs > 0.0 {
+            mi += rs * (x[s] - lv[s]);
+        }
     }
-    term -= r * mi;
-    term
+    for d in 0..c {
+        if cols[d] > 0.0 {
+            mi += cols[d] * (y[d] - lw[d]);
+        }
+    }
+    let (s, d) = (at / c, at % c);
+    mi - (x[s] + t[at] + y[d] - ln_pos(best))
 }
 
 simd_dispatch! {
