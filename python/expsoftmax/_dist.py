@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from . import api
-from ._scores import WeightedEdges
+from ._scores import WeightedEdges, prepare
 from .api import _lengths
 from .errors import ShapeError
 from .graph import Graph
@@ -301,8 +301,9 @@ class ExpSoftmax:
             s_n.shape[:-2], s_e.shape[:-3], tuple(np.shape(ll)) if ll is not None else ()
         )
         self._model = _Model(graph, method, ll, self.options, s_n)
-        # Check the scores against the graph now, so a misuse fails at construction.
-        self._model.infer(s_n, s_e)
+        # Shapes and dtypes checked now, so a misuse fails at construction; inference runs
+        # on first use (argmax, sample and topk need none).
+        prepare(graph, _np(s_n), _np(s_e), lengths=ll)
 
     # -- exact quantities -------------------------------------------------------------
 
@@ -328,6 +329,7 @@ class ExpSoftmax:
     @property
     def method_used(self) -> str:
         """The method that ran (``"exact"``, ``"bp"``, ...), ``"auto"`` resolved."""
+        self._model.infer(self.s_n, self.s_e)
         return self._model.resolved
 
     @property
