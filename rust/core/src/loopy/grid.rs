@@ -188,16 +188,28 @@ impl GridPotentials {
                 t.iter_mut()
                     .for_each(|x| *x = crate::kernels::message::scaled(1.0 / r[e], *x));
             }
-            if !span_ok(t) {
+            // One pass for the largest entry, the smallest finite one and whether any is
+            // forbidden (branch-free, so it vectorises), then the exponentials.
+            let (mut hi, mut lo, mut forbidden) = (f64::NEG_INFINITY, f64::INFINITY, false);
+            for &x in t.iter() {
+                let fin = x > f64::NEG_INFINITY;
+                hi = hi.max(x);
+                lo = if fin { lo.min(x) } else { lo };
+                forbidden |= !fin;
+            }
+            let span = if hi == f64::NEG_INFINITY {
+                0.0
+            } else {
+                hi - lo
+            };
+            if span > SPAN {
                 return None;
             }
-            let (hi, lo) = t
-                .iter()
-                .fold((f64::NEG_INFINITY, f64::INFINITY), |(h, l), &x| {
-                    (h.max(x), l.min(x))
-                });
-            exp_rel(t);
-            Some(lo > f64::NEG_INFINITY && hi - lo <= SPAN_F32)
+            let shift = if hi == f64::NEG_INFINITY { 0.0 } else { hi };
+            for x in t.iter_mut() {
+                *x = exp(*x - shift);
+            }
+            Some(!forbidden && span <= SPAN_F32)
         };
         let mut wtd = None;
         let (horiz, vert) = if weighted {

@@ -494,6 +494,37 @@ fn entropy(p: &[f64]) -> f64 {
         .sum::<f64>()
 }
 
+/// Node belief `b = softmax(a)` into `b`, its logarithm (floored at ln 1e-300) into `lnb`,
+/// and the node's free-energy term `E_b[θ] + H(b)`; None when every label is impossible.
+/// `ln b = a − m − ln S` exactly (`m = max a`, `S = Σ e^{a − m}`), so `H(b) = m + ln S −
+/// Σ b a` and no logarithm is taken per label.
+#[inline(always)]
+fn node_belief(a: &[f64], th: &[f64], b: &mut [f64], lnb: &mut [f64]) -> Option<f64> {
+    let m = max(a);
+    if m == f64::NEG_INFINITY {
+        return None;
+    }
+    let mut s = 0.0;
+    for (bx, &x) in b.iter_mut().zip(a) {
+        *bx = exp(x - m);
+        s += *bx;
+    }
+    let (inv, ls) = (1.0 / s, ln_pos(s));
+    let mut term = m + ls;
+    for ((bx, l), (&x, &t)) in b.iter_mut().zip(lnb.iter_mut()).zip(a.iter().zip(th)) {
+        *bx *= inv;
+        *l = (x - m - ls).max(LN_FLOOR);
+        // A label with no mass adds nothing (its θ and a may both be −inf).
+        if *bx > 0.0 {
+            term += *bx * (t - x);
+        }
+    }
+    Some(term)
+}
+
+/// `ln 1e-300`: the floor of logarithms of node beliefs (finite, so `0 · ln b = 0`).
+const LN_FLOOR: f64 = -690.775_527_898_213_7;
+
 /// Edges per block of the belief pass, and per parallel task inside a block.
 const BELIEF_BLOCK: usize = 8192;
 const BELIEF_SUB: usize = 256;
@@ -813,24 +844,44 @@ fn bp_beliefs_body<T: Real, S: EdgeSink>(
     let (n, c) = (pb.graph.num_nodes(), pb.classes());
     let (node, edges) = (pb.node.item(b), pb.edge.item(b));
     let msgs = Shared::new(&mut ws.msgs, c);
+    // Node beliefs, in parallel over fixed chunks of nodes (each writes its own rows); the
+    // free-energy terms are summed in node order afterwards, so log Z does not depend on
+    // the number of threads.
+    let mut node_terms = vec![0.0; n];
+    let chunk = NODE_CHUNK * c;
+    let bad =
+        ws.a.par_chunks_mut(chunk)
+            .zip(ws.nb.par_chunks_mut(chunk))
+            .zip(ws.lnb.par_chunks_mut(chunk))
+            .zip(node_terms.par_chunks_mut(NODE_CHUNK))
+            .enumerate()
+            // Small items stay on their thread (items run in parallel instead).
+            .with_min_len(if n >= PARALLEL_NODES { 1 } else { usize::MAX })
+            .map(|(k, (((a, nb), lnb), terms))| {
+                let mut th = vec![0.0; c];
+                for (j, term) in terms.iter_mut().enumerate() {
+                    let v = k * NODE_CHUNK + j;
+                    for (t, &s) in th.iter_mut().zip(&node[v * c..(v + 1) * c]) {
+                        *t = s.to_f64();
+                    }
+                    let rows = j * c..(j + 1) * c;
+                    let a = &mut a[rows.clone()];
+                    gather(adj, v, &th, &msgs, rho, a);
+                    match node_belief(a, &th, &mut nb[rows.clone()], &mut lnb[rows]) {
+                        Some(t) => *term = t,
+                        None => return Some(v),
+                    }
+                }
+                None
+            })
+            .collect::<Vec<Option<usize>>>();
+    if let Some(v) = bad.into_iter().flatten().next() {
+        return Err(infeasible_node(v));
+    }
     let mut log_z = 0.0;
-    for v in 0..n {
-        let th = &mut ws.node.th;
-        for (t, &s) in th.iter_mut().zip(&node[v * c..(v + 1) * c]) {
-            *t = s.to_f64();
-        }
-        let a = &mut ws.a[v * c..(v + 1) * c];
-        gather(adj, v, th, &msgs, rho, a);
-        if max(a) == f64::NEG_INFINITY {
-            return Err(infeasible_node(v));
-        }
-        let bv = &mut ws.nb[v * c..(v + 1) * c];
-        softmax(a, bv);
-        log_z += expect(bv, th.iter().copied()) + entropy(bv);
-        for (l, &p) in ws.lnb[v * c..(v + 1) * c].iter_mut().zip(bv.iter()) {
-            *l = ln_pos(p.max(1e-300));
-        }
-        node_sink(v, bv);
+    for (v, &t) in node_terms.iter().enumerate() {
+        log_z += t;
+        node_sink(v, &ws.nb[v * c..(v + 1) * c]);
     }
     // Edges in blocks: pair marginals of a block in parallel (fixed sub-chunks, each
     // with its own scratch), then handed to the sink and summed into log Z in edge order,
