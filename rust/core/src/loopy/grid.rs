@@ -703,9 +703,15 @@ fn row_update_body<M: Real>(
                     }
                 }
                 Some(col) => {
-                    for i in 0..len {
-                        if (r + i + src_off) % 2 == col {
+                    // This colour's columns: every other one, from the first of its parity.
+                    let first = (col + 2 - (r + src_off) % 2) % 2;
+                    if need_change {
+                        for i in (first..len).step_by(2) {
                             change = change.max((out[i] - prev[i].to_f64()).abs());
+                            dst[i] = M::from_f64(out[i]);
+                        }
+                    } else {
+                        for i in (first..len).step_by(2) {
                             dst[i] = M::from_f64(out[i]);
                         }
                     }
@@ -895,7 +901,7 @@ fn iterate_in<M: Real>(
                 let mut ch = 0.0f64;
                 for k in 0..2 {
                     nxt.copy_from_slice(&cur);
-                    ch = ch.max(sweep(p, &cur, &mut nxt, Some(k), damping, true, stop));
+                    ch = ch.max(sweep(p, &cur, &mut nxt, Some(k), damping, need, stop));
                     std::mem::swap(&mut cur, &mut nxt);
                 }
                 ch
