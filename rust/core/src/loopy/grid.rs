@@ -24,6 +24,7 @@ use crate::kernels::logspace::{exp, exp_nonpos_f32, exp_rel, finite_span, ln_pos
 use crate::kernels::real::Real;
 use crate::loopy::options::Schedule;
 use crate::model::scores::ItemEdges;
+use crate::simd_dispatch;
 
 /// Largest span of finite scores (per node row, per table) the probability domain takes.
 const SPAN: f64 = 120.0;
@@ -33,35 +34,41 @@ const SPAN_F32: f64 = 60.0;
 const MAX_CACHE: usize = 1 << 30;
 
 /// Message directions, named by where the message comes from.
-const FROM_LEFT: usize = 0;
-const FROM_RIGHT: usize = 1;
-const FROM_UP: usize = 2;
-const FROM_DOWN: usize = 3;
+pub(crate) const FROM_LEFT: usize = 0;
+pub(crate) const FROM_RIGHT: usize = 1;
+pub(crate) const FROM_UP: usize = 2;
+pub(crate) const FROM_DOWN: usize = 3;
 
 /// Potentials of one item: node `φ[r][x][c]` and edge tables, in the probability domain.
 pub struct GridPotentials {
-    h: usize,
-    w: usize,
-    c: usize,
-    phi: Vec<f64>,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) c: usize,
+    pub(crate) phi: Vec<f64>,
+    /// `max θ_v` of each node (`φ = exp(θ − shift)`), for log Z.
+    pub(crate) phi_shift: Vec<f64>,
+    /// `max θ_e` of each per-edge table (laid out like the edge rows, `[r * w + col]`) or
+    /// of the shared one (`[0]`), for log Z.
+    pub(crate) hshift: Vec<f64>,
+    pub(crate) vshift: Vec<f64>,
     /// Horizontal tables: shared `[x][x']`, or per edge `[r][x][x'][c]` (c < w − 1).
-    horiz: Vec<f64>,
+    pub(crate) horiz: Vec<f64>,
     /// Vertical tables: shared `[x][x']`, or per edge `[r][x][x'][c]` (r < h − 1).
-    vert: Vec<f64>,
-    shared: bool,
+    pub(crate) vert: Vec<f64>,
+    pub(crate) shared: bool,
     /// Weighted edge scores `w_e θ`: potentials made row by row when they are needed
     /// instead of cached per edge (which would be `E C²` numbers).
-    weighted: Option<Weighted>,
+    pub(crate) weighted: Option<Weighted>,
     /// TRW edge appearances laid out like the edge rows: `ρ` of the edge right of
     /// `(r, col)` at `[r * w + col]`, and of the edge below it (1 where there is none).
-    rho: Option<(Vec<f64>, Vec<f64>)>,
+    pub(crate) rho: Option<(Vec<f64>, Vec<f64>)>,
     /// Messages may be stored in f32: float32 scores, and tables with no forbidden pair
     /// and a span of at most `SPAN_F32`, so no message entry leaves f32's normal range.
     f32_ok: bool,
 }
 
 /// One table `θ` and per-edge weights laid out like the grid's edge rows.
-struct Weighted {
+pub(crate) struct Weighted {
     theta: Vec<f64>,
     /// Exponentials in f32 (eight lanes): messages are stored in f32 anyway.
     low: bool,
@@ -103,6 +110,111 @@ impl Weighted {
             }
         }
     }
+}
+
+/// Edge `e`'s potentials `exp(θ − max θ)` (θ / ρ for TRW) into `t`, `[first, second]`:
+/// `None` when its span leaves the probability domain, else whether f32 messages stay
+/// safe with it and the shift `max θ`.
+#[inline(always)]
+fn load_table<T: Real>(
+    edges: &ItemEdges<'_, T>,
+    rho: Option<&[f64]>,
+    e: usize,
+    t: &mut [f64],
+) -> Option<(bool, f64)> {
+    edges.raw(e, false, t);
+    if let Some(r) = rho {
+        // θ / ρ; a forbidden pair stays forbidden.
+        t.iter_mut()
+            .for_each(|x| *x = crate::kernels::message::scaled(1.0 / r[e], *x));
+    }
+    // One pass for the largest entry, the smallest finite one and whether any is
+    // forbidden (branch-free, so it vectorises), then the exponentials.
+    let (mut hi, mut lo, mut forbidden) = (f64::NEG_INFINITY, f64::INFINITY, false);
+    for &x in t.iter() {
+        let fin = x > f64::NEG_INFINITY;
+        hi = hi.max(x);
+        lo = if fin { lo.min(x) } else { lo };
+        forbidden |= !fin;
+    }
+    let span = if hi == f64::NEG_INFINITY {
+        0.0
+    } else {
+        hi - lo
+    };
+    if span > SPAN {
+        return None;
+    }
+    let shift = if hi == f64::NEG_INFINITY { 0.0 } else { hi };
+    for x in t.iter_mut() {
+        *x = exp(*x - shift);
+    }
+    Some((!forbidden && span <= SPAN_F32, shift))
+}
+
+simd_dispatch! {
+    /// Per-edge potentials of grid row `r` (its horizontal edges and the vertical ones
+    /// below it) into `hr`/`vr` (`[k][col]`) and their shifts into `hs`/`vs`; `None` when a
+    /// table leaves the probability domain, else whether f32 messages are safe.
+    fn potential_row<T: Real>(
+        edges: &ItemEdges<'_, T>,
+        rho: Option<&[f64]>,
+        r: usize,
+        h: usize,
+        w: usize,
+        hr: &mut [f64],
+        vr: &mut [f64],
+        hs: &mut [f64],
+        vs: &mut [f64],
+    ) -> Option<bool> => potential_row_body
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn potential_row_body<T: Real>(
+    edges: &ItemEdges<'_, T>,
+    rho: Option<&[f64]>,
+    r: usize,
+    h: usize,
+    w: usize,
+    hr: &mut [f64],
+    vr: &mut [f64],
+    hs: &mut [f64],
+    vs: &mut [f64],
+) -> Option<bool> {
+    let cc = hr.len() / w;
+    let n_h = h * (w - 1);
+    // Each edge's table is exponentiated contiguously (`[col][k]`), then the block is
+    // transposed into the row layout `[k][col]` with sequential writes.
+    let mut t = vec![0.0; w * cc];
+    let mut low = true;
+    for (vertical, out, shifts) in [(false, hr, hs), (true, vr, vs)] {
+        let count = if vertical {
+            if r + 1 < h {
+                w
+            } else {
+                0
+            }
+        } else {
+            w - 1
+        };
+        for col in 0..count {
+            let e = if vertical {
+                n_h + r * w + col
+            } else {
+                r * (w - 1) + col
+            };
+            let (ok, shift) = load_table(edges, rho, e, &mut t[col * cc..(col + 1) * cc])?;
+            (low, shifts[col]) = (low & ok, shift);
+        }
+        for k in 0..cc {
+            let dst = &mut out[k * w..k * w + count];
+            for (col, d) in dst.iter_mut().enumerate() {
+                *d = t[col * cc + k];
+            }
+        }
+    }
+    Some(low)
 }
 
 fn span_ok(v: &[f64]) -> bool {
@@ -157,23 +269,29 @@ impl GridPotentials {
         }
         // Node potentials, one grid row per task.
         let mut phi = vec![0.0; h * w * c];
-        let rows_ok = phi.par_chunks_mut(c * w).enumerate().all(|(r, out)| {
-            let mut row = vec![0.0; c];
-            for col in 0..w {
-                let v = r * w + col;
-                for x in 0..c {
-                    row[x] = node[v * c + x].to_f64();
+        let mut phi_shift = vec![0.0; h * w];
+        let rows_ok = phi
+            .par_chunks_mut(c * w)
+            .zip(phi_shift.par_chunks_mut(w))
+            .enumerate()
+            .all(|(r, (out, shift))| {
+                let mut row = vec![0.0; c];
+                for col in 0..w {
+                    let v = r * w + col;
+                    for x in 0..c {
+                        row[x] = node[v * c + x].to_f64();
+                    }
+                    if !span_ok(&row) {
+                        return false;
+                    }
+                    shift[col] = crate::kernels::logspace::max(&row);
+                    exp_rel(&mut row);
+                    for x in 0..c {
+                        out[x * w + col] = row[x];
+                    }
                 }
-                if !span_ok(&row) {
-                    return false;
-                }
-                exp_rel(&mut row);
-                for x in 0..c {
-                    out[x * w + col] = row[x];
-                }
-            }
-            true
-        });
+                true
+            });
         if !rows_ok {
             return None;
         }
@@ -181,36 +299,8 @@ impl GridPotentials {
         let mut f32_ok = std::mem::size_of::<T>() == 4;
         // Edge e's potentials into `t`: `None` when its span leaves the probability domain,
         // else whether f32 messages stay safe with it.
-        let load = |e: usize, t: &mut [f64]| -> Option<bool> {
-            edges.raw(e, false, t);
-            if let Some(r) = rho {
-                // θ / ρ; a forbidden pair stays forbidden.
-                t.iter_mut()
-                    .for_each(|x| *x = crate::kernels::message::scaled(1.0 / r[e], *x));
-            }
-            // One pass for the largest entry, the smallest finite one and whether any is
-            // forbidden (branch-free, so it vectorises), then the exponentials.
-            let (mut hi, mut lo, mut forbidden) = (f64::NEG_INFINITY, f64::INFINITY, false);
-            for &x in t.iter() {
-                let fin = x > f64::NEG_INFINITY;
-                hi = hi.max(x);
-                lo = if fin { lo.min(x) } else { lo };
-                forbidden |= !fin;
-            }
-            let span = if hi == f64::NEG_INFINITY {
-                0.0
-            } else {
-                hi - lo
-            };
-            if span > SPAN {
-                return None;
-            }
-            let shift = if hi == f64::NEG_INFINITY { 0.0 } else { hi };
-            for x in t.iter_mut() {
-                *x = exp(*x - shift);
-            }
-            Some(!forbidden && span <= SPAN_F32)
-        };
+        let load = |e: usize, t: &mut [f64]| load_table(edges, rho, e, t);
+        let (mut hshift, mut vshift) = (Vec::new(), Vec::new());
         let mut wtd = None;
         let (horiz, vert) = if weighted {
             let mut theta = vec![0.0; cc];
@@ -255,35 +345,21 @@ impl GridPotentials {
             });
             (Vec::new(), Vec::new())
         } else if shared {
-            f32_ok &= load(0, &mut t)?;
+            let (low, shift) = load(0, &mut t)?;
+            f32_ok &= low;
+            (hshift, vshift) = (vec![shift], vec![shift]);
             (t.clone(), t.clone())
         } else {
             // Per-edge potentials, one grid row (its horizontal and vertical edges) per task.
             let mut horiz = vec![0.0; h * cc * w];
             let mut vert = vec![0.0; h * cc * w];
+            (hshift, vshift) = (vec![0.0; h * w], vec![0.0; h * w]);
             let rows: Option<Vec<bool>> = horiz
                 .par_chunks_mut(cc * w)
                 .zip(vert.par_chunks_mut(cc * w))
+                .zip(hshift.par_chunks_mut(w).zip(vshift.par_chunks_mut(w)))
                 .enumerate()
-                .map(|(r, (hr, vr))| {
-                    let mut t = vec![0.0; cc];
-                    let mut low = true;
-                    for col in 0..w {
-                        if col + 1 < w {
-                            low &= load(r * (w - 1) + col, &mut t)?;
-                            for k in 0..cc {
-                                hr[k * w + col] = t[k];
-                            }
-                        }
-                        if r + 1 < h {
-                            low &= load(n_h + r * w + col, &mut t)?;
-                            for k in 0..cc {
-                                vr[k * w + col] = t[k];
-                            }
-                        }
-                    }
-                    Some(low)
-                })
+                .map(|(r, ((hr, vr), (hs, vs)))| potential_row(edges, rho, r, h, w, hr, vr, hs, vs))
                 .collect();
             f32_ok &= rows?.into_iter().all(|x| x);
             (horiz, vert)
@@ -293,6 +369,9 @@ impl GridPotentials {
             w,
             c,
             phi,
+            phi_shift,
+            hshift,
+            vshift,
             horiz,
             vert,
             shared,
@@ -459,7 +538,7 @@ fn normalise_columns(out: &mut [f64], norm: &mut [f64], c: usize, w: usize, len:
 
 /// `ln m`, −inf for `m = 0` (a forbidden label); branch-free so loops vectorise.
 #[inline(always)]
-fn ln0(m: f64) -> f64 {
+pub(crate) fn ln0(m: f64) -> f64 {
     let l = crate::kernels::logspace::ln_pos(m.max(f64::MIN_POSITIVE));
     if m > 0.0 {
         l
@@ -856,7 +935,8 @@ fn sweep<M: Real>(
 }
 
 /// Runs BP on the grid and leaves the messages, normalised, in the general layout of
-/// `loopy` (log domain, slot `2e` from the edge's first node) in `msgs`.
+/// `loopy` (log domain, slot `2e` from the edge's first node) in `msgs`; also returns them
+/// in the grid layout (probability domain, `[dir][r][x][col]`) for [`super::grid_beliefs`].
 pub fn iterate(
     p: &GridPotentials,
     max_iter: usize,
@@ -865,7 +945,7 @@ pub fn iterate(
     schedule: Schedule,
     msgs: &mut [f64],
     stop: &Stop,
-) -> Result<(u32, bool, f64)> {
+) -> Result<(u32, bool, f64, Vec<f64>)> {
     if p.f32_ok {
         iterate_in::<f32>(p, max_iter, tol, damping, schedule, msgs, stop)
     } else {
@@ -881,7 +961,7 @@ fn iterate_in<M: Real>(
     schedule: Schedule,
     msgs: &mut [f64],
     stop: &Stop,
-) -> Result<(u32, bool, f64)> {
+) -> Result<(u32, bool, f64, Vec<f64>)> {
     let (h, w, c) = (p.h, p.w, p.c);
     let n = h * w * c;
     let mut cur = vec![M::from_f64(1.0 / c as f64); 4 * n];
@@ -943,7 +1023,8 @@ fn iterate_in<M: Real>(
                 }
             }
         });
-    Ok(result)
+    let grid: Vec<f64> = cur.par_iter().map(|m| m.to_f64()).collect();
+    Ok((result.0, result.1, result.2, grid))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! bit-identical whatever the number of threads.
 
 pub mod grid;
+pub mod grid_beliefs;
 pub mod options;
 
 pub use options::{Approx, LoopyOptions, Schedule};
@@ -1197,7 +1198,7 @@ impl<T: Real> Inference<T> for Loopy<'_> {
             let (it, conv, ch) = mf_iterate(pb, self.adj, b, &self.opts, ws)?;
             (it, conv, ch, mf_beliefs(pb, b, ws, node_sink, edges)?)
         } else if let Some(gp) = self.grid_fast_path(pb, b) {
-            let (it, conv, ch) = crate::loopy::grid::iterate(
+            let (it, conv, ch, grid_msgs) = crate::loopy::grid::iterate(
                 &gp,
                 self.opts.max_iter,
                 self.opts.tol,
@@ -1206,12 +1207,15 @@ impl<T: Real> Inference<T> for Loopy<'_> {
                 &mut ws.msgs,
                 pb.stop,
             )?;
-            (
-                it,
-                conv,
-                ch,
-                bp_beliefs(pb, self.adj, b, self.rho(), ws, node_sink, edges)?,
-            )
+            pb.stop.check()?;
+            let mut emit = |e: usize, p: &[f64]| deliver(edges, e, p);
+            let fast =
+                crate::loopy::grid_beliefs::bp_beliefs(&gp, &grid_msgs, node_sink, &mut emit);
+            let log_z = match fast {
+                Some(z) => z,
+                None => bp_beliefs(pb, self.adj, b, self.rho(), ws, node_sink, edges)?,
+            };
+            (it, conv, ch, log_z)
         } else {
             let es = pb.edge.item(b);
             let (it, conv, ch) = iterate(

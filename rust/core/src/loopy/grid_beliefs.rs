@@ -1,0 +1,406 @@
+//! The one-off work of a BP call on a 4-neighbour grid: node beliefs, pair marginals and
+//! the Bethe log Z, from the grid messages and the grid potentials, vectorised across the
+//! columns of a row like the iterations themselves.
+//!
+//! Why its own pass: the general belief pass walks edges one by one and exponentiates
+//! each table again; here the tables' exponentials come from [`GridPotentials`] and every
+//! loop runs over a row's columns for a fixed pair of labels. Everything that needs a
+//! logarithm is written so that the scores cancel out of log Z:
+//!
+//! - node term `E_b[θ_v] + H(b_v) = shift_v + ln Z_v − Σ_x b(x) Σ_dir ln m_dir(x)`, with
+//!   `a = ln φ + Σ_dir ln m`, `ln Z_v = LSE(a)`;
+//! - edge term `E_p[θ_e] − I(p) = shift_e + ln Z_e − ln Z_v − ln Z_w + Σ_s p_s· ln m_{w→v}(s)
+//!   + Σ_d p_·d ln m_{v→w}(d)`, with `p ∝ cav_v ψ cav_w`, `ψ = exp(θ_e − shift_e)`.
+//!
+//! BP with per-edge or shared tables; TRW and weighted edges keep the general pass.
+
+use rayon::prelude::*;
+
+use crate::kernels::logspace::{exp, ln_pos};
+use crate::loopy::grid::{ln0, GridPotentials, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP};
+use crate::simd_dispatch;
+
+/// Below this a probability-domain normaliser is recomputed in the log domain.
+const TINY: f64 = 1e-280;
+/// Pair entries per block of rows in the edge pass (bounds the pair buffers).
+const BLOCK_ENTRIES: usize = 1 << 21;
+
+/// Node beliefs and pair marginals handed to the sinks (nodes in order; edges in graph
+/// order within each block of rows, horizontal then vertical per row) and the Bethe
+/// log Z, or `None` when this pass does not apply or a node has no allowed label (the
+/// general pass then runs and reports it). `msgs`: grid layout, probability domain.
+pub fn bp_beliefs(
+    p: &GridPotentials,
+    msgs: &[f64],
+    node_sink: &mut dyn FnMut(usize, &[f64]),
+    edge_sink: &mut dyn FnMut(usize, &[f64]),
+) -> Option<f64> {
+    if p.rho.is_some() || p.weighted.is_some() {
+        return None;
+    }
+    let (h, w, c) = (p.h, p.w, p.c);
+    let n = h * w * c;
+    // Logs of the messages into each node (0 where there is no neighbour), ln φ, the
+    // node beliefs (node-major), ln Z_v and the node terms; one grid row per task.
+    let mut lnm = vec![0.0; 4 * n];
+    let mut lnphi = vec![0.0; n];
+    let mut bel = vec![0.0; h * w * c];
+    let mut lz = vec![0.0; h * w];
+    let mut terms = vec![0.0; h * w];
+    let (l0, rest) = lnm.split_at_mut(n);
+    let (l1, rest) = rest.split_at_mut(n);
+    let (l2, l3) = rest.split_at_mut(n);
+    let ok = l0
+        .par_chunks_mut(c * w)
+        .zip(l1.par_chunks_mut(c * w))
+        .zip(l2.par_chunks_mut(c * w).zip(l3.par_chunks_mut(c * w)))
+        .zip(lnphi.par_chunks_mut(c * w))
+        .zip(bel.par_chunks_mut(c * w))
+        .zip(lz.par_chunks_mut(w).zip(terms.par_chunks_mut(w)))
+        .enumerate()
+        .all(|(r, (((((ml, mr), (mu, md)), lp), b), (lzr, tr)))| {
+            node_row(p, msgs, r, [ml, mr, mu, md], lp, b, lzr, tr)
+        });
+    if !ok {
+        return None;
+    }
+    let mut log_z = 0.0;
+    for (v, &t) in terms.iter().enumerate() {
+        log_z += t;
+        node_sink(v, &bel[v * c..(v + 1) * c]);
+    }
+    // Edge pass in blocks of rows: row r carries its w − 1 horizontal edges and (above the
+    // last row) its w vertical edges to row r + 1.
+    let cc = c * c;
+    let per_row = (2 * w - 1) * cc;
+    let rows_per_block = (BLOCK_ENTRIES / per_row.max(1)).clamp(1, h);
+    let n_h = h * (w - 1);
+    let view = View {
+        p,
+        lnm: &lnm,
+        lnphi: &lnphi,
+        lz: &lz,
+        n,
+    };
+    let mut pairs = vec![0.0; rows_per_block * per_row];
+    let mut eterms = vec![0.0; rows_per_block * (2 * w - 1)];
+    for r0 in (0..h).step_by(rows_per_block) {
+        let r1 = (r0 + rows_per_block).min(h);
+        let k = r1 - r0;
+        pairs[..k * per_row]
+            .par_chunks_mut(per_row)
+            .zip(eterms[..k * (2 * w - 1)].par_chunks_mut(2 * w - 1))
+            .enumerate()
+            .for_each(|(i, (pr, tr))| {
+                let r = r0 + i;
+                let (ph, pv) = pr.split_at_mut((w - 1) * cc);
+                let (th, tv) = tr.split_at_mut(w - 1);
+                edge_row(&view, r, false, ph, th);
+                if r + 1 < h {
+                    edge_row(&view, r, true, pv, tv);
+                }
+            });
+        for i in 0..k {
+            let r = r0 + i;
+            let (pr, tr) = (&pairs[i * per_row..], &eterms[i * (2 * w - 1)..]);
+            for col in 0..w - 1 {
+                log_z += tr[col];
+                edge_sink(r * (w - 1) + col, &pr[col * cc..(col + 1) * cc]);
+            }
+            if r + 1 < h {
+                for col in 0..w {
+                    log_z += tr[w - 1 + col];
+                    let at = ((w - 1) + col) * cc;
+                    edge_sink(n_h + r * w + col, &pr[at..at + cc]);
+                }
+            }
+        }
+    }
+    Some(log_z)
+}
+
+simd_dispatch! {
+    /// Grid row `r` of the node pass: logs of the incoming messages (`m`: from the left,
+    /// right, up, down; 0 where there is no neighbour), `ln φ`, the beliefs (node-major),
+    /// `ln Z_v` and the node terms. False when a node has no allowed label.
+    fn node_row<>(
+        p: &GridPotentials,
+        msgs: &[f64],
+        r: usize,
+        m: [&mut [f64]; 4],
+        lp: &mut [f64],
+        b: &mut [f64],
+        lzr: &mut [f64],
+        tr: &mut [f64],
+    ) -> bool => node_row_body
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn node_row_body(
+    p: &GridPotentials,
+    msgs: &[f64],
+    r: usize,
+    m: [&mut [f64]; 4],
+    lp: &mut [f64],
+    b: &mut [f64],
+    lzr: &mut [f64],
+    tr: &mut [f64],
+) -> bool {
+    let (h, w, c) = (p.h, p.w, p.c);
+    let n = h * w * c;
+    let [ml, mr, mu, md] = m;
+    let row = r * c * w..(r + 1) * c * w;
+    for (dir, out) in [
+        (FROM_LEFT, &mut *ml),
+        (FROM_RIGHT, &mut *mr),
+        (FROM_UP, &mut *mu),
+        (FROM_DOWN, &mut *md),
+    ] {
+        let present = match dir {
+            FROM_UP => r > 0,
+            FROM_DOWN => r + 1 < h,
+            _ => true,
+        };
+        if !present {
+            continue; // stays 0
+        }
+        let src = &msgs[dir * n + row.start..dir * n + row.end];
+        for (o, &m) in out.iter_mut().zip(src) {
+            *o = ln0(m);
+        }
+        // The edge columns of the row have no neighbour on that side.
+        let edge_col = if dir == FROM_LEFT { Some(0) } else { None };
+        let edge_col = if dir == FROM_RIGHT {
+            Some(w - 1)
+        } else {
+            edge_col
+        };
+        if let Some(col) = edge_col {
+            for x in 0..c {
+                out[x * w + col] = 0.0;
+            }
+        }
+    }
+    for (o, &f) in lp.iter_mut().zip(&p.phi[row.clone()]) {
+        *o = ln0(f);
+    }
+    let (ml, mr, mu, md) = (&*ml, &*mr, &*mu, &*md);
+    let mut a = vec![0.0; c * w];
+    for k in 0..c * w {
+        a[k] = lp[k] + ml[k] + mr[k] + mu[k] + md[k];
+    }
+    let mut mx = vec![f64::NEG_INFINITY; w];
+    for x in 0..c {
+        for (m, &v) in mx.iter_mut().zip(&a[x * w..(x + 1) * w]) {
+            *m = m.max(v);
+        }
+    }
+    if mx.contains(&f64::NEG_INFINITY) {
+        return false;
+    }
+    let mut s = vec![0.0; w];
+    for x in 0..c {
+        for ((q, &m), sx) in a[x * w..(x + 1) * w].iter_mut().zip(&mx).zip(s.iter_mut()) {
+            *q = exp(*q - m);
+            *sx += *q;
+        }
+    }
+    // `a` now holds exp(a − max); beliefs, ln Z_v and the terms.
+    for col in 0..w {
+        lzr[col] = mx[col] + ln_pos(s[col]);
+        let v = r * w + col;
+        let mut t = p.phi_shift[v] + lzr[col];
+        let inv = 1.0 / s[col];
+        for x in 0..c {
+            let bx = a[x * w + col] * inv;
+            b[col * c + x] = bx;
+            let k = x * w + col;
+            let sum_lnm = ml[k] + mr[k] + mu[k] + md[k];
+            if bx > 0.0 {
+                t -= bx * sum_lnm;
+            }
+        }
+        tr[col] = t;
+    }
+    true
+}
+
+simd_dispatch! {
+    /// Pair marginals (edge-major `[col][s][d]`) and terms of the horizontal edges of row
+    /// `r` (`vertical` false: `(r, col)–(r, col + 1)`) or of its vertical edges
+    /// (`(r, col)–(r + 1, col)`).
+    fn edge_row<>(
+        view: &View<'_>,
+        r: usize,
+        vertical: bool,
+        pairs: &mut [f64],
+        terms: &mut [f64],
+    ) -> () => edge_row_body
+}
+
+#[inline(always)]
+fn edge_row_body(view: &View<'_>, r: usize, vertical: bool, pairs: &mut [f64], terms: &mut [f64]) {
+    view.edge_row(r, vertical, pairs, terms)
+}
+
+/// Shifts each column of `x` (`[label][col]`, `c` labels, `w` columns) to maximum 0 and
+/// exponentiates it; returns the shifts. A column that is all −inf becomes all 0.
+#[inline(always)]
+fn shift_columns(x: &mut [f64], c: usize, w: usize) -> Vec<f64> {
+    let mut m = vec![f64::NEG_INFINITY; w];
+    for k in 0..c {
+        for (mm, &v) in m.iter_mut().zip(&x[k * w..(k + 1) * w]) {
+            *mm = mm.max(v);
+        }
+    }
+    for k in 0..c {
+        for (v, &mm) in x[k * w..(k + 1) * w].iter_mut().zip(&m) {
+            let e = exp(*v - if mm > f64::NEG_INFINITY { mm } else { 0.0 });
+            *v = if mm > f64::NEG_INFINITY { e } else { 0.0 };
+        }
+    }
+    m
+}
+
+/// What the edge pass reads.
+struct View<'a> {
+    p: &'a GridPotentials,
+    lnm: &'a [f64],
+    lnphi: &'a [f64],
+    lz: &'a [f64],
+    n: usize,
+}
+
+impl View<'_> {
+    /// Log cavity of the nodes of row `r` (`[x][col]`), leaving out direction `skip`.
+    fn cavity(&self, r: usize, skip: usize, out: &mut [f64]) {
+        let (c, w) = (self.p.c, self.p.w);
+        let row = r * c * w..(r + 1) * c * w;
+        out.copy_from_slice(&self.lnphi[row.clone()]);
+        for dir in [FROM_LEFT, FROM_RIGHT, FROM_UP, FROM_DOWN] {
+            if dir != skip {
+                let m = &self.lnm[dir * self.n + row.start..dir * self.n + row.end];
+                out.iter_mut().zip(m).for_each(|(o, &l)| *o += l);
+            }
+        }
+    }
+
+    /// See [`edge_row`].
+    #[inline(always)]
+    fn edge_row(&self, r: usize, vertical: bool, pairs: &mut [f64], terms: &mut [f64]) {
+        let p = self.p;
+        let (c, w) = (p.c, p.w);
+        let cc = c * c;
+        // Edge `col` joins node (r, col) (labels s) to node (ru, col + off) (labels d).
+        let (ru, off, len) = if vertical {
+            (r + 1, 0, w)
+        } else {
+            (r, 1, w - 1)
+        };
+        let (skip_v, skip_u) = if vertical {
+            (FROM_DOWN, FROM_UP)
+        } else {
+            (FROM_RIGHT, FROM_LEFT)
+        };
+        let (mut xv, mut xu) = (vec![0.0; c * w], vec![0.0; c * w]);
+        self.cavity(r, skip_v, &mut xv);
+        self.cavity(ru, skip_u, &mut xu);
+        let (lxv, lxu) = (xv.clone(), xu.clone());
+        let (mv, mu) = (shift_columns(&mut xv, c, w), shift_columns(&mut xu, c, w));
+        let (tabs, shifts) = if vertical {
+            (&p.vert, &p.vshift)
+        } else {
+            (&p.horiz, &p.hshift)
+        };
+        let psi = |k: usize, col: usize| -> f64 {
+            if p.shared {
+                tabs[k]
+            } else {
+                tabs[(r * cc + k) * w + col]
+            }
+        };
+        let shift_e = |col: usize| {
+            if p.shared {
+                shifts[0]
+            } else {
+                shifts[r * w + col]
+            }
+        };
+        // Joint, unnormalised, class-pair-major over the columns.
+        let mut joint = vec![0.0; cc * len];
+        let mut z = vec![0.0; len];
+        for s in 0..c {
+            let qv = &xv[s * w..s * w + len];
+            for d in 0..c {
+                let k = s * c + d;
+                let qu = &xu[d * w + off..d * w + off + len];
+                let out = &mut joint[k * len..(k + 1) * len];
+                if p.shared {
+                    let t = tabs[k];
+                    for col in 0..len {
+                        out[col] = qv[col] * t * qu[col];
+                    }
+                } else {
+                    let t = &tabs[(r * cc + k) * w..(r * cc + k) * w + len];
+                    for col in 0..len {
+                        out[col] = qv[col] * t[col] * qu[col];
+                    }
+                }
+                for (zz, &o) in z.iter_mut().zip(out.iter()) {
+                    *zz += o;
+                }
+            }
+        }
+        let (lm_v, lm_u) = (
+            &self.lnm[skip_v * self.n + r * c * w..],
+            &self.lnm[skip_u * self.n + ru * c * w..],
+        );
+        for col in 0..len {
+            let pc = &mut pairs[col * cc..(col + 1) * cc];
+            let lze = if z[col] >= TINY && z[col].is_finite() {
+                let inv = 1.0 / z[col];
+                for k in 0..cc {
+                    pc[k] = joint[k * len + col] * inv;
+                }
+                mv[col] + mu[col + off] + ln_pos(z[col])
+            } else {
+                // Exact log-domain joint for this edge (rare: a tiny normaliser).
+                for s in 0..c {
+                    for d in 0..c {
+                        pc[s * c + d] =
+                            lxv[s * w + col] + ln0(psi(s * c + d, col)) + lxu[d * w + col + off];
+                    }
+                }
+                let m = pc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                if m == f64::NEG_INFINITY {
+                    pc.fill(0.0);
+                    terms[col] = f64::NEG_INFINITY;
+                    continue;
+                }
+                let mut sum = 0.0;
+                for v in pc.iter_mut() {
+                    *v = exp(*v - m);
+                    sum += *v;
+                }
+                pc.iter_mut().for_each(|v| *v /= sum);
+                m + ln_pos(sum)
+            };
+            let (v, u) = (r * w + col, ru * w + col + off);
+            let mut t = shift_e(col) + lze - self.lz[v] - self.lz[u];
+            for s in 0..c {
+                let ps: f64 = pc[s * c..(s + 1) * c].iter().sum();
+                if ps > 0.0 {
+                    t += ps * lm_v[s * w + col];
+                }
+            }
+            for d in 0..c {
+                let pd: f64 = (0..c).map(|s| pc[s * c + d]).sum();
+                if pd > 0.0 {
+                    t += pd * lm_u[d * w + col + off];
+                }
+            }
+            terms[col] = t;
+        }
+    }
+}
