@@ -24,15 +24,7 @@ from ._scores import WeightedEdges, prepare
 from .api import _lengths
 from .errors import ShapeError
 from .graph import Graph
-
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _np(t: Tensor) -> np.ndarray:
-    t = t.detach()
-    if t.dtype in _HALF:
-        t = t.float()
-    return t.cpu().numpy()
+from .torch import _numpy as _np
 
 
 def _sum_to(g: Tensor, shape: torch.Size) -> Tensor:

@@ -23,6 +23,7 @@ from torch import Tensor
 from . import api
 from ._scores import WeightedEdges
 from .graph import _LIVE, Graph
+from .torch import _numpy as _np
 
 
 def config_key(graph: Graph, method: str, options: dict[str, Any]) -> str:
@@ -43,15 +44,6 @@ def _config(key: str) -> tuple[Graph, str, dict[str, Any]]:
     if graph is None:
         raise RuntimeError("expsoftmax: the graph of this compiled call no longer exists")
     return graph, method, dict(items)
-
-
-def _np(t: Optional[Tensor]) -> Any:
-    if t is None:
-        return None
-    t = t.detach()
-    if t.dtype in (torch.float16, torch.bfloat16):
-        t = t.float()
-    return t.cpu().numpy()
 
 
 def _out(a: Any, like: Tensor) -> Tensor:
