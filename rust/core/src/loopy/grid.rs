@@ -934,22 +934,21 @@ fn sweep<M: Real>(
         .reduce(|| 0.0, f64::max)
 }
 
-/// Runs BP on the grid and leaves the messages, normalised, in the general layout of
-/// `loopy` (log domain, slot `2e` from the edge's first node) in `msgs`; also returns them
-/// in the grid layout (probability domain, `[dir][r][x][col]`) for [`super::grid_beliefs`].
+/// Runs BP on the grid; returns the iterations, convergence, last change and the
+/// messages, normalised, in the grid layout (probability domain, `[dir][r][x][col]`) for
+/// [`super::grid_beliefs`] (or [`to_general`] for the general belief pass).
 pub fn iterate(
     p: &GridPotentials,
     max_iter: usize,
     tol: f64,
     damping: f64,
     schedule: Schedule,
-    msgs: &mut [f64],
     stop: &Stop,
 ) -> Result<(u32, bool, f64, Vec<f64>)> {
     if p.f32_ok {
-        iterate_in::<f32>(p, max_iter, tol, damping, schedule, msgs, stop)
+        iterate_in::<f32>(p, max_iter, tol, damping, schedule, stop)
     } else {
-        iterate_in::<f64>(p, max_iter, tol, damping, schedule, msgs, stop)
+        iterate_in::<f64>(p, max_iter, tol, damping, schedule, stop)
     }
 }
 
@@ -959,7 +958,6 @@ fn iterate_in<M: Real>(
     tol: f64,
     damping: f64,
     schedule: Schedule,
-    msgs: &mut [f64],
     stop: &Stop,
 ) -> Result<(u32, bool, f64, Vec<f64>)> {
     let (h, w, c) = (p.h, p.w, p.c);
@@ -994,10 +992,19 @@ fn iterate_in<M: Real>(
             break;
         }
     }
-    // Back to the general layout (log messages, slots by edge), one edge row per task:
-    // edge e's two slots are msgs[2e c..(2e + 2) c], so horizontal row r owns the block of
-    // its w − 1 edges and vertical row r the block of its w edges.
-    let at = |d: usize, r: usize, x: usize, col: usize| cur[d * n + (r * c + x) * w + col].to_f64();
+    let grid: Vec<f64> = cur.par_iter().map(|m| m.to_f64()).collect();
+    Ok((result.0, result.1, result.2, grid))
+}
+
+/// The grid messages (as [`iterate`] returns them) in the general layout of `loopy` (log
+/// domain, slot `2e` from the edge's first node) in `msgs`: what the general belief pass
+/// reads when the grid's own does not apply.
+pub fn to_general(p: &GridPotentials, grid: &[f64], msgs: &mut [f64]) {
+    let (h, w, c) = (p.h, p.w, p.c);
+    let n = h * w * c;
+    // One edge row per task: edge e's two slots are msgs[2e c..(2e + 2) c], so horizontal
+    // row r owns the block of its w − 1 edges and vertical row r the block of its w edges.
+    let at = |d: usize, r: usize, x: usize, col: usize| grid[d * n + (r * c + x) * w + col];
     let n_h = h * (w - 1);
     let (horiz, vert) = msgs[..2 * (n_h + (h - 1) * w) * c].split_at_mut(2 * n_h * c);
     if w > 1 {
@@ -1023,8 +1030,6 @@ fn iterate_in<M: Real>(
                 }
             }
         });
-    let grid: Vec<f64> = cur.par_iter().map(|m| m.to_f64()).collect();
-    Ok((result.0, result.1, result.2, grid))
 }
 
 #[cfg(test)]
@@ -1055,8 +1060,10 @@ mod tests {
             assert_eq!(cached.f32_ok, rows.f32_ok);
             for schedule in [Schedule::Parallel, Schedule::Colour] {
                 let (mut m1, mut m2) = (vec![0.0; 2 * ne * c], vec![0.0; 2 * ne * c]);
-                let r1 = iterate(&cached, 15, 0.0, 0.3, schedule, &mut m1, &NEVER).unwrap();
-                let r2 = iterate(&rows, 15, 0.0, 0.3, schedule, &mut m2, &NEVER).unwrap();
+                let r1 = iterate(&cached, 15, 0.0, 0.3, schedule, &NEVER).unwrap();
+                let r2 = iterate(&rows, 15, 0.0, 0.3, schedule, &NEVER).unwrap();
+                to_general(&cached, &r1.3, &mut m1);
+                to_general(&rows, &r2.3, &mut m2);
                 assert_eq!(r1.0, r2.0);
                 for (a, b) in m1.iter().zip(&m2) {
                     assert!(a == b || (a - b).abs() <= tol, "{a} vs {b} ({schedule:?})");

@@ -1204,7 +1204,6 @@ impl<T: Real> Inference<T> for Loopy<'_> {
                 self.opts.tol,
                 self.opts.damping,
                 self.opts.schedule,
-                &mut ws.msgs,
                 pb.stop,
             )?;
             pb.stop.check()?;
@@ -1213,7 +1212,10 @@ impl<T: Real> Inference<T> for Loopy<'_> {
                 crate::loopy::grid_beliefs::bp_beliefs(&gp, &grid_msgs, node_sink, &mut emit);
             let log_z = match fast {
                 Some(z) => z,
-                None => bp_beliefs(pb, self.adj, b, self.rho(), ws, node_sink, edges)?,
+                None => {
+                    crate::loopy::grid::to_general(&gp, &grid_msgs, &mut ws.msgs);
+                    bp_beliefs(pb, self.adj, b, self.rho(), ws, node_sink, edges)?
+                }
             };
             (it, conv, ch, log_z)
         } else {
