@@ -2,10 +2,11 @@
 labellings, in the style of torch-struct, computed by the core.
 
 Differentiation: ``log_partition``'s gradient is the marginals (from the same core call).
-With the exact method on forests the marginals are differentiable too: their
-vector–Jacobian product equals their Jacobian–vector product in the direction of the
-upstream gradient (the Jacobian is the Hessian of log Z, which is symmetric), and the core
-computes that in one forward-mode sum-product pass (``_core.marginals_jvp``). So
+With the exact method the marginals are differentiable too: their vector–Jacobian product
+equals their Jacobian–vector product in the direction of the upstream gradient (the
+Jacobian is the Hessian of log Z, which is symmetric), which the core computes in one
+forward-mode sum-product pass on forests (``_core.marginals_jvp``) and by exact
+conditioning on junction trees (``api._jvp_by_conditioning``). So
 ``gradgradcheck`` holds on ``log_partition`` and the loss, and ``entropy``, ``kl`` and
 ``cross_entropy`` are differentiable. Loopy and sampling methods are first order: a second
 differentiation raises an error naming the method.
@@ -71,8 +72,8 @@ class _Model:
             raise RuntimeError(
                 f"expsoftmax: {what} with method={self.resolved!r} is first-order only: "
                 "differentiating the marginals (a second derivative of log Z) needs the exact "
-                "method (forests). Differentiate log_partition or the loss once, or use "
-                "method='exact' on a forest."
+                "method (forests, or graphs small enough for a junction tree). Differentiate "
+                "log_partition or the loss once, or use method='exact'."
             )
 
     def jvp(self, s_n: Tensor, s_e: Tensor, t_n: Tensor, t_e: Tensor) -> tuple[Tensor, Tensor]:
@@ -84,8 +85,8 @@ class _Model:
 
 
 class _Marginals(torch.autograd.Function):
-    """``(node (..., I, C), edge (..., E, C, C))`` marginals; backward = the core's
-    forward-mode pass (exact on forests), an error for other methods."""
+    """``(node (..., I, C), edge (..., E, C, C))`` marginals; backward = their exact
+    Jacobian–vector product (see the module doc), an error for other methods."""
 
     @staticmethod
     def forward(ctx: Any, s_n: Tensor, s_e: Tensor, model: _Model) -> tuple[Tensor, Tensor]:  # type: ignore[override]
