@@ -21,24 +21,12 @@ import torch
 from torch import Tensor
 
 from . import api
-from ._scores import WeightedEdges, prepare
+from ._scores import WeightedEdges, prepare, sum_to_shape
 from .api import _lengths
 from .errors import ShapeError
 from .graph import Graph
 from .torch import _numpy as _np
-
-
-def _sum_to(g: Tensor, shape: torch.Size) -> Tensor:
-    """Sums a gradient over the axes along which its input was broadcast."""
-    if g.shape == shape:
-        return g
-    lead = g.dim() - len(shape)
-    if lead > 0:
-        g = g.sum(tuple(range(lead)))
-    axes = tuple(k for k, (a, b) in enumerate(zip(shape, g.shape)) if a == 1 and b != 1)
-    if axes:
-        g = g.sum(axes, keepdim=True)
-    return g.reshape(shape)
+from .torch import _Refuse
 
 
 class _Model:
@@ -81,7 +69,7 @@ class _Model:
         _, dn, de = api._marginals_jvp(
             self.graph, _np(s_n), _np(s_e), _np(t_n), _np(t_e), self.lengths, self.options
         )
-        return _sum_to(self.out(dn), s_n.shape), _sum_to(self.out(de), s_e.shape)
+        return sum_to_shape(self.out(dn), s_n.shape), sum_to_shape(self.out(de), s_e.shape)
 
 
 class _Marginals(torch.autograd.Function):
@@ -111,23 +99,14 @@ class _Marginals(torch.autograd.Function):
         if torch.is_grad_enabled():
             # create_graph: recorded, but differentiating again (a third derivative of
             # log Z) raises instead of contributing a silent zero.
-            gn, ge = _NoThirdOrder.apply(gn, ge, s_n)
+            gn, ge = _Refuse.apply(
+                "expsoftmax: third derivatives of log Z are not available (the marginals' "
+                "derivative is computed by the core outside autograd); second derivatives are.",
+                s_n,
+                gn,
+                ge,
+            )
         return gn, ge, None
-
-
-class _NoThirdOrder(torch.autograd.Function):
-    """Passes its inputs through; its backward raises (see :class:`_Marginals`)."""
-
-    @staticmethod
-    def forward(ctx: Any, gn: Tensor, ge: Tensor, anchor: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        return gn.clone(), ge.clone()
-
-    @staticmethod
-    def backward(ctx: Any, *_: Any) -> Any:  # type: ignore[override]
-        raise RuntimeError(
-            "expsoftmax: third derivatives of log Z are not available (the marginals' "
-            "derivative is computed by the core outside autograd); second derivatives are."
-        )
 
 
 class _LogPartition(torch.autograd.Function):
@@ -151,8 +130,8 @@ class _LogPartition(torch.autograd.Function):
         else:
             r = model.result
             mu_n, mu_e = model.out(r.node_marginals), model.out(r.edge_marginals)
-        gn = _sum_to(g[..., None, None] * mu_n, s_n.shape)
-        ge = _sum_to(g[..., None, None, None] * mu_e, s_e.shape)
+        gn = sum_to_shape(g[..., None, None] * mu_n, s_n.shape)
+        ge = sum_to_shape(g[..., None, None, None] * mu_e, s_e.shape)
         return gn, ge, None
 
 
@@ -212,13 +191,13 @@ def loss_grads_twice_differentiable(
     model = _Model(graph, method, lengths, options, s_n)
     mu_n, mu_e = _Marginals.apply(s_n, full, model)
     gold_n, gold_e = _indicators(graph, y, s_n.shape[-1], lengths, s_n)
-    gn = _sum_to(g[..., None, None] * (mu_n - gold_n), s_n.shape)
+    gn = sum_to_shape(g[..., None, None] * (mu_n - gold_n), s_n.shape)
     de = g[..., None, None, None] * (mu_e - gold_e)
     if weight is None:
-        return gn, _sum_to(de, table.shape), None
+        return gn, sum_to_shape(de, table.shape), None
     safe = table.masked_fill(torch.isneginf(table), 0.0)
-    gt = _sum_to((de * weight[..., None, None]).sum(-3), table.shape)
-    gw = _sum_to((de * safe[..., None, :, :]).sum((-1, -2)), weight.shape)
+    gt = sum_to_shape((de * weight[..., None, None]).sum(-3), table.shape)
+    gw = sum_to_shape((de * safe[..., None, :, :]).sum((-1, -2)), weight.shape)
     return gn, gt, gw
 
 

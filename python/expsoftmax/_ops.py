@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import api
-from ._scores import WeightedEdges
+from ._scores import WeightedEdges, sum_to_shape
 from .graph import _LIVE, Graph
 from .torch import _numpy as _np
 
@@ -148,12 +148,10 @@ def _lz_setup(ctx: Any, inputs: tuple[Any, ...], output: list[Tensor]) -> None:
 
 def _lz_backward(ctx: Any, grads: list[Tensor]) -> Any:
     g = grads[0]
-    from ._dist import _sum_to
-
     mu_n, mu_e = ctx.saved_tensors
     sn_shape, se_shape = ctx.shapes
-    gn = _sum_to(g[..., None, None] * mu_n, sn_shape)
-    ge = _sum_to(g[..., None, None, None] * mu_e, se_shape)
+    gn = sum_to_shape(g[..., None, None] * mu_n, sn_shape)
+    ge = sum_to_shape(g[..., None, None, None] * mu_e, se_shape)
     return gn, ge, None, None, None
 
 

@@ -196,8 +196,9 @@ def labels(graph: Graph, y: Any) -> np.ndarray:
     return a
 
 
-def sum_to_shape(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Sums a gradient over the axes along which its input was broadcast."""
+def sum_to_shape(g: Any, shape: Any) -> Any:
+    """Sums a gradient over the axes along which its input was broadcast (a numpy array
+    or a torch tensor: both take ``sum(axis=, keepdims=)``)."""
     if g.shape == tuple(shape):
         return g
     lead = g.ndim - len(shape)

@@ -34,25 +34,28 @@ def _numpy(t: Any) -> Any:
     return t
 
 
-class _NoSecondOrder(torch.autograd.Function):
-    """Marks a first-order gradient (loopy and sampling methods) so that differentiating it
-    again raises instead of silently contributing zero (the loss's backward is computed by
-    the core, outside autograd). `anchor` is any input that requires grad, so the mark is
-    recorded."""
+class _Refuse(torch.autograd.Function):
+    """Passes ``tensors`` through unchanged; differentiating them raises ``message``
+    instead of silently contributing zero (for derivatives computed by the core outside
+    autograd). ``anchor`` is any input that requires grad, so the mark is recorded."""
 
     @staticmethod
-    def forward(ctx: Any, grad: Tensor, anchor: Tensor, method: str) -> Tensor:  # type: ignore[override]
-        ctx.method = method
-        return grad.clone()
+    def forward(ctx: Any, message: str, anchor: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        ctx.message = message
+        return tuple(t.clone() for t in tensors)
 
     @staticmethod
     def backward(ctx: Any, *_: Any) -> Any:  # type: ignore[override]
-        raise RuntimeError(
-            "expsoftmax: second derivatives of the exponential-softmax loss are not "
-            f"available with method={ctx.method!r}: its gradient (beliefs - gold) is "
-            "first-order only. Exact second derivatives need method='exact' (or 'auto') on "
-            "a forest; otherwise differentiate the loss once (no create_graph)."
-        )
+        raise RuntimeError(ctx.message)
+
+
+def _second_order_message(method: str) -> str:
+    return (
+        "expsoftmax: second derivatives of the exponential-softmax loss are not "
+        f"available with method={method!r}: its gradient (beliefs - gold) is "
+        "first-order only. Exact second derivatives need method='exact' (or 'auto') on "
+        "a forest; otherwise differentiate the loss once (no create_graph)."
+    )
 
 
 class _ExpSoftmaxLossFn(torch.autograd.Function):
@@ -154,7 +157,7 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
                 continue
             grad = torch.from_numpy(arr).to(like.device, like.dtype)
             if ctx.create_graph:
-                grad = _NoSecondOrder.apply(grad, like, ctx.args[4])
+                (grad,) = _Refuse.apply(_second_order_message(ctx.args[4]), like, grad)
             out.append(grad)
         out += [None] * (3 - len(out))
         return (*out, None, None, None, None, None, None)

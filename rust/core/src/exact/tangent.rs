@@ -94,25 +94,24 @@ fn dual_lse(x: &[f64], dx: &[f64], w: &mut [f64]) -> (f64, f64) {
     for (wk, &xk) in w.iter_mut().zip(x) {
         *wk = exp(xk - m);
     }
-    let inv = 1.0 / lanes(w, |a| a);
+    let inv = 1.0 / lanes(w);
     w.iter_mut().for_each(|v| *v *= inv);
     let d = lanes2(w, dx);
     (m + (1.0 / inv).ln(), d)
 }
 
-/// `Σ f(a_k)` in eight independent partial sums (so the loop vectorises; the order is
-/// fixed, so results do not depend on the machine).
+/// `Σ a_k` in eight independent partial sums (so the loop vectorises; the order is fixed,
+/// so results do not depend on the machine).
 #[inline(always)]
-fn lanes(a: &[f64], f: impl Fn(f64) -> f64) -> f64 {
+fn lanes(a: &[f64]) -> f64 {
     let mut acc = [0.0; 8];
     let full = a.len() / 8 * 8;
     for ch in a[..full].chunks_exact(8) {
         for (s, &v) in acc.iter_mut().zip(ch) {
-            *s += f(v);
+            *s += v;
         }
     }
-    let tail: f64 = a[full..].iter().map(|&v| f(v)).sum();
-    acc.iter().sum::<f64>() + tail
+    acc.iter().sum::<f64>() + a[full..].iter().sum::<f64>()
 }
 
 /// `Σ a_k b_k` in eight independent partial sums.
@@ -129,25 +128,36 @@ fn lanes2(a: &[f64], b: &[f64]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// Loads the table above position `p` in both orientations, with its tangent (`ue` is the
-/// item's `(E, C, C)` tangent, `[first, second]`).
+/// Loads the table above position `p` as `[parent, child]` (`parent_major`) or `[child,
+/// parent]`, with its tangent (`ue` is the item's `(E, C, C)` tangent, `[first, second]`).
 #[inline(always)]
-fn load(f: &Forest, es: &ItemEdges<'_, impl Real>, ue: &[f64], p: usize, ws: &mut Ws) {
+fn load(
+    f: &Forest,
+    es: &ItemEdges<'_, impl Real>,
+    ue: &[f64],
+    p: usize,
+    parent_major: bool,
+    ws: &mut Ws,
+) {
     let (e, c) = (f.edge[p] as usize, ws.c);
-    // Stored [first, second]; child_first means first = child.
-    es.raw(e, !f.child_first[p], &mut ws.t);
-    es.raw(e, f.child_first[p], &mut ws.tp);
-    let src = &ue[e * c * c..(e + 1) * c * c];
-    let (same, other) = if f.child_first[p] {
-        (&mut ws.dt, &mut ws.dtp)
+    // Stored [first, second]; child_first means first = child. The upward pass reads
+    // `[parent, child]`, the downward pass `[child, parent]`.
+    let transpose = f.child_first[p] == parent_major;
+    let (t, dt) = if parent_major {
+        (&mut ws.tp, &mut ws.dtp)
     } else {
-        (&mut ws.dtp, &mut ws.dt)
+        (&mut ws.t, &mut ws.dt)
     };
-    same.copy_from_slice(src);
-    for a in 0..c {
-        for b in 0..c {
-            other[b * c + a] = src[a * c + b];
+    es.raw(e, transpose, t);
+    let src = &ue[e * c * c..(e + 1) * c * c];
+    if transpose {
+        for a in 0..c {
+            for b in 0..c {
+                dt[b * c + a] = src[a * c + b];
+            }
         }
+    } else {
+        dt.copy_from_slice(src);
     }
 }
 
@@ -200,7 +210,7 @@ fn item_body<T: Real>(
             d_log_z += d;
             continue;
         }
-        load(f, es, ue, p, ws);
+        load(f, es, ue, p, true, ws);
         let (bel, dbel) = (&ws.bel[p * c..(p + 1) * c], &ws.dbel[p * c..(p + 1) * c]);
         // m(d) = LSE_s [bel(s) + t(s, d)], as duals (rows of the [parent, child] table).
         let mut shift = f64::NEG_INFINITY;
@@ -231,7 +241,7 @@ fn item_body<T: Real>(
         let par = f.parent[p];
         if par != ROOT {
             let par = par as usize;
-            load(f, es, ue, p, ws);
+            load(f, es, ue, p, false, ws);
             // Cavity of the parent (its belief without this edge's message), as duals.
             for d in 0..c {
                 let u = ws.up[p * c + d];

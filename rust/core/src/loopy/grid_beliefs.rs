@@ -169,17 +169,14 @@ fn node_row_body(
         for (o, &m) in out.iter_mut().zip(src) {
             *o = ln0(m);
         }
-        // The edge columns of the row have no neighbour on that side.
-        let edge_col = if dir == FROM_LEFT { Some(0) } else { None };
-        let edge_col = if dir == FROM_RIGHT {
-            Some(w - 1)
-        } else {
-            edge_col
+        // The first (last) column has no neighbour on its left (right).
+        let edge_col = match dir {
+            FROM_LEFT => 0,
+            FROM_RIGHT => w - 1,
+            _ => continue,
         };
-        if let Some(col) = edge_col {
-            for x in 0..c {
-                out[x * w + col] = 0.0;
-            }
+        for x in 0..c {
+            out[x * w + edge_col] = 0.0;
         }
     }
     for (o, &f) in lp.iter_mut().zip(&p.phi[row.clone()]) {
@@ -306,7 +303,8 @@ impl View<'_> {
         let (mut xv, mut xu) = (vec![0.0; c * w], vec![0.0; c * w]);
         self.cavity(r, skip_v, &mut xv);
         self.cavity(ru, skip_u, &mut xu);
-        let (lxv, lxu) = (xv.clone(), xu.clone());
+        // Log cavities again, only if an edge needs the log-domain fallback.
+        let mut logs: Option<(Vec<f64>, Vec<f64>)> = None;
         let (mv, mu) = (shift_columns(&mut xv, c, w), shift_columns(&mut xu, c, w));
         let (tabs, shifts) = if vertical {
             (&p.vert, &p.vshift)
@@ -366,6 +364,12 @@ impl View<'_> {
                 mv[col] + mu[col + off] + ln_pos(z[col])
             } else {
                 // Exact log-domain joint for this edge (rare: a tiny normaliser).
+                let (lxv, lxu) = logs.get_or_insert_with(|| {
+                    let (mut a, mut b) = (vec![0.0; c * w], vec![0.0; c * w]);
+                    self.cavity(r, skip_v, &mut a);
+                    self.cavity(ru, skip_u, &mut b);
+                    (a, b)
+                });
                 for s in 0..c {
                     for d in 0..c {
                         pc[s * c + d] =
