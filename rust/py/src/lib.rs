@@ -20,6 +20,13 @@ use pyo3::types::PyDict;
 
 mod convert;
 mod errors;
+
+/// Rust allocations of the extension (scratch buffers, results handed to numpy) go
+/// through mimalloc, which keeps freed pages for the next call instead of returning them
+/// to the kernel: a training loop's calls then reuse their buffers rather than fault in
+/// and zero fresh pages every time.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod options;
 mod pool;
 

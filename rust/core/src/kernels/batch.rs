@@ -122,6 +122,33 @@ macro_rules! simd_dispatch {
             $body($($arg),*)
         }
     };
+    // An `unsafe fn` body: the dispatcher is `unsafe` with the body's contract.
+    (
+        $(#[$meta:meta])*
+        $vis:vis unsafe fn $name:ident < $($g:ident : $bound:path),* > ( $($arg:ident : $ty:ty),* $(,)? ) -> $ret:ty
+        => $body:path
+    ) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis unsafe fn $name<$($g: $bound),*>($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2<$($g: $bound),*>($($arg: $ty),*) -> $ret {
+                    // SAFETY: the body's contract, forwarded from the caller.
+                    unsafe { $body($($arg),*) }
+                }
+                if $crate::kernels::batch::has_avx2() {
+                    // SAFETY: the CPU supports AVX2, checked just above; the body's
+                    // contract is the caller's.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            // SAFETY: the body's contract is the caller's.
+            unsafe { $body($($arg),*) }
+        }
+    };
 }
 
 /// Number of items per chunk for a batch of `batch` items whose chunks each carry an

@@ -1,12 +1,35 @@
-//! The two float types the library accepts. All arithmetic is done in f64 internally
+//! The two float types the library accepts. Arithmetic is done in f64 internally
 //! (log-normalisers of long chains and products of exponentials need the range); inputs
-//! and outputs keep the caller's precision.
+//! and outputs keep the caller's precision. Kernels whose every step is shift-invariant
+//! (a Gibbs conditional: scores, their maximum subtracted, exponentials) may work in the
+//! caller's precision, through the arithmetic this trait carries.
+
+use std::ops::{Add, Mul, Sub};
+
+use crate::kernels::logspace::{exp, exp_nonpos_f32};
 
 /// f32 or f64 scores.
-pub trait Real: Copy + Send + Sync + PartialOrd + 'static + std::fmt::Debug {
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + 'static
+    + std::fmt::Debug
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+{
     fn to_f64(self) -> f64;
     fn from_f64(x: f64) -> Self;
     const NAME: &'static str;
+    const ZERO: Self;
+    const NEG_INFINITY: Self;
+    /// The larger of two values (NaN-free inputs).
+    fn max(self, other: Self) -> Self;
+    /// `e^x` for `x <= 0` in this precision, vectorisable; exactly 0 below the type's
+    /// normal range and for −inf.
+    fn exp_nonpos(self) -> Self;
 }
 
 impl Real for f32 {
@@ -19,6 +42,20 @@ impl Real for f32 {
         x as f32
     }
     const NAME: &'static str = "float32";
+    const ZERO: f32 = 0.0;
+    const NEG_INFINITY: f32 = f32::NEG_INFINITY;
+    #[inline(always)]
+    fn max(self, other: f32) -> f32 {
+        if other > self {
+            other
+        } else {
+            self
+        }
+    }
+    #[inline(always)]
+    fn exp_nonpos(self) -> f32 {
+        exp_nonpos_f32(self)
+    }
 }
 
 impl Real for f64 {
@@ -31,4 +68,18 @@ impl Real for f64 {
         x
     }
     const NAME: &'static str = "float64";
+    const ZERO: f64 = 0.0;
+    const NEG_INFINITY: f64 = f64::NEG_INFINITY;
+    #[inline(always)]
+    fn max(self, other: f64) -> f64 {
+        if other > self {
+            other
+        } else {
+            self
+        }
+    }
+    #[inline(always)]
+    fn exp_nonpos(self) -> f64 {
+        exp(self)
+    }
 }

@@ -24,7 +24,7 @@ use crate::kernels::alloc;
 use crate::kernels::logspace::{exp_shifted, logsumexp, max};
 use crate::kernels::real::Real;
 use crate::kernels::rng::Rng;
-use crate::mcmc::grid::GridFactors;
+use crate::mcmc::grid::{Counts, GridSweep};
 use crate::model::adjacency::Adjacency;
 use crate::model::scores::{ItemEdges, Problem};
 
@@ -193,11 +193,17 @@ fn edge_energy<T: Real>(pb: &Problem<'_, T>, b: usize, lab: &[u32]) -> f64 {
         .sum()
 }
 
-/// The grid fast path's factors for item `b` at edge temperature `beta`, when the graph
-/// is a grid and the scores allow it.
-fn grid_factors<T: Real>(pb: &Problem<'_, T>, b: usize, beta: f64) -> Option<GridFactors> {
+/// The grid fast path for item `b` at edge temperature `beta > 0`, when the graph is a
+/// grid.
+fn grid_sweep<'a, T: Real>(pb: &Problem<'a, T>, b: usize, beta: f64) -> Option<GridSweep<'a, T>> {
     let (h, w) = pb.graph.grid_shape()?;
-    GridFactors::new(h, w, pb.node.item(b), &pb.edge.item(b), beta)
+    Some(GridSweep::new(
+        h,
+        w,
+        pb.node.item(b),
+        &pb.edge.item(b),
+        beta,
+    ))
 }
 
 /// What a chain gathers from its kept sweeps.
@@ -233,7 +239,7 @@ fn run_chain<T: Real>(
     opts: &GibbsOptions,
     init: Option<&[i64]>,
     collect: Collect,
-    fast: Option<&GridFactors>,
+    fast: Option<&GridSweep<'_, T>>,
 ) -> Result<ChainStats> {
     let (n, c) = (pb.graph.num_nodes(), pb.classes());
     let (node, edges) = (pb.node.item(b), pb.edge.item(b));
@@ -273,19 +279,50 @@ fn run_chain<T: Real>(
         kept: Vec::new(),
     };
     let mut kept = 0;
+    // The fast sweep's one-byte pair counts (see `Counts`), moved into `st.pair` before
+    // they can overflow and at the end.
+    let mut small = vec![
+        0u8;
+        if counts && fast.is_some() {
+            st.pair.len()
+        } else {
+            0
+        }
+    ];
+    let mut in_small = 0;
+    let flush = |total: &mut [u32], small: &mut [u8]| {
+        for (t, s) in total.iter_mut().zip(small.iter_mut()) {
+            *t += *s as u32;
+            *s = 0;
+        }
+    };
     for s in 0..total {
         pb.stop.check()?;
         let key = [b as u64, chain as u64, s as u64];
+        let keep = s >= opts.burn_in && (s - opts.burn_in + 1) % opts.thin == 0;
+        let batch = (kept / per_batch).min(BATCHES - 1);
         match fast {
-            Some(f) => f.sweep(&mut lab, opts.seed, key)?,
+            // The fast sweep counts the labelling it leaves as it draws it.
+            Some(f) if keep && counts => {
+                let node = &mut st.node[batch * n * c..(batch + 1) * n * c];
+                let pair = &mut small;
+                f.sweep(&mut lab, opts.seed, key, Some(Counts { node, pair }))?;
+                kept += 1;
+                in_small += 1;
+                if in_small == u8::MAX as usize {
+                    flush(&mut st.pair, &mut small);
+                    in_small = 0;
+                }
+                continue;
+            }
+            Some(f) => f.sweep(&mut lab, opts.seed, key, None)?,
             None => sweep(adj, n, node, &edges, &mut lab, 1.0, opts.seed, key, c)?,
         }
-        if s < opts.burn_in || (s - opts.burn_in + 1) % opts.thin != 0 {
+        if !keep {
             continue;
         }
         match collect {
             Collect::Counts => {
-                let batch = (kept / per_batch).min(BATCHES - 1);
                 for v in 0..n {
                     st.node[(batch * n + v) * c + lab[v] as usize] += 1;
                 }
@@ -306,6 +343,9 @@ fn run_chain<T: Real>(
             Collect::Keep => st.kept.push(lab.clone()),
         }
         kept += 1;
+    }
+    if in_small > 0 {
+        flush(&mut st.pair, &mut small);
     }
     Ok(st)
 }
@@ -363,11 +403,9 @@ fn ais<T: Real>(
                 lw += (b1 - b0) * en;
                 if step < k {
                     let key = [b as u64, key, step as u64];
-                    // Per-edge factors would cost more to prepare per temperature than
-                    // the sweep they serve; a shared table is C² exponentials.
                     let edges = pb.edge.item(b);
-                    match edges.shared().then(|| grid_factors(pb, b, b1)).flatten() {
-                        Some(f) => f.sweep(&mut lab, opts.seed, key)?,
+                    match grid_sweep(pb, b, b1) {
+                        Some(f) => f.sweep(&mut lab, opts.seed, key, None)?,
                         None => sweep(adj, n, node, &edges, &mut lab, b1, opts.seed, key, c)?,
                     }
                 }
@@ -397,11 +435,33 @@ fn ais<T: Real>(
 }
 
 /// Per-item extra outputs of `infer`.
-struct ItemExtras {
-    node_stderr: Vec<f64>,
+/// What the chains of one item estimate.
+struct Estimates {
+    /// AIS log Z (NaN when `ais_steps = 0`) and its standard error.
+    log_z: f64,
     log_z_stderr: f64,
+    /// `(I, C)` node marginals and their batch-means standard errors.
+    node: Vec<f64>,
+    node_stderr: Vec<f64>,
+    /// Gelman–Rubin ratio, max over nodes and labels (1 for one chain).
     rhat: f64,
+    /// The chains' `(E, C, C)` pair counts, kept as counts: the pair marginals are read
+    /// from them straight into their destination ([`Estimates::pairs`]).
+    chains: Vec<ChainStats>,
+    /// Kept sweeps over all chains.
+    total: f64,
 }
+
+impl Estimates {
+    /// Pair marginals of the entries `range` of the `(E, C, C)` table.
+    fn pairs(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = f64> + '_ {
+        let inv = 1.0 / self.total;
+        range.map(move |i| self.chains.iter().map(|ch| ch.pair[i] as u64).sum::<u64>() as f64 * inv)
+    }
+}
+
+/// Nodes-times-labels entries per parallel task of the error-bar statistics.
+const STAT_CHUNK: usize = 4096;
 
 /// Gibbs marginals (and AIS log Z) for item `b`, with error bars and R-hat. `init` gives
 /// start labels for `init_gold`.
@@ -411,90 +471,92 @@ fn item_estimates<T: Real>(
     b: usize,
     opts: &GibbsOptions,
     init: Option<&[i64]>,
-) -> Result<(f64, Vec<f64>, Vec<f64>, ItemExtras)> {
-    let (n, c, ne) = (pb.graph.num_nodes(), pb.classes(), pb.graph.num_edges());
-    let fast = grid_factors(pb, b, 1.0);
+) -> Result<Estimates> {
+    let (n, c) = (pb.graph.num_nodes(), pb.classes());
+    let fast = grid_sweep(pb, b, 1.0);
     let chains: Vec<ChainStats> = (0..opts.num_chains)
         .into_par_iter()
         .map(|k| run_chain(pb, adj, b, k, opts, init, Collect::Counts, fast.as_ref()))
         .collect::<Result<_>>()?;
     let total = (opts.num_samples * opts.num_chains) as f64;
-    let mut node = vec![0.0; n * c];
-    let mut pair = vec![0.0; ne * c * c];
     let per_batch = opts.num_samples.div_ceil(BATCHES);
     // Batch sizes (the last batch may be short).
     let sizes: Vec<f64> = (0..BATCHES)
         .map(|k| (opts.num_samples.saturating_sub(k * per_batch)).min(per_batch) as f64)
         .collect();
-    for ch in &chains {
-        for k in 0..BATCHES {
-            for (o, &x) in node.iter_mut().zip(&ch.node[k * n * c..(k + 1) * n * c]) {
-                *o += x as f64;
-            }
-        }
-        for (o, &x) in pair.iter_mut().zip(&ch.pair) {
-            *o += x as f64;
-        }
-    }
-    node.iter_mut().for_each(|x| *x /= total);
-    pair.iter_mut().for_each(|x| *x /= total);
-    // Batch means over all chains' non-empty batches.
-    let mut stderr = vec![0.0; n * c];
     let nb: usize = sizes.iter().filter(|&&s| s > 0.0).count() * chains.len();
-    let mut rhat: f64 = 1.0;
     let m = chains.len() as f64;
     let len = opts.num_samples as f64;
-    for i in 0..n * c {
-        let mut ss = 0.0;
-        let mut chain_means = Vec::with_capacity(chains.len());
-        let mut within = 0.0;
-        for ch in &chains {
-            let mut cm = 0.0;
-            for k in 0..BATCHES {
-                if sizes[k] == 0.0 {
-                    continue;
+    let (mut node, mut stderr) = (vec![0.0; n * c], vec![0.0; n * c]);
+    // Each entry's statistics read only its own counts: entries in parallel chunks, R-hat
+    // their maximum (order-free, so thread-count independent).
+    let rhat = node
+        .par_chunks_mut(STAT_CHUNK)
+        .zip(stderr.par_chunks_mut(STAT_CHUNK))
+        .enumerate()
+        .map(|(k, (node, stderr))| {
+            let mut rhat: f64 = 1.0;
+            let mut chain_means = vec![0.0; chains.len()];
+            for (j, (mean, se)) in node.iter_mut().zip(stderr.iter_mut()).enumerate() {
+                let i = k * STAT_CHUNK + j;
+                let count = |ch: &ChainStats, k: usize| ch.node[k * n * c + i] as f64;
+                let sum: f64 = chains
+                    .iter()
+                    .map(|ch| (0..BATCHES).map(|k| count(ch, k)).sum::<f64>())
+                    .sum();
+                *mean = sum / total;
+                // Batch means over all chains' non-empty batches.
+                let mut ss = 0.0;
+                let mut within = 0.0;
+                for (ch, cm) in chains.iter().zip(chain_means.iter_mut()) {
+                    let mut cnt_sum = 0.0;
+                    for (k, &size) in sizes.iter().enumerate() {
+                        if size == 0.0 {
+                            continue;
+                        }
+                        let cnt = count(ch, k);
+                        ss += (cnt / size - *mean).powi(2);
+                        cnt_sum += cnt;
+                    }
+                    let p = cnt_sum / len;
+                    *cm = p;
+                    within += p * (1.0 - p) * len / (len - 1.0).max(1.0);
                 }
-                let cnt = ch.node[k * n * c + i] as f64;
-                let bm = cnt / sizes[k];
-                ss += (bm - node[i]).powi(2);
-                cm += cnt;
+                *se = if nb > 1 {
+                    (ss / (nb as f64 - 1.0)).sqrt() / (nb as f64).sqrt()
+                } else {
+                    0.0
+                };
+                if chains.len() > 1 {
+                    let w = within / m;
+                    let cm = chain_means.iter().sum::<f64>() / m;
+                    let bvar =
+                        chain_means.iter().map(|x| (x - cm).powi(2)).sum::<f64>() / (m - 1.0);
+                    if w > 0.0 {
+                        let v = (len - 1.0) / len * w + bvar;
+                        rhat = rhat.max((v / w).sqrt());
+                    } else if bvar > 0.0 {
+                        rhat = f64::INFINITY; // chains stuck on different labels
+                    }
+                }
             }
-            let p = cm / len;
-            chain_means.push(p);
-            within += p * (1.0 - p) * len / (len - 1.0).max(1.0);
-        }
-        stderr[i] = if nb > 1 {
-            (ss / (nb as f64 - 1.0)).sqrt() / (nb as f64).sqrt()
-        } else {
-            0.0
-        };
-        if chains.len() > 1 {
-            let w = within / m;
-            let mean = chain_means.iter().sum::<f64>() / m;
-            let bvar = chain_means.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (m - 1.0);
-            if w > 0.0 {
-                let v = (len - 1.0) / len * w + bvar;
-                rhat = rhat.max((v / w).sqrt());
-            } else if bvar > 0.0 {
-                rhat = f64::INFINITY; // chains stuck on different labels
-            }
-        }
-    }
-    let (log_z, lz_se) = if opts.ais_steps > 0 {
+            rhat
+        })
+        .reduce(|| 1.0, f64::max);
+    let (log_z, log_z_stderr) = if opts.ais_steps > 0 {
         ais(pb, adj, b, opts)?
     } else {
         (f64::NAN, f64::NAN)
     };
-    Ok((
+    Ok(Estimates {
         log_z,
+        log_z_stderr,
         node,
-        pair,
-        ItemExtras {
-            node_stderr: stderr,
-            log_z_stderr: lz_se,
-            rhat,
-        },
-    ))
+        node_stderr: stderr,
+        rhat,
+        chains,
+        total,
+    })
 }
 
 /// Gibbs as an [`Inference`] method (loss and gradients: AIS log Z, sampled marginals).
@@ -547,26 +609,26 @@ impl<T: Real> Inference<T> for Gibbs<'_> {
     ) -> Result<ItemInfo> {
         let (n, c) = (pb.graph.num_nodes(), pb.classes());
         let init = self.init.map(|y| &y[b * n..(b + 1) * n]);
-        let (log_z, node, pair, ex) = item_estimates(pb, self.adj, b, &self.opts, init)?;
+        let est = item_estimates(pb, self.adj, b, &self.opts, init)?;
         for v in 0..n {
-            node_sink(v, &node[v * c..(v + 1) * c]);
+            node_sink(v, &est.node[v * c..(v + 1) * c]);
         }
         let cc = c * c;
         for e in 0..pb.graph.num_edges() {
             let slot = edges.slot(e);
-            let p = &pair[e * cc..(e + 1) * cc];
+            let p = est.pairs(e * cc..(e + 1) * cc);
             if S::ACCUMULATE {
-                slot.iter_mut().zip(p).for_each(|(o, &x)| *o += x);
+                slot.iter_mut().zip(p).for_each(|(o, x)| *o += x);
             } else {
-                slot.copy_from_slice(p);
+                slot.iter_mut().zip(p).for_each(|(o, x)| *o = x);
             }
             edges.commit(e);
         }
         Ok(ItemInfo {
-            log_z,
+            log_z: est.log_z,
             iterations: (self.opts.burn_in + self.opts.num_samples * self.opts.thin) as u32,
-            converged: ex.rhat < 1.1,
-            max_change: ex.rhat,
+            converged: est.rhat < 1.1,
+            max_change: est.rhat,
         })
     }
 }
@@ -611,18 +673,18 @@ pub fn infer<T: Real>(
     };
     let sweeps = (opts.burn_in + opts.num_samples * opts.thin) as u32;
     for b in 0..pb.batch {
-        let (lz, node, pair, e) = item_estimates(pb, adj, b, opts, None)?;
-        m.log_z.push(T::from_f64(lz));
-        m.node.extend(node.iter().map(|&x| T::from_f64(x)));
+        let est = item_estimates(pb, adj, b, opts, None)?;
+        m.log_z.push(T::from_f64(est.log_z));
+        m.node.extend(est.node.iter().map(|&x| T::from_f64(x)));
         if let Some(edge) = m.edge.as_mut() {
-            edge.extend(pair.iter().map(|&x| T::from_f64(x)));
+            edge.extend(est.pairs(0..ne * c * c).map(T::from_f64));
         }
         m.iterations.push(sweeps);
-        m.converged.push(e.rhat < 1.1);
-        m.max_change.push(e.rhat);
-        ex.node_stderr.extend(e.node_stderr);
-        ex.log_z_stderr.push(e.log_z_stderr);
-        ex.rhat.push(e.rhat);
+        m.converged.push(est.rhat < 1.1);
+        m.max_change.push(est.rhat);
+        ex.node_stderr.extend(est.node_stderr);
+        ex.log_z_stderr.push(est.log_z_stderr);
+        ex.rhat.push(est.rhat);
     }
     Ok((m, ex))
 }
@@ -652,7 +714,7 @@ pub fn decode<T: Real>(pb: &Problem<'_, T>, opts: &GibbsOptions) -> Result<Vec<i
     let adj = pb.graph.adjacency();
     let mut out = Vec::with_capacity(pb.batch * pb.graph.num_nodes());
     for b in 0..pb.batch {
-        let fast = grid_factors(pb, b, 1.0);
+        let fast = grid_sweep(pb, b, 1.0);
         let chains: Vec<ChainStats> = (0..opts.num_chains)
             .into_par_iter()
             .map(|k| run_chain(pb, adj, b, k, opts, None, Collect::Best, fast.as_ref()))
@@ -691,7 +753,7 @@ pub fn sample<T: Real>(
     let adj = pb.graph.adjacency();
     let mut out = vec![0i64; num_samples * bsz * n];
     for b in 0..bsz {
-        let fast = grid_factors(pb, b, 1.0);
+        let fast = grid_sweep(pb, b, 1.0);
         let chains: Vec<ChainStats> = (0..o.num_chains)
             .into_par_iter()
             .map(|k| run_chain(pb, adj, b, k, &o, None, Collect::Keep, fast.as_ref()))

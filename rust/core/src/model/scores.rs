@@ -102,6 +102,15 @@ impl<'a, T: Real> EdgeScores<'a, T> {
     }
 }
 
+/// How one item's edge scores are stored.
+#[derive(Clone, Copy, Debug)]
+pub enum EdgeLayout<'a, T> {
+    /// Edge `e`'s `(C, C)` table at `data[e * stride..]` (`stride` 0: one shared table).
+    Tables { data: &'a [T], stride: usize },
+    /// `weight[e] * table`, a −inf entry of `table` forbidden whatever the weight.
+    Weighted { weight: &'a [T], table: &'a [T] },
+}
+
 /// The edge scores of one batch item.
 #[derive(Clone, Copy, Debug)]
 pub struct ItemEdges<'a, T> {
@@ -130,6 +139,21 @@ impl<'a, T: Real> ItemEdges<'a, T> {
     #[inline(always)]
     pub fn shared_key(&self) -> usize {
         self.data.as_ptr() as usize
+    }
+
+    /// How the scores are stored, for kernels that read them in place.
+    #[inline(always)]
+    pub fn layout(&self) -> EdgeLayout<'a, T> {
+        match self.weight {
+            Some(weight) => EdgeLayout::Weighted {
+                weight,
+                table: self.data,
+            },
+            None => EdgeLayout::Tables {
+                data: self.data,
+                stride: if self.shared { 0 } else { self.cc },
+            },
+        }
     }
 
     /// True for weighted edge scores `w_e * table` (one table, a weight per edge).
