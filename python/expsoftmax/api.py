@@ -22,7 +22,7 @@ from .result import InferenceResult
 
 def _warn_unconverged(out: dict[str, Any], options: dict[str, Any]) -> None:
     converged = out["converged"]
-    if bool(np.all(converged)):
+    if converged.all():
         return
     change = out["max_change"]
     if out["method"] == "gibbs":

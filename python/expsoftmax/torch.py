@@ -7,13 +7,14 @@ their gradients are returned on the tensors' own device.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._scores import WeightedEdges
+from ._scores import WeightedEdges, broadcast_shapes
 from .api import _lengths, _loss_and_grad
 from .errors import DTypeError, OptionError
 from .graph import Graph
@@ -130,7 +131,7 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
             # handed the forward's arrays to autograd, so they are computed again, as the
             # forward did (deterministic: the same bits, then the same scaling below).
             parts = fresh(None if ctx.prescale == 1.0 else np.float64(ctx.prescale))
-        if gw.size and np.all(gw == gw.flat[0]):
+        if gw.size and (all(st == 0 for st in g.stride()) or (gw == gw.flat[0]).all()):
             # Upstream gradient the same for every item (reduction "sum"/"mean"): the
             # forward pass's gradients, scaled in place (no copy; a factor 1 is skipped).
             scale = float(gw.flat[0]) / ctx.prescale
@@ -161,6 +162,17 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
             out.append(grad)
         out += [None] * (3 - len(out))
         return (*out, None, None, None, None, None, None)
+
+
+def _reciprocal(n: int, dtype: torch.dtype) -> float:
+    """``1 / n`` rounded to ``dtype`` exactly as torch's ``mean`` backward computes it (a
+    correctly rounded division in that precision); numpy scalars for float32/float64
+    (a microsecond), a torch op for the half types numpy lacks."""
+    if dtype == torch.float32:
+        return float(np.float32(1.0) / np.float32(n))
+    if dtype == torch.float64:
+        return 1.0 / n
+    return torch.ones((), dtype=dtype).div(n).item()
 
 
 def _check(reduction: str, s_n: Any, s_e: Any) -> None:
@@ -230,11 +242,11 @@ def exp_softmax_loss(
             edge_batch.append(weight.shape[:-1])
         try:
             ys = tuple(np.shape(y))[:-1]
-            n = int(np.prod(np.broadcast_shapes(s_n.shape[:-2], ys, *edge_batch)))
+            n = math.prod(broadcast_shapes(tuple(s_n.shape[:-2]), ys, *map(tuple, edge_batch)))
         except ValueError:
             n = 0  # the core names the mismatch
         if n > 0:
-            prescale = torch.ones((), dtype=s_n.dtype).div(n).item()
+            prescale = _reciprocal(n, s_n.dtype)
     loss = _ExpSoftmaxLossFn.apply(s_n, table, weight, y, graph, method, lengths, options, prescale)
     if reduction == "sum":
         return loss.sum()

@@ -56,31 +56,55 @@ fn applies<T: Real>(pb: &Problem<'_, T>) -> bool {
 /// `None` when a table has a −inf entry or a span too wide for f64 products.
 fn precision<T: Real>(pb: &Problem<'_, T>) -> Option<bool> {
     let cc = pb.classes() * pb.classes();
+    // Tables in runs of 256 per task: a task per table would cost more in scheduling
+    // than the scan itself.
     let widest = pb
         .edge
         .data
-        .par_chunks(cc)
-        .map(|t| {
-            let (mut hi, mut lo) = (f64::NEG_INFINITY, f64::INFINITY);
-            for x in t {
-                let x = x.to_f64();
-                hi = hi.max(x);
-                lo = lo.min(x);
-            }
-            // A forbidden pair (−inf) leaves this path (so does a table of −inf only,
-            // whose span −inf − (−inf) would be NaN).
-            if lo == f64::NEG_INFINITY {
-                f64::INFINITY
-            } else {
-                hi - lo
-            }
-        })
+        .par_chunks(cc * 256)
+        .map(|run| widest_span(run, cc))
         .reduce(|| 0.0, f64::max);
     if widest > SPAN {
         None
     } else {
         Some(std::mem::size_of::<T>() == 4 && widest <= SPAN_F32)
     }
+}
+
+crate::simd_dispatch! {
+    /// The widest finite span of the `cc`-entry tables in `run`; infinite if an entry is
+    /// −inf (a forbidden pair leaves this path, and so does a table of −inf only).
+    fn widest_span<T: Real>(run: &[T], cc: usize) -> f64 => widest_span_body
+}
+
+#[inline(always)]
+fn widest_span_body<T: Real>(run: &[T], cc: usize) -> f64 {
+    let mut widest: f64 = 0.0;
+    for t in run.chunks(cc) {
+        // Eight independent lanes (compares, not `f64::max`, so they map to vector
+        // max/min instructions).
+        let (mut hi, mut lo) = ([f64::NEG_INFINITY; 8], [f64::INFINITY; 8]);
+        let mut lanes = t.chunks_exact(8);
+        for ch in &mut lanes {
+            for j in 0..8 {
+                let x = ch[j].to_f64();
+                hi[j] = if x > hi[j] { x } else { hi[j] };
+                lo[j] = if x < lo[j] { x } else { lo[j] };
+            }
+        }
+        for (j, x) in lanes.remainder().iter().enumerate() {
+            let x = x.to_f64();
+            hi[j] = if x > hi[j] { x } else { hi[j] };
+            lo[j] = if x < lo[j] { x } else { lo[j] };
+        }
+        let hi = hi.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x));
+        let lo = lo.iter().fold(f64::INFINITY, |a, &x| a.min(x));
+        if lo == f64::NEG_INFINITY {
+            return f64::INFINITY;
+        }
+        widest = widest.max(hi - lo);
+    }
+    widest
 }
 
 /// Per-worker buffers.
