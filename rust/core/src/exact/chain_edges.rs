@@ -180,24 +180,24 @@ fn item_body<T: Real, F: Gemm>(
     let mut log_z = 0.0f64;
     for t in 0..len {
         let s = &node[t * c..(t + 1) * c];
-        let m = s.iter().fold(f64::NEG_INFINITY, |a, x| a.max(x.to_f64()));
-        if m == f64::NEG_INFINITY {
+        let m = s.iter().fold(T::NEG_INFINITY, |a, &x| a.max(x));
+        if m == T::NEG_INFINITY {
             return None;
         }
-        log_z += m;
-        for (p, x) in ws.phi[t * c..(t + 1) * c].iter_mut().zip(s) {
+        log_z += m.to_f64();
+        for (p, &x) in ws.phi[t * c..(t + 1) * c].iter_mut().zip(s) {
             // Flushed to zero below the normal range (no slow subnormals): such a label
             // weighs less than e^-87 (f32) relative to the node's best.
-            let v = F::exp_nonpos(x.to_f64() - m);
+            let v = F::exp_nonpos(diff::<T, F>(x, m));
             *p = if v.f() < F::MIN_NORMAL { zero } else { v };
         }
     }
     for t in 0..len - 1 {
         let tab = &tabs[t * cc..(t + 1) * cc];
-        let m = tab.iter().fold(f64::NEG_INFINITY, |a, x| a.max(x.to_f64()));
-        log_z += m;
-        for (e, x) in ws.e[t * cc..(t + 1) * cc].iter_mut().zip(tab) {
-            *e = F::exp_nonpos(x.to_f64() - m);
+        let m = tab.iter().fold(T::NEG_INFINITY, |a, &x| a.max(x));
+        log_z += m.to_f64();
+        for (e, &x) in ws.e[t * cc..(t + 1) * cc].iter_mut().zip(tab) {
+            *e = F::exp_nonpos(diff::<T, F>(x, m));
         }
     }
     // Normalises `v` by its sum; returns the sum (0: nothing reachable).
@@ -299,6 +299,19 @@ fn item_body<T: Real, F: Gemm>(
         normalise(&mut ws.beta);
     }
     Some(log_z)
+}
+
+/// `x − m` as the exponential of product type `F` takes it. For f32 products the
+/// difference is rounded to f32 anyway, and one f32 subtraction of the two f32 scores
+/// rounds it identically: the widening and narrowing then cancel and the exponentials run
+/// on eight f32 lanes. f64 products take the exact f64 difference.
+#[inline(always)]
+fn diff<T: Real, F: Gemm>(x: T, m: T) -> f64 {
+    if std::mem::size_of::<F>() == 4 {
+        (x - m).to_f64()
+    } else {
+        x.to_f64() - m.to_f64()
+    }
 }
 
 /// `Σ_k a[k] b[k]` in the product type with eight partial sums (a fixed order, so
