@@ -112,16 +112,16 @@ impl Weighted {
     }
 }
 
-/// Edge `e`'s potentials `exp(θ − max θ)` (θ / ρ for TRW) into `t`, `[first, second]`:
-/// `None` when its span leaves the probability domain, else whether f32 messages stay
-/// safe with it and the shift `max θ`.
+/// Edge `e`'s scores (θ / ρ for TRW) into `t`, `[first, second]`: `None` when their span
+/// leaves the probability domain, else whether f32 messages stay safe with them, the
+/// shift `max θ` and the span.
 #[inline(always)]
-fn load_table<T: Real>(
+fn table_scores<T: Real>(
     edges: &ItemEdges<'_, T>,
     rho: Option<&[f64]>,
     e: usize,
     t: &mut [f64],
-) -> Option<(bool, f64)> {
+) -> Option<(bool, f64, f64)> {
     edges.raw(e, false, t);
     if let Some(r) = rho {
         // θ / ρ; a forbidden pair stays forbidden.
@@ -129,14 +129,27 @@ fn load_table<T: Real>(
             .for_each(|x| *x = crate::kernels::message::scaled(1.0 / r[e], *x));
     }
     // One pass for the largest entry, the smallest finite one and whether any is
-    // forbidden (branch-free, so it vectorises), then the exponentials.
-    let (mut hi, mut lo, mut forbidden) = (f64::NEG_INFINITY, f64::INFINITY, false);
-    for &x in t.iter() {
-        let fin = x > f64::NEG_INFINITY;
-        hi = hi.max(x);
-        lo = if fin { lo.min(x) } else { lo };
-        forbidden |= !fin;
+    // forbidden: eight independent lanes of compares (not `f64::max`), so it vectorises.
+    let (mut his, mut los, mut bad) = ([f64::NEG_INFINITY; 8], [f64::INFINITY; 8], [false; 8]);
+    let mut lanes = t.chunks_exact(8);
+    for ch in &mut lanes {
+        for j in 0..8 {
+            let x = ch[j];
+            let fin = x > f64::NEG_INFINITY;
+            his[j] = if x > his[j] { x } else { his[j] };
+            los[j] = if fin && x < los[j] { x } else { los[j] };
+            bad[j] |= !fin;
+        }
     }
+    for (j, &x) in lanes.remainder().iter().enumerate() {
+        let fin = x > f64::NEG_INFINITY;
+        his[j] = if x > his[j] { x } else { his[j] };
+        los[j] = if fin && x < los[j] { x } else { los[j] };
+        bad[j] |= !fin;
+    }
+    let hi = his.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x));
+    let lo = los.iter().fold(f64::INFINITY, |a, &x| a.min(x));
+    let forbidden = bad.iter().any(|&b| b);
     let span = if hi == f64::NEG_INFINITY {
         0.0
     } else {
@@ -146,10 +159,38 @@ fn load_table<T: Real>(
         return None;
     }
     let shift = if hi == f64::NEG_INFINITY { 0.0 } else { hi };
-    for x in t.iter_mut() {
-        *x = exp(*x - shift);
+    Some((!forbidden && span <= SPAN_F32, shift, span))
+}
+
+/// `t = exp(t − shift)` entrywise. `single`: a float32 model whose tables all span at most
+/// `SPAN_F32`, exponentiated at f32 precision eight lanes at a time (the scores carry no
+/// more than that; no entry leaves f32's normal range, and −inf still gives exactly 0).
+#[inline(always)]
+fn exp_tables(t: &mut [f64], shift: &[f64], single: bool) {
+    if single {
+        for (x, &s) in t.iter_mut().zip(shift) {
+            *x = exp_nonpos_f32((*x - s) as f32) as f64;
+        }
+    } else {
+        for (x, &s) in t.iter_mut().zip(shift) {
+            *x = exp(*x - s);
+        }
     }
-    Some((!forbidden && span <= SPAN_F32, shift))
+}
+
+/// Edge `e`'s potentials `exp(θ − max θ)` into `t` (see [`table_scores`]): whether f32
+/// messages stay safe with them, and the shift.
+#[inline(always)]
+fn load_table<T: Real>(
+    edges: &ItemEdges<'_, T>,
+    rho: Option<&[f64]>,
+    e: usize,
+    t: &mut [f64],
+) -> Option<(bool, f64)> {
+    let (low, shift, span) = table_scores(edges, rho, e, t)?;
+    let single = std::mem::size_of::<T>() == 4 && span <= SPAN_F32;
+    exp_tables(t, &vec![shift; t.len()], single);
+    Some((low, shift))
 }
 
 simd_dispatch! {
@@ -184,9 +225,11 @@ fn potential_row_body<T: Real>(
 ) -> Option<bool> {
     let cc = hr.len() / w;
     let n_h = h * (w - 1);
-    // Each edge's table is exponentiated contiguously (`[col][k]`), then the block is
+    // The row's tables are laid end to end (`[col][k]`) and exponentiated in one long
+    // loop (a 7 x 7 table alone is too short to fill vectors), then the block is
     // transposed into the row layout `[k][col]` with sequential writes.
     let mut t = vec![0.0; w * cc];
+    let mut sh = vec![0.0; w * cc];
     let mut low = true;
     for (vertical, out, shifts) in [(false, hr, hs), (true, vr, vs)] {
         let count = if vertical {
@@ -198,15 +241,19 @@ fn potential_row_body<T: Real>(
         } else {
             w - 1
         };
+        let mut single = std::mem::size_of::<T>() == 4;
         for col in 0..count {
             let e = if vertical {
                 n_h + r * w + col
             } else {
                 r * (w - 1) + col
             };
-            let (ok, shift) = load_table(edges, rho, e, &mut t[col * cc..(col + 1) * cc])?;
+            let (ok, shift, span) = table_scores(edges, rho, e, &mut t[col * cc..(col + 1) * cc])?;
             (low, shifts[col]) = (low & ok, shift);
+            single &= span <= SPAN_F32;
+            sh[col * cc..(col + 1) * cc].fill(shift);
         }
+        exp_tables(&mut t[..count * cc], &sh[..count * cc], single);
         for k in 0..cc {
             let dst = &mut out[k * w..k * w + count];
             for (col, d) in dst.iter_mut().enumerate() {
