@@ -52,9 +52,9 @@ pub struct GridPotentials {
     pub(crate) hshift: Vec<f64>,
     pub(crate) vshift: Vec<f64>,
     /// Horizontal tables: shared `[x][x']`, or per edge `[r][x][x'][c]` (c < w − 1).
-    pub(crate) horiz: Vec<f64>,
+    pub(crate) horiz: Pots,
     /// Vertical tables: shared `[x][x']`, or per edge `[r][x][x'][c]` (r < h − 1).
-    pub(crate) vert: Vec<f64>,
+    pub(crate) vert: Pots,
     pub(crate) shared: bool,
     /// Weighted edge scores `w_e θ`: potentials made row by row when they are needed
     /// instead of cached per edge (which would be `E C²` numbers).
@@ -65,6 +65,24 @@ pub struct GridPotentials {
     /// Messages may be stored in f32: float32 scores, and tables with no forbidden pair
     /// and a span of at most `SPAN_F32`, so no message entry leaves f32's normal range.
     f32_ok: bool,
+}
+
+/// Edge potentials, in f64 or (a float32 model whose tables all span at most `SPAN_F32`:
+/// every potential stays in f32's normal range) in f32, half the bytes each sweep reads.
+pub(crate) enum Pots {
+    F64(Vec<f64>),
+    F32(Vec<f32>),
+}
+
+impl Pots {
+    /// Entry `i`, as f64.
+    #[inline(always)]
+    pub(crate) fn get(&self, i: usize) -> f64 {
+        match self {
+            Pots::F64(v) => v[i],
+            Pots::F32(v) => v[i] as f64,
+        }
+    }
 }
 
 /// One table `θ` and per-edge weights laid out like the grid's edge rows.
@@ -197,32 +215,32 @@ simd_dispatch! {
     /// Per-edge potentials of grid row `r` (its horizontal edges and the vertical ones
     /// below it) into `hr`/`vr` (`[k][col]`) and their shifts into `hs`/`vs`; `None` when a
     /// table leaves the probability domain, else whether f32 messages are safe.
-    fn potential_row<T: Real>(
+    fn potential_row<T: Real, P: Real>(
         edges: &ItemEdges<'_, T>,
         rho: Option<&[f64]>,
         r: usize,
         h: usize,
         w: usize,
-        hr: &mut [f64],
-        vr: &mut [f64],
+        hr: &mut [P],
+        vr: &mut [P],
         hs: &mut [f64],
         vs: &mut [f64],
-    ) -> Option<bool> => potential_row_body
+    ) -> Option<(bool, bool)> => potential_row_body
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn potential_row_body<T: Real>(
+fn potential_row_body<T: Real, P: Real>(
     edges: &ItemEdges<'_, T>,
     rho: Option<&[f64]>,
     r: usize,
     h: usize,
     w: usize,
-    hr: &mut [f64],
-    vr: &mut [f64],
+    hr: &mut [P],
+    vr: &mut [P],
     hs: &mut [f64],
     vs: &mut [f64],
-) -> Option<bool> {
+) -> Option<(bool, bool)> {
     let cc = hr.len() / w;
     let n_h = h * (w - 1);
     // The row's tables are laid end to end (`[col][k]`) and exponentiated in one long
@@ -230,7 +248,7 @@ fn potential_row_body<T: Real>(
     // transposed into the row layout `[k][col]` with sequential writes.
     let mut t = vec![0.0; w * cc];
     let mut sh = vec![0.0; w * cc];
-    let mut low = true;
+    let (mut low, mut narrow) = (true, true);
     for (vertical, out, shifts) in [(false, hr, hs), (true, vr, vs)] {
         let count = if vertical {
             if r + 1 < h {
@@ -254,18 +272,48 @@ fn potential_row_body<T: Real>(
             sh[col * cc..(col + 1) * cc].fill(shift);
         }
         exp_tables(&mut t[..count * cc], &sh[..count * cc], single);
+        narrow &= single;
         for k in 0..cc {
             let dst = &mut out[k * w..k * w + count];
             for (col, d) in dst.iter_mut().enumerate() {
-                *d = t[col * cc + k];
+                *d = P::from_f64(t[col * cc + k]);
             }
         }
     }
-    Some(low)
+    // (f32 messages safe, every span within `SPAN_F32` for a float32 model)
+    Some((low, narrow))
 }
 
 fn span_ok(v: &[f64]) -> bool {
     finite_span(v) <= SPAN
+}
+
+/// Per-edge potentials of every grid row in `P` (shifts into `hshift`/`vshift`): `None`
+/// when a table leaves the probability domain; `Some(None)` when `P` is f32 and a table
+/// spans more than `SPAN_F32`; else whether f32 messages are safe, and the tables.
+#[allow(clippy::type_complexity)]
+fn per_edge<T: Real, P: Real>(
+    edges: &ItemEdges<'_, T>,
+    rho: Option<&[f64]>,
+    h: usize,
+    w: usize,
+    cc: usize,
+    hshift: &mut [f64],
+    vshift: &mut [f64],
+) -> Option<Option<(bool, Vec<P>, Vec<P>)>> {
+    let mut horiz = vec![P::ZERO; h * cc * w];
+    let mut vert = vec![P::ZERO; h * cc * w];
+    let rows: Vec<(bool, bool)> = horiz
+        .par_chunks_mut(cc * w)
+        .zip(vert.par_chunks_mut(cc * w))
+        .zip(hshift.par_chunks_mut(w).zip(vshift.par_chunks_mut(w)))
+        .enumerate()
+        .map(|(r, ((hr, vr), (hs, vs)))| potential_row(edges, rho, r, h, w, hr, vr, hs, vs))
+        .collect::<Option<_>>()?;
+    if std::mem::size_of::<P>() == 4 && !rows.iter().all(|&(_, narrow)| narrow) {
+        return Some(None);
+    }
+    Some(Some((rows.iter().all(|&(low, _)| low), horiz, vert)))
 }
 
 impl GridPotentials {
@@ -390,26 +438,35 @@ impl GridPotentials {
                 wv,
                 potts,
             });
-            (Vec::new(), Vec::new())
+            (Pots::F64(Vec::new()), Pots::F64(Vec::new()))
         } else if shared {
             let (low, shift) = load(0, &mut t)?;
             f32_ok &= low;
             (hshift, vshift) = (vec![shift], vec![shift]);
-            (t.clone(), t.clone())
+            (Pots::F64(t.clone()), Pots::F64(t.clone()))
         } else {
-            // Per-edge potentials, one grid row (its horizontal and vertical edges) per task.
-            let mut horiz = vec![0.0; h * cc * w];
-            let mut vert = vec![0.0; h * cc * w];
+            // Per-edge potentials, one grid row (its horizontal and vertical edges) per task:
+            // in f32 for a float32 model, redone in f64 if a table turns out too spread.
             (hshift, vshift) = (vec![0.0; h * w], vec![0.0; h * w]);
-            let rows: Option<Vec<bool>> = horiz
-                .par_chunks_mut(cc * w)
-                .zip(vert.par_chunks_mut(cc * w))
-                .zip(hshift.par_chunks_mut(w).zip(vshift.par_chunks_mut(w)))
-                .enumerate()
-                .map(|(r, ((hr, vr), (hs, vs)))| potential_row(edges, rho, r, h, w, hr, vr, hs, vs))
-                .collect();
-            f32_ok &= rows?.into_iter().all(|x| x);
-            (horiz, vert)
+            let narrow = std::mem::size_of::<T>() == 4;
+            let made = if narrow {
+                per_edge::<T, f32>(edges, rho, h, w, cc, &mut hshift, &mut vshift)?
+            } else {
+                None
+            };
+            match made {
+                Some((low, horiz, vert)) => {
+                    f32_ok &= low;
+                    (Pots::F32(horiz), Pots::F32(vert))
+                }
+                None => {
+                    let (low, horiz, vert) =
+                        per_edge::<T, f64>(edges, rho, h, w, cc, &mut hshift, &mut vshift)?
+                            .expect("f64 potentials are never too narrow");
+                    f32_ok &= low;
+                    (Pots::F64(horiz), Pots::F64(vert))
+                }
+            }
         };
         Some(GridPotentials {
             h,
@@ -447,10 +504,11 @@ impl GridPotentials {
     fn tab<'a>(&'a self, vertical: bool, r: usize, k: usize) -> Tab<'a> {
         let t = if vertical { &self.vert } else { &self.horiz };
         let cc = self.c * self.c;
-        if self.shared {
-            Tab::Scalar(t[k])
-        } else {
-            Tab::Row(&t[(r * cc + k) * self.w..(r * cc + k + 1) * self.w])
+        let row = (r * cc + k) * self.w..(r * cc + k + 1) * self.w;
+        match t {
+            _ if self.shared => Tab::Scalar(t.get(k)),
+            Pots::F64(v) => Tab::Row(&v[row]),
+            Pots::F32(v) => Tab::Row32(&v[row]),
         }
     }
 }
@@ -458,6 +516,7 @@ impl GridPotentials {
 enum Tab<'a> {
     Scalar(f64),
     Row(&'a [f64]),
+    Row32(&'a [f32]),
 }
 
 /// `out[i] += t[i + off] * cav[i]` (or the scalar), for `i` in `0..len`.
@@ -470,6 +529,11 @@ fn axpy(out: &mut [f64], t: &Tab<'_>, off: usize, cav: &[f64]) {
             .zip(&row[off..])
             .zip(cav)
             .for_each(|((o, &t), &q)| *o += t * q),
+        Tab::Row32(row) => out
+            .iter_mut()
+            .zip(&row[off..])
+            .zip(cav)
+            .for_each(|((o, &t), &q)| *o += t as f64 * q),
     }
 }
 
@@ -861,6 +925,27 @@ crate::simd_dispatch! {
 #[inline(always)]
 fn damp_row_body<M: Real>(out: &mut [f64], prev: &[M], tmp: &mut [f32], damping: f64) {
     let keep = 1.0 - damping;
+    if damping == 0.5 {
+        // PGMax's default, and the usual choice: the geometric mean √out · √prev, two
+        // square roots per entry instead of two logarithms and an exponential (each root
+        // taken alone, so nothing underflows that the mixture itself would not).
+        if std::mem::size_of::<M>() == 4 {
+            for (t, &o) in tmp.iter_mut().zip(out.iter()) {
+                *t = o as f32;
+            }
+            for (t, &p) in tmp.iter_mut().zip(prev) {
+                *t = t.sqrt() * (p.to_f64() as f32).sqrt();
+            }
+            for (o, &t) in out.iter_mut().zip(tmp.iter()) {
+                *o = t as f64;
+            }
+        } else {
+            for (o, &p) in out.iter_mut().zip(prev) {
+                *o = o.sqrt() * p.to_f64().sqrt();
+            }
+        }
+        return;
+    }
     if std::mem::size_of::<M>() == 4 {
         // Messages are normalised, so both logs and the mixture are <= 0.
         let (k32, d32) = (keep as f32, damping as f32);

@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::logspace::{exp, ln_pos};
-use crate::loopy::grid::{ln0, GridPotentials, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP};
+use crate::loopy::grid::{ln0, GridPotentials, Pots, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP};
 use crate::simd_dispatch;
 
 /// Below this a probability-domain normaliser is recomputed in the log domain.
@@ -313,9 +313,9 @@ impl View<'_> {
         };
         let psi = |k: usize, col: usize| -> f64 {
             if p.shared {
-                tabs[k]
+                tabs.get(k)
             } else {
-                tabs[(r * cc + k) * w + col]
+                tabs.get((r * cc + k) * w + col)
             }
         };
         let shift_e = |col: usize| {
@@ -334,15 +334,23 @@ impl View<'_> {
                 let k = s * c + d;
                 let qu = &xu[d * w + off..d * w + off + len];
                 let out = &mut joint[k * len..(k + 1) * len];
-                if p.shared {
-                    let t = tabs[k];
-                    for col in 0..len {
-                        out[col] = qv[col] * t * qu[col];
+                let row = (r * cc + k) * w..(r * cc + k) * w + len;
+                match tabs {
+                    _ if p.shared => {
+                        let t = tabs.get(k);
+                        for col in 0..len {
+                            out[col] = qv[col] * t * qu[col];
+                        }
                     }
-                } else {
-                    let t = &tabs[(r * cc + k) * w..(r * cc + k) * w + len];
-                    for col in 0..len {
-                        out[col] = qv[col] * t[col] * qu[col];
+                    Pots::F64(v) => {
+                        for ((o, &t), (&a, &b)) in out.iter_mut().zip(&v[row]).zip(qv.iter().zip(qu)) {
+                            *o = a * t * b;
+                        }
+                    }
+                    Pots::F32(v) => {
+                        for ((o, &t), (&a, &b)) in out.iter_mut().zip(&v[row]).zip(qv.iter().zip(qu)) {
+                            *o = a * t as f64 * b;
+                        }
                     }
                 }
                 for (zz, &o) in z.iter_mut().zip(out.iter()) {
