@@ -701,6 +701,28 @@ fn trw_beliefs<M: Real>(
     }
 }
 
+/// Where the messages that row `r`'s nodes send in direction `dir` (as their targets see
+/// it) go: `(columns, source column offset, target column offset, target row)`, or
+/// `None` when there are none (the grid's border).
+#[inline(always)]
+fn geometry(dir: usize, r: usize, h: usize, w: usize) -> Option<(usize, usize, usize, usize)> {
+    let (len, src_off, dst_off, dst_row) = match dir {
+        FROM_LEFT => (w.saturating_sub(1), 0, 1, Some(r)),
+        FROM_RIGHT => (w.saturating_sub(1), 1, 0, Some(r)),
+        FROM_UP => (w, 0, 0, (r + 1 < h).then_some(r + 1)),
+        _ => (w, 0, 0, r.checked_sub(1)),
+    };
+    let tr = dst_row?;
+    (len > 0).then_some((len, src_off, dst_off, tr))
+}
+
+/// The first column, among `0..len` of a message span, whose source node has colour
+/// `colour` (the others of that colour follow every second column).
+#[inline(always)]
+fn first_of_colour(colour: usize, r: usize, src_off: usize) -> usize {
+    (colour + 2 - (r + src_off) % 2) % 2
+}
+
 crate::simd_dispatch! {
     /// Computes every message leaving the nodes of row `r` from `old`, writes those of
     /// nodes with colour `colour` (all nodes for `None`) into `new`; returns the largest
@@ -764,17 +786,9 @@ fn row_update_body<M: Real>(
         (FROM_DOWN, FROM_DOWN, true),
     ];
     for &(dir, extra, vertical) in &jobs {
-        // Messages sent towards the node that will see them as coming from `dir`.
-        let (len, src_off, dst_off, dst_row) = match dir {
-            FROM_LEFT => (w.saturating_sub(1), 0, 1, Some(r)),
-            FROM_RIGHT => (w.saturating_sub(1), 1, 0, Some(r)),
-            FROM_UP => (w, 0, 0, (r + 1 < h).then_some(r + 1)),
-            _ => (w, 0, 0, r.checked_sub(1)),
-        };
-        let Some(tr) = dst_row else { continue };
-        if len == 0 {
+        let Some((len, src_off, dst_off, tr)) = geometry(dir, r, h, w) else {
             continue;
-        }
+        };
         // Cavity: everything at the source except the message from the target.
         let base = if vertical { &ws.b } else { &ws.a };
         let skip = match extra {
@@ -852,8 +866,14 @@ fn row_update_body<M: Real>(
         normalise_columns(&mut ws.out, norm, c, w, len);
         for xo in 0..c {
             let out = &mut ws.out[xo * w..xo * w + len];
-            let prev = &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len];
             if damping > 0.0 {
+                // One colour at a time, the latest messages of the colour being drawn are
+                // those in `new` (see `iterate_in`); in flooding, those in `old`.
+                let prev: &[M] = match colour {
+                    // SAFETY: as for the write below; this shared view ends before it.
+                    Some(_) => unsafe { new.span(dir, tr, xo, c, w, dst_off, len) },
+                    None => &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len],
+                };
                 damp_row(out, prev, &mut ws.damp[..len], damping);
             }
         }
@@ -893,11 +913,12 @@ fn row_update_body<M: Real>(
                     }
                 }
                 Some(col) => {
-                    // This colour's columns: every other one, from the first of its parity.
-                    let first = (col + 2 - (r + src_off) % 2) % 2;
+                    // This colour's columns: every other one, from the first of its parity;
+                    // the previous values are the ones being overwritten.
+                    let first = first_of_colour(col, r, src_off);
                     if need_change {
                         for i in (first..len).step_by(2) {
-                            change = change.max((out[i] - prev[i].to_f64()).abs());
+                            change = change.max((out[i] - dst[i].to_f64()).abs());
                             dst[i] = M::from_f64(out[i]);
                         }
                     } else {
@@ -1108,13 +1129,12 @@ fn iterate_in<M: Real>(
                 ch
             }
             Schedule::Colour => {
-                let mut ch = 0.0f64;
-                for k in 0..2 {
-                    nxt.copy_from_slice(&cur);
-                    ch = ch.max(sweep(p, &cur, &mut nxt, Some(k), damping, need, stop));
-                    std::mem::swap(&mut cur, &mut nxt);
-                }
-                ch
+                // Colour 0 reads `cur` and writes its messages into `nxt`; colour 1 reads
+                // `nxt` and writes into `cur`. Each colour's nodes read only messages sent
+                // by the other colour, which the buffer read holds fresh, and each buffer
+                // keeps the latest messages of the colour written into it (no copies).
+                let ch = sweep(p, &cur, &mut nxt, Some(0), damping, need, stop);
+                ch.max(sweep(p, &nxt, &mut cur, Some(1), damping, need, stop))
             }
         };
         stop.check()?;
@@ -1124,8 +1144,35 @@ fn iterate_in<M: Real>(
             break;
         }
     }
+    if schedule == Schedule::Colour {
+        merge_colour(p, &nxt, &mut cur, 0);
+    }
     let grid: Vec<f64> = cur.par_iter().map(|m| m.to_f64()).collect();
     Ok((result.0, result.1, result.2, grid))
+}
+
+/// Copies the messages sent by nodes of colour `colour` from `from` into `into`.
+fn merge_colour<M: Real>(p: &GridPotentials, from: &[M], into: &mut [M], colour: usize) {
+    let (h, w, c) = (p.h, p.w, p.c);
+    let n = h * w * c;
+    let (src, dst) = (Prev { data: from, n }, &Next::new(into, n));
+    (0..h).into_par_iter().for_each(|r| {
+        for dir in [FROM_LEFT, FROM_RIGHT, FROM_UP, FROM_DOWN] {
+            let Some((len, src_off, dst_off, tr)) = geometry(dir, r, h, w) else {
+                continue;
+            };
+            let first = first_of_colour(colour, r, src_off);
+            for x in 0..c {
+                let s = &src.row(dir, tr, x, c, w)[dst_off..dst_off + len];
+                // SAFETY: block `(dir, tr)` carries messages leaving row `r`'s nodes, which
+                // only this task writes (see `Next`).
+                let d = unsafe { dst.span(dir, tr, x, c, w, dst_off, len) };
+                for i in (first..len).step_by(2) {
+                    d[i] = s[i];
+                }
+            }
+        }
+    });
 }
 
 /// The grid messages (as [`iterate`] returns them) in the general layout of `loopy` (log

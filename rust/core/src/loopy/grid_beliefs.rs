@@ -343,12 +343,16 @@ impl View<'_> {
                         }
                     }
                     Pots::F64(v) => {
-                        for ((o, &t), (&a, &b)) in out.iter_mut().zip(&v[row]).zip(qv.iter().zip(qu)) {
+                        for ((o, &t), (&a, &b)) in
+                            out.iter_mut().zip(&v[row]).zip(qv.iter().zip(qu))
+                        {
                             *o = a * t * b;
                         }
                     }
                     Pots::F32(v) => {
-                        for ((o, &t), (&a, &b)) in out.iter_mut().zip(&v[row]).zip(qv.iter().zip(qu)) {
+                        for ((o, &t), (&a, &b)) in
+                            out.iter_mut().zip(&v[row]).zip(qv.iter().zip(qu))
+                        {
                             *o = a * t as f64 * b;
                         }
                     }
