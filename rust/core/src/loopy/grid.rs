@@ -23,7 +23,7 @@ use crate::interrupt::Stop;
 use crate::kernels::logspace::{exp, exp_nonpos_f32, exp_rel, finite_span, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
 use crate::loopy::options::Schedule;
-use crate::model::scores::ItemEdges;
+use crate::model::scores::{EdgeLayout, ItemEdges};
 use crate::simd_dispatch;
 
 /// Largest span of finite scores (per node row, per table) the probability domain takes.
@@ -249,6 +249,13 @@ fn potential_row_body<T: Real, P: Real>(
     let mut t = vec![0.0; w * cc];
     let mut sh = vec![0.0; w * cc];
     let (mut low, mut narrow) = (true, true);
+    // A float32 model's own per-edge tables, read in place and kept in f32 throughout.
+    let tables32 = match edges.layout() {
+        EdgeLayout::Tables { data, stride } if stride == cc && rho.is_none() => {
+            (std::mem::size_of::<T>() == 4 && std::mem::size_of::<P>() == 4).then_some(data)
+        }
+        _ => None,
+    };
     for (vertical, out, shifts) in [(false, hr, hs), (true, vr, vs)] {
         let count = if vertical {
             if r + 1 < h {
@@ -259,6 +266,14 @@ fn potential_row_body<T: Real, P: Real>(
         } else {
             w - 1
         };
+        if let Some(data) = tables32 {
+            // The row's edges are consecutive in the edge order.
+            let e0 = if vertical { n_h + r * w } else { r * (w - 1) };
+            if let Some(ok) = row_f32(&data[e0 * cc..(e0 + count) * cc], cc, w, out, shifts) {
+                low &= ok;
+                continue;
+            }
+        }
         let mut single = std::mem::size_of::<T>() == 4;
         for col in 0..count {
             let e = if vertical {
@@ -282,6 +297,66 @@ fn potential_row_body<T: Real, P: Real>(
     }
     // (f32 messages safe, every span within `SPAN_F32` for a float32 model)
     Some((low, narrow))
+}
+
+/// [`potential_row_body`] for one direction of a row of float32 tables `src` (`count`
+/// tables of `cc` entries) into `out[k][col]` and `shifts`, in f32 throughout: the same
+/// values as the f64 route (an f32 difference rounds as the f64 one narrowed does).
+/// Whether f32 messages are safe; `None` when a table spans more than `SPAN_F32` (the
+/// caller then takes the general route).
+#[inline(always)]
+fn row_f32<T: Real, P: Real>(
+    src: &[T],
+    cc: usize,
+    w: usize,
+    out: &mut [P],
+    shifts: &mut [f64],
+) -> Option<bool> {
+    let count = src.len() / cc;
+    // (`to_f64() as f32` is the identity on f32 scores: no conversion is emitted.)
+    let mut t: Vec<f32> = src.iter().map(|x| x.to_f64() as f32).collect();
+    let mut sh = vec![0.0f32; t.len()];
+    let mut low = true;
+    for ((tab, s), shift) in t.chunks_exact(cc).zip(sh.chunks_exact_mut(cc)).zip(shifts.iter_mut()) {
+        // Eight lanes of compares for the largest entry, the smallest finite one and
+        // whether any is forbidden.
+        let (mut his, mut los, mut bad) = ([f32::NEG_INFINITY; 8], [f32::INFINITY; 8], [false; 8]);
+        let mut lanes = tab.chunks_exact(8);
+        for ch in &mut lanes {
+            for j in 0..8 {
+                let x = ch[j];
+                let fin = x > f32::NEG_INFINITY;
+                his[j] = if x > his[j] { x } else { his[j] };
+                los[j] = if fin && x < los[j] { x } else { los[j] };
+                bad[j] |= !fin;
+            }
+        }
+        for (j, &x) in lanes.remainder().iter().enumerate() {
+            let fin = x > f32::NEG_INFINITY;
+            his[j] = if x > his[j] { x } else { his[j] };
+            los[j] = if fin && x < los[j] { x } else { los[j] };
+            bad[j] |= !fin;
+        }
+        let hi = his.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        let lo = los.iter().fold(f32::INFINITY, |a, &x| a.min(x));
+        let m = if hi == f32::NEG_INFINITY { 0.0 } else { hi };
+        if hi > f32::NEG_INFINITY && (hi as f64 - lo as f64) > SPAN_F32 {
+            return None;
+        }
+        low &= !bad.iter().any(|&b| b);
+        *shift = m as f64;
+        s.fill(m);
+    }
+    for (x, &m) in t.iter_mut().zip(&sh) {
+        *x = exp_nonpos_f32(*x - m);
+    }
+    for k in 0..cc {
+        let dst = &mut out[k * w..k * w + count];
+        for (col, d) in dst.iter_mut().enumerate() {
+            *d = P::from_f64(t[col * cc + k] as f64);
+        }
+    }
+    Some(low)
 }
 
 fn span_ok(v: &[f64]) -> bool {
