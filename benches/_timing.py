@@ -23,9 +23,14 @@ def per_unit(run, k1: int, k2: int, repeats: int = 3) -> float:
 
 
 def best_of(f, repeats: int) -> float:
-    """Milliseconds of the fastest of ``repeats`` whole calls of ``f()``, after one warm-up
-    call (whole calls: fixed costs included)."""
+    """Milliseconds of the fastest of ``repeats`` whole calls of ``f()``, after warm-up
+    calls (at least one, and at least 0.2 s of them: a training loop's steady state, with
+    the thread pool awake and the allocator's pages in use; whole calls: fixed costs
+    included)."""
+    t0 = time.perf_counter()
     f()
+    while time.perf_counter() - t0 < 0.2:
+        f()
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()

@@ -12,8 +12,9 @@ shared table, with weight x table edges (a general table), and with weight x Pot
 (2 I: the contrast-sensitive segmentation form, O(C) per edge). "bound / ours" is the
 physical bound of our call as a fraction of its time: the larger of (tables read once per
 iteration plus messages read and written, at this machine's copy rate) and (one
-exponential per table entry plus, with damping, three transcendental functions per
-message entry per iteration, at numpy's vectorised exp rate over the threads).
+exponential per table entry plus, with damping other than 0.5, three transcendental
+functions per message entry per iteration, at numpy's vectorised exp rate over the
+threads; damping 0.5 is a geometric mean, square roots rather than exponentials).
 
 The per-iteration table (default) uses the same model for every tool: node scores
 ~ N(0, 1), one shared (C, C) table ~ N(0, 1),
@@ -193,7 +194,7 @@ def whole_calls(shapes, tools, threads, iters=50, damping=0.5):
                 pass
         n_msg = 2 * g.num_edges * c
         nbytes = iters * (4 * g.num_edges * c * c + 2 * 4 * n_msg)
-        n_exp = g.num_edges * c * c + (3 * iters * n_msg if damping > 0 else 0)
+        n_exp = g.num_edges * c * c + (3 * iters * n_msg if damping not in (0, 0.5) else 0)
         bound = max(nbytes / copy_rate, n_exp / (exp_rate * threads)) * 1e3
         print(
             f"| {(h, w, c)} | {t_edge:.1f} | {t_pg:.1f} | {t_pg / t_edge:.1f}x "
