@@ -102,7 +102,7 @@ macro_rules! simd_dispatch {
     (
         $(#[$meta:meta])*
         $vis:vis fn $name:ident < $($g:ident : $bound:path),* > ( $($arg:ident : $ty:ty),* $(,)? ) -> $ret:ty
-        => $body:path
+        => $body:ident
     ) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments)]
@@ -112,21 +112,21 @@ macro_rules! simd_dispatch {
                 #[target_feature(enable = "avx2")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2<$($g: $bound),*>($($arg: $ty),*) -> $ret {
-                    $body($($arg),*)
+                    $body::<$($g),*>($($arg),*)
                 }
                 if $crate::kernels::batch::has_avx2() {
                     // SAFETY: the CPU supports AVX2, checked just above.
-                    return unsafe { avx2($($arg),*) };
+                    return unsafe { avx2::<$($g),*>($($arg),*) };
                 }
             }
-            $body($($arg),*)
+            $body::<$($g),*>($($arg),*)
         }
     };
     // An `unsafe fn` body: the dispatcher is `unsafe` with the body's contract.
     (
         $(#[$meta:meta])*
         $vis:vis unsafe fn $name:ident < $($g:ident : $bound:path),* > ( $($arg:ident : $ty:ty),* $(,)? ) -> $ret:ty
-        => $body:path
+        => $body:ident
     ) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments)]
@@ -137,16 +137,16 @@ macro_rules! simd_dispatch {
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2<$($g: $bound),*>($($arg: $ty),*) -> $ret {
                     // SAFETY: the body's contract, forwarded from the caller.
-                    unsafe { $body($($arg),*) }
+                    unsafe { $body::<$($g),*>($($arg),*) }
                 }
                 if $crate::kernels::batch::has_avx2() {
                     // SAFETY: the CPU supports AVX2, checked just above; the body's
                     // contract is the caller's.
-                    return unsafe { avx2($($arg),*) };
+                    return unsafe { avx2::<$($g),*>($($arg),*) };
                 }
             }
             // SAFETY: the body's contract is the caller's.
-            unsafe { $body($($arg),*) }
+            unsafe { $body::<$($g),*>($($arg),*) }
         }
     };
 }

@@ -317,7 +317,11 @@ fn row_f32<T: Real, P: Real>(
     let mut t: Vec<f32> = src.iter().map(|x| x.to_f64() as f32).collect();
     let mut sh = vec![0.0f32; t.len()];
     let mut low = true;
-    for ((tab, s), shift) in t.chunks_exact(cc).zip(sh.chunks_exact_mut(cc)).zip(shifts.iter_mut()) {
+    for ((tab, s), shift) in t
+        .chunks_exact(cc)
+        .zip(sh.chunks_exact_mut(cc))
+        .zip(shifts.iter_mut())
+    {
         // Eight lanes of compares for the largest entry, the smallest finite one and
         // whether any is forbidden.
         let (mut his, mut los, mut bad) = ([f32::NEG_INFINITY; 8], [f32::INFINITY; 8], [false; 8]);
@@ -571,6 +575,12 @@ impl GridPotentials {
             }),
             f32_ok,
         })
+    }
+
+    /// A float32 model whose messages are held in f32 (see `f32_ok`): its belief pass may
+    /// work at f32 precision too.
+    pub(crate) fn single(&self) -> bool {
+        self.f32_ok
     }
 
     /// Table entry `[x][x']` of the horizontal edge right of `(r, col)` (or the vertical

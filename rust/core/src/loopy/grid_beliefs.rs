@@ -16,7 +16,8 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::logspace::{exp, ln_pos};
+use crate::kernels::logspace::{exp, exp_nonpos_f32, ln_pos, ln_pos_f32};
+use crate::kernels::real::Real;
 use crate::loopy::grid::{ln0, GridPotentials, Pots, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP};
 use crate::simd_dispatch;
 
@@ -59,7 +60,11 @@ pub fn bp_beliefs(
         .zip(lz.par_chunks_mut(w).zip(terms.par_chunks_mut(w)))
         .enumerate()
         .all(|(r, (((((ml, mr), (mu, md)), lp), b), (lzr, tr)))| {
-            node_row(p, msgs, r, [ml, mr, mu, md], lp, b, lzr, tr)
+            if p.single() {
+                node_row::<f32>(p, msgs, r, [ml, mr, mu, md], lp, b, lzr, tr)
+            } else {
+                node_row::<f64>(p, msgs, r, [ml, mr, mu, md], lp, b, lzr, tr)
+            }
         });
     if !ok {
         return None;
@@ -95,9 +100,16 @@ pub fn bp_beliefs(
                 let r = r0 + i;
                 let (ph, pv) = pr.split_at_mut((w - 1) * cc);
                 let (th, tv) = tr.split_at_mut(w - 1);
-                edge_row(&view, r, false, ph, th);
-                if r + 1 < h {
-                    edge_row(&view, r, true, pv, tv);
+                let single = p.single();
+                for (vertical, pr, tr) in [(false, ph, th), (true, pv, tv)] {
+                    if vertical && r + 1 == h {
+                        continue;
+                    }
+                    if single {
+                        edge_row::<f32>(&view, r, vertical, pr, tr);
+                    } else {
+                        edge_row::<f64>(&view, r, vertical, pr, tr);
+                    }
                 }
             });
         for i in 0..k {
@@ -119,11 +131,47 @@ pub fn bp_beliefs(
     Some(log_z)
 }
 
+/// The pass's logarithms and exponentials at the model's precision `F`: f32 (eight lanes,
+/// a few f32 ulp) for a float32 model whose messages are held in f32, f64 otherwise.
+/// `ln0` of a message or potential (−inf at 0).
+#[inline(always)]
+fn ln0_at<F: Real>(m: f64) -> f64 {
+    if std::mem::size_of::<F>() == 8 {
+        return ln0(m);
+    }
+    let l = ln_pos_f32((m as f32).max(f32::MIN_POSITIVE)) as f64;
+    if m > 0.0 {
+        l
+    } else {
+        f64::NEG_INFINITY
+    }
+}
+
+/// `e^x` for `x <= 0` at the model's precision (see [`ln0_at`]).
+#[inline(always)]
+fn exp_at<F: Real>(x: f64) -> f64 {
+    if std::mem::size_of::<F>() == 8 {
+        exp(x)
+    } else {
+        exp_nonpos_f32(x as f32) as f64
+    }
+}
+
+/// `ln x` for `x >= 1` at the model's precision (see [`ln0_at`]).
+#[inline(always)]
+fn ln_ge1_at<F: Real>(x: f64) -> f64 {
+    if std::mem::size_of::<F>() == 8 {
+        ln_pos(x)
+    } else {
+        ln_pos_f32(x as f32) as f64
+    }
+}
+
 simd_dispatch! {
     /// Grid row `r` of the node pass: logs of the incoming messages (`m`: from the left,
     /// right, up, down; 0 where there is no neighbour), `ln φ`, the beliefs (node-major),
     /// `ln Z_v` and the node terms. False when a node has no allowed label.
-    fn node_row<>(
+    fn node_row<F: Real>(
         p: &GridPotentials,
         msgs: &[f64],
         r: usize,
@@ -137,7 +185,7 @@ simd_dispatch! {
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn node_row_body(
+fn node_row_body<F: Real>(
     p: &GridPotentials,
     msgs: &[f64],
     r: usize,
@@ -167,7 +215,7 @@ fn node_row_body(
         }
         let src = &msgs[dir * n + row.start..dir * n + row.end];
         for (o, &m) in out.iter_mut().zip(src) {
-            *o = ln0(m);
+            *o = ln0_at::<F>(m);
         }
         // The first (last) column has no neighbour on its left (right).
         let edge_col = match dir {
@@ -180,7 +228,7 @@ fn node_row_body(
         }
     }
     for (o, &f) in lp.iter_mut().zip(&p.phi[row.clone()]) {
-        *o = ln0(f);
+        *o = ln0_at::<F>(f);
     }
     let (ml, mr, mu, md) = (&*ml, &*mr, &*mu, &*md);
     let mut a = vec![0.0; c * w];
@@ -199,13 +247,13 @@ fn node_row_body(
     let mut s = vec![0.0; w];
     for x in 0..c {
         for ((q, &m), sx) in a[x * w..(x + 1) * w].iter_mut().zip(&mx).zip(s.iter_mut()) {
-            *q = exp(*q - m);
+            *q = exp_at::<F>(*q - m);
             *sx += *q;
         }
     }
     // `a` now holds exp(a − max); beliefs, ln Z_v and the terms.
     for col in 0..w {
-        lzr[col] = mx[col] + ln_pos(s[col]);
+        lzr[col] = mx[col] + ln_ge1_at::<F>(s[col]);
         let v = r * w + col;
         let mut t = p.phi_shift[v] + lzr[col];
         let inv = 1.0 / s[col];
@@ -227,7 +275,7 @@ simd_dispatch! {
     /// Pair marginals (edge-major `[col][s][d]`) and terms of the horizontal edges of row
     /// `r` (`vertical` false: `(r, col)–(r, col + 1)`) or of its vertical edges
     /// (`(r, col)–(r + 1, col)`).
-    fn edge_row<>(
+    fn edge_row<F: Real>(
         view: &View<'_>,
         r: usize,
         vertical: bool,
@@ -237,14 +285,20 @@ simd_dispatch! {
 }
 
 #[inline(always)]
-fn edge_row_body(view: &View<'_>, r: usize, vertical: bool, pairs: &mut [f64], terms: &mut [f64]) {
-    view.edge_row(r, vertical, pairs, terms)
+fn edge_row_body<F: Real>(
+    view: &View<'_>,
+    r: usize,
+    vertical: bool,
+    pairs: &mut [f64],
+    terms: &mut [f64],
+) {
+    view.edge_row::<F>(r, vertical, pairs, terms)
 }
 
 /// Shifts each column of `x` (`[label][col]`, `c` labels, `w` columns) to maximum 0 and
 /// exponentiates it; returns the shifts. A column that is all −inf becomes all 0.
 #[inline(always)]
-fn shift_columns(x: &mut [f64], c: usize, w: usize) -> Vec<f64> {
+fn shift_columns<F: Real>(x: &mut [f64], c: usize, w: usize) -> Vec<f64> {
     let mut m = vec![f64::NEG_INFINITY; w];
     for k in 0..c {
         for (mm, &v) in m.iter_mut().zip(&x[k * w..(k + 1) * w]) {
@@ -253,7 +307,7 @@ fn shift_columns(x: &mut [f64], c: usize, w: usize) -> Vec<f64> {
     }
     for k in 0..c {
         for (v, &mm) in x[k * w..(k + 1) * w].iter_mut().zip(&m) {
-            let e = exp(*v - if mm > f64::NEG_INFINITY { mm } else { 0.0 });
+            let e = exp_at::<F>(*v - if mm > f64::NEG_INFINITY { mm } else { 0.0 });
             *v = if mm > f64::NEG_INFINITY { e } else { 0.0 };
         }
     }
@@ -285,7 +339,7 @@ impl View<'_> {
 
     /// See [`edge_row`].
     #[inline(always)]
-    fn edge_row(&self, r: usize, vertical: bool, pairs: &mut [f64], terms: &mut [f64]) {
+    fn edge_row<F: Real>(&self, r: usize, vertical: bool, pairs: &mut [f64], terms: &mut [f64]) {
         let p = self.p;
         let (c, w) = (p.c, p.w);
         let cc = c * c;
@@ -305,7 +359,10 @@ impl View<'_> {
         self.cavity(ru, skip_u, &mut xu);
         // Log cavities again, only if an edge needs the log-domain fallback.
         let mut logs: Option<(Vec<f64>, Vec<f64>)> = None;
-        let (mv, mu) = (shift_columns(&mut xv, c, w), shift_columns(&mut xu, c, w));
+        let (mv, mu) = (
+            shift_columns::<F>(&mut xv, c, w),
+            shift_columns::<F>(&mut xu, c, w),
+        );
         let (tabs, shifts) = if vertical {
             (&p.vert, &p.vshift)
         } else {
@@ -366,14 +423,27 @@ impl View<'_> {
             &self.lnm[skip_v * self.n + r * c * w..],
             &self.lnm[skip_u * self.n + ru * c * w..],
         );
+        // ln z in one vectorised loop; below `tiny` (rare) the exact fallback below runs.
+        let tiny = if std::mem::size_of::<F>() == 8 {
+            TINY
+        } else {
+            1e-30
+        };
+        let lnz: Vec<f64> = if std::mem::size_of::<F>() == 8 {
+            z.iter().map(|&v| ln_pos(v.max(TINY))).collect()
+        } else {
+            z.iter()
+                .map(|&v| ln_pos_f32(v.max(1e-30) as f32) as f64)
+                .collect()
+        };
         for col in 0..len {
             let pc = &mut pairs[col * cc..(col + 1) * cc];
-            let lze = if z[col] >= TINY && z[col].is_finite() {
+            let lze = if z[col] >= tiny && z[col].is_finite() {
                 let inv = 1.0 / z[col];
                 for k in 0..cc {
                     pc[k] = joint[k * len + col] * inv;
                 }
-                mv[col] + mu[col + off] + ln_pos(z[col])
+                mv[col] + mu[col + off] + lnz[col]
             } else {
                 // Exact log-domain joint for this edge (rare: a tiny normaliser).
                 let (lxv, lxu) = logs.get_or_insert_with(|| {
