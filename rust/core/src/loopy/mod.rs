@@ -431,8 +431,12 @@ fn infeasible_node(v: usize) -> Error {
     ))
 }
 
-/// Per-worker buffers for one item.
+/// Per-worker buffers for one item. The large ones are allocated on first use
+/// ([`ItemWs::ready`]): the grid path runs without them unless its beliefs fall back to
+/// the general pass.
 pub struct ItemWs {
+    /// `(nodes, edges, classes, mean field)`, for the deferred allocation.
+    dims: (usize, usize, usize, bool),
     msgs: Vec<f64>,
     tmp: Vec<f64>,
     /// Reweighted beliefs `θ_v + Σ ρ m` (log) per node.
@@ -449,18 +453,34 @@ pub struct ItemWs {
 
 impl ItemWs {
     fn new(n: usize, e: usize, c: usize, mean_field: bool) -> ItemWs {
-        let slots = if mean_field { n } else { 2 * e };
         ItemWs {
-            msgs: vec![0.0; slots * c],
-            tmp: vec![0.0; slots * c],
-            a: vec![0.0; n * c],
-            nb: vec![0.0; n * c],
-            lnb: vec![0.0; n * c],
+            dims: (n, e, c, mean_field),
+            msgs: Vec::new(),
+            tmp: Vec::new(),
+            a: Vec::new(),
+            nb: Vec::new(),
+            lnb: Vec::new(),
             node: NodeWs::new(c),
             marg: vec![0.0; c],
             pair: vec![0.0; c * c],
             edge: EdgeWs::new(c),
         }
+    }
+}
+
+impl ItemWs {
+    /// The workspace with its message and belief buffers allocated.
+    fn ready(&mut self) -> &mut ItemWs {
+        let (n, e, c, mean_field) = self.dims;
+        if self.a.is_empty() && n * c > 0 {
+            let slots = if mean_field { n } else { 2 * e };
+            self.msgs = vec![0.0; slots * c];
+            self.tmp = vec![0.0; slots * c];
+            self.a = vec![0.0; n * c];
+            self.nb = vec![0.0; n * c];
+            self.lnb = vec![0.0; n * c];
+        }
+        self
     }
 }
 
@@ -1195,6 +1215,7 @@ impl<T: Real> Inference<T> for Loopy<'_> {
         edges: &mut S,
     ) -> Result<ItemInfo> {
         let (it, conv, change, log_z) = if self.opts.method == Approx::MeanField {
+            let ws = ws.ready();
             let (it, conv, ch) = mf_iterate(pb, self.adj, b, &self.opts, ws)?;
             (it, conv, ch, mf_beliefs(pb, b, ws, node_sink, edges)?)
         } else if let Some(gp) = self.grid_fast_path(pb, b) {
@@ -1213,12 +1234,14 @@ impl<T: Real> Inference<T> for Loopy<'_> {
             let log_z = match fast {
                 Some(z) => z,
                 None => {
+                    let ws = ws.ready();
                     crate::loopy::grid::to_general(&gp, &grid_msgs, &mut ws.msgs);
                     bp_beliefs(pb, self.adj, b, self.rho(), ws, node_sink, edges)?
                 }
             };
             (it, conv, ch, log_z)
         } else {
+            let ws = ws.ready();
             let es = pb.edge.item(b);
             let (it, conv, ch) = iterate(
                 self.adj,
@@ -1264,6 +1287,7 @@ pub fn decode<T: Real>(
         .map_init(
             || ItemWs::new(n, ne, c, false),
             |ws, (b, row)| {
+                let ws = ws.ready();
                 let es = pb.edge.item(b);
                 let node = pb.node.item(b);
                 let (it, conv, ch) = iterate(
