@@ -77,6 +77,7 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
         lengths: Any,
         options: dict[str, Any],
         prescale: float,
+        reduction: str,
     ) -> Tensor:
         sn, se, yy, ll = _numpy(s_n), _numpy(s_e), _numpy(y), _numpy(lengths)
         edge_arg = se if s_w is None else WeightedEdges(_numpy(s_w), se)
@@ -90,7 +91,16 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
         parts = (gn, ge.table, ge.weight) if s_w is not None else (gn, ge)
         ctx.grads = tuple(np.require(a, requirements=("C", "W")) for a in parts)
         ctx.meta = (s_n, s_e, s_w, loss.shape)
-        return torch.from_numpy(np.ascontiguousarray(loss)).to(device=s_n.device, dtype=s_n.dtype)
+        ctx.reduction = reduction
+        out = torch.from_numpy(np.ascontiguousarray(loss)).to(device=s_n.device, dtype=s_n.dtype)
+        # The reduction inside the function (torch's own sum/mean of the same tensor, so
+        # the same value): one autograd node instead of two, and a scalar upstream
+        # gradient in the backward.
+        if reduction == "sum":
+            return out.sum()
+        if reduction == "mean":
+            return out.mean()
+        return out
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
@@ -104,6 +114,11 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
     def _backward(ctx: Any, g: Tensor) -> tuple[Optional[Tensor], ...]:
         s_n, s_e, s_w, shape = ctx.meta
         method = ctx.args[4]
+        if ctx.reduction != "none":
+            # The per-item upstream gradient, exactly as sum's and mean's backward make it
+            # (mean: the scalar divided by the item count in the loss's dtype).
+            n = math.prod(shape)
+            g = g.expand(shape) if ctx.reduction == "sum" else g.div(n).expand(shape)
         if ctx.create_graph and method in ("auto", "exact"):
             # Exact second order: the gradients as a differentiable function of the scores
             # (the marginals' backward is the core's forward-mode pass on forests, exact
@@ -117,7 +132,7 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
             )
             needs = ctx.needs_input_grad[:3]
             grads = [t if need else None for t, need in zip((gn, ge, gw), needs)]
-            return (*grads, None, None, None, None, None, None)
+            return (*grads, None, None, None, None, None, None, None)
         gw = g.detach().to("cpu", torch.float64).numpy().reshape(shape)
 
         def fresh(weights: Optional[np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -161,7 +176,7 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
                 (grad,) = _Refuse.apply(_second_order_message(ctx.args[4]), like, grad)
             out.append(grad)
         out += [None] * (3 - len(out))
-        return (*out, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None)
 
 
 def _reciprocal(n: int, dtype: torch.dtype) -> float:
@@ -247,12 +262,9 @@ def exp_softmax_loss(
             n = 0  # the core names the mismatch
         if n > 0:
             prescale = _reciprocal(n, s_n.dtype)
-    loss = _ExpSoftmaxLossFn.apply(s_n, table, weight, y, graph, method, lengths, options, prescale)
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "mean":
-        return loss.mean()
-    return loss
+    return _ExpSoftmaxLossFn.apply(
+        s_n, table, weight, y, graph, method, lengths, options, prescale, reduction
+    )
 
 
 def _compiled_loss(
