@@ -29,6 +29,7 @@ use crate::exact::chain::{Gemm, SPAN, SPAN_F32};
 use crate::inference::{LossGrad, Marginals};
 use crate::kernels::alloc::filled;
 use crate::kernels::batch::chunk_size;
+use crate::kernels::logspace::finite_range;
 use crate::kernels::real::Real;
 use crate::model::scores::Problem;
 
@@ -81,28 +82,11 @@ crate::simd_dispatch! {
 fn widest_span_body<T: Real>(run: &[T], cc: usize) -> f64 {
     let mut widest: f64 = 0.0;
     for t in run.chunks(cc) {
-        // Eight independent lanes (compares, not `f64::max`, so they map to vector
-        // max/min instructions).
-        let (mut hi, mut lo) = ([f64::NEG_INFINITY; 8], [f64::INFINITY; 8]);
-        let mut lanes = t.chunks_exact(8);
-        for ch in &mut lanes {
-            for j in 0..8 {
-                let x = ch[j].to_f64();
-                hi[j] = if x > hi[j] { x } else { hi[j] };
-                lo[j] = if x < lo[j] { x } else { lo[j] };
-            }
-        }
-        for (j, x) in lanes.remainder().iter().enumerate() {
-            let x = x.to_f64();
-            hi[j] = if x > hi[j] { x } else { hi[j] };
-            lo[j] = if x < lo[j] { x } else { lo[j] };
-        }
-        let hi = hi.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x));
-        let lo = lo.iter().fold(f64::INFINITY, |a, &x| a.min(x));
-        if lo == f64::NEG_INFINITY {
+        let (hi, lo, forbidden) = finite_range(t);
+        if forbidden {
             return f64::INFINITY;
         }
-        widest = widest.max(hi - lo);
+        widest = widest.max(hi.to_f64() - lo.to_f64());
     }
     widest
 }

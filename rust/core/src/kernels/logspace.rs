@@ -135,6 +135,35 @@ pub fn exp_shifted(xs: &mut [f64], shift: f64) {
     }
 }
 
+/// `(largest entry, smallest finite entry, whether any entry is −inf)` of `v`: −inf and
+/// +inf for the first two when no entry is finite. Eight independent lanes of compares
+/// (not `max`/`min`, whose NaN rules block vector instructions), so it vectorises in the
+/// caller's `simd_dispatch` copy.
+#[inline(always)]
+pub fn finite_range<T: crate::kernels::real::Real>(v: &[T]) -> (T, T, bool) {
+    let (mut his, mut los, mut bad) = ([T::NEG_INFINITY; 8], [T::INFINITY; 8], [false; 8]);
+    let mut lane = |j: usize, x: T| {
+        let fin = x > T::NEG_INFINITY;
+        his[j] = if x > his[j] { x } else { his[j] };
+        los[j] = if fin && x < los[j] { x } else { los[j] };
+        bad[j] |= !fin;
+    };
+    let mut lanes = v.chunks_exact(8);
+    for ch in &mut lanes {
+        for (j, &x) in ch.iter().enumerate() {
+            lane(j, x);
+        }
+    }
+    for (j, &x) in lanes.remainder().iter().enumerate() {
+        lane(j, x);
+    }
+    let hi = his.iter().fold(T::NEG_INFINITY, |a, &x| a.max(x));
+    let lo = los
+        .iter()
+        .fold(T::INFINITY, |a, &x| if x < a { x } else { a });
+    (hi, lo, bad.iter().any(|&b| b))
+}
+
 /// Largest minus smallest finite entry (0 when none is finite): how far apart the scores
 /// a probability-domain kernel must hold are.
 #[inline]

@@ -24,6 +24,7 @@ pub trait Real:
     fn from_f64(x: f64) -> Self;
     const NAME: &'static str;
     const ZERO: Self;
+    const INFINITY: Self;
     const NEG_INFINITY: Self;
     /// The larger of two values (NaN-free inputs).
     fn max(self, other: Self) -> Self;
@@ -43,6 +44,7 @@ impl Real for f32 {
     }
     const NAME: &'static str = "float32";
     const ZERO: f32 = 0.0;
+    const INFINITY: f32 = f32::INFINITY;
     const NEG_INFINITY: f32 = f32::NEG_INFINITY;
     #[inline(always)]
     fn max(self, other: f32) -> f32 {
@@ -69,6 +71,7 @@ impl Real for f64 {
     }
     const NAME: &'static str = "float64";
     const ZERO: f64 = 0.0;
+    const INFINITY: f64 = f64::INFINITY;
     const NEG_INFINITY: f64 = f64::NEG_INFINITY;
     #[inline(always)]
     fn max(self, other: f64) -> f64 {

@@ -20,7 +20,9 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::interrupt::Stop;
-use crate::kernels::logspace::{exp, exp_nonpos_f32, exp_rel, finite_span, ln_pos, ln_pos_f32};
+use crate::kernels::logspace::{
+    exp, exp_nonpos_f32, exp_rel, finite_range, finite_span, ln_pos, ln_pos_f32,
+};
 use crate::kernels::real::Real;
 use crate::loopy::options::Schedule;
 use crate::model::scores::{EdgeLayout, ItemEdges};
@@ -146,28 +148,7 @@ fn table_scores<T: Real>(
         t.iter_mut()
             .for_each(|x| *x = crate::kernels::message::scaled(1.0 / r[e], *x));
     }
-    // One pass for the largest entry, the smallest finite one and whether any is
-    // forbidden: eight independent lanes of compares (not `f64::max`), so it vectorises.
-    let (mut his, mut los, mut bad) = ([f64::NEG_INFINITY; 8], [f64::INFINITY; 8], [false; 8]);
-    let mut lanes = t.chunks_exact(8);
-    for ch in &mut lanes {
-        for j in 0..8 {
-            let x = ch[j];
-            let fin = x > f64::NEG_INFINITY;
-            his[j] = if x > his[j] { x } else { his[j] };
-            los[j] = if fin && x < los[j] { x } else { los[j] };
-            bad[j] |= !fin;
-        }
-    }
-    for (j, &x) in lanes.remainder().iter().enumerate() {
-        let fin = x > f64::NEG_INFINITY;
-        his[j] = if x > his[j] { x } else { his[j] };
-        los[j] = if fin && x < los[j] { x } else { los[j] };
-        bad[j] |= !fin;
-    }
-    let hi = his.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x));
-    let lo = los.iter().fold(f64::INFINITY, |a, &x| a.min(x));
-    let forbidden = bad.iter().any(|&b| b);
+    let (hi, lo, forbidden) = finite_range(t);
     let span = if hi == f64::NEG_INFINITY {
         0.0
     } else {
@@ -322,32 +303,12 @@ fn row_f32<T: Real, P: Real>(
         .zip(sh.chunks_exact_mut(cc))
         .zip(shifts.iter_mut())
     {
-        // Eight lanes of compares for the largest entry, the smallest finite one and
-        // whether any is forbidden.
-        let (mut his, mut los, mut bad) = ([f32::NEG_INFINITY; 8], [f32::INFINITY; 8], [false; 8]);
-        let mut lanes = tab.chunks_exact(8);
-        for ch in &mut lanes {
-            for j in 0..8 {
-                let x = ch[j];
-                let fin = x > f32::NEG_INFINITY;
-                his[j] = if x > his[j] { x } else { his[j] };
-                los[j] = if fin && x < los[j] { x } else { los[j] };
-                bad[j] |= !fin;
-            }
-        }
-        for (j, &x) in lanes.remainder().iter().enumerate() {
-            let fin = x > f32::NEG_INFINITY;
-            his[j] = if x > his[j] { x } else { his[j] };
-            los[j] = if fin && x < los[j] { x } else { los[j] };
-            bad[j] |= !fin;
-        }
-        let hi = his.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-        let lo = los.iter().fold(f32::INFINITY, |a, &x| a.min(x));
+        let (hi, lo, forbidden) = finite_range(tab);
         let m = if hi == f32::NEG_INFINITY { 0.0 } else { hi };
         if hi > f32::NEG_INFINITY && (hi as f64 - lo as f64) > SPAN_F32 {
             return None;
         }
-        low &= !bad.iter().any(|&b| b);
+        low &= !forbidden;
         *shift = m as f64;
         s.fill(m);
     }
