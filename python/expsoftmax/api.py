@@ -193,13 +193,19 @@ def _loss_and_grad(
     graph, method = _graph(graph), _method(method)
     yl = labels(graph, y)
     sc = prepare(graph, s_n, s_e, extra_batch=(yl.shape[:-1],), lengths=lengths)
+    full = sc.batch_shape + (graph.num_nodes,)
+    # (Labels already of the batch's shape, and one weight for every item, are the usual
+    # case: no broadcast view to build.)
     yb = np.ascontiguousarray(
-        np.broadcast_to(yl, sc.batch_shape + (graph.num_nodes,)), dtype=np.int64
+        yl if yl.shape == full else np.broadcast_to(yl, full), dtype=np.int64
     ).reshape(-1)
     if weights is not None:
-        weights = np.ascontiguousarray(
-            np.broadcast_to(weights, sc.batch_shape), dtype=np.float64
-        ).reshape(-1)
+        if np.ndim(weights) == 0:
+            weights = np.full(sc.batch, weights, dtype=np.float64)
+        else:
+            weights = np.ascontiguousarray(
+                np.broadcast_to(weights, sc.batch_shape), dtype=np.float64
+            ).reshape(-1)
     out = _core.loss_and_grad(
         graph._core, sc.s_n, sc.s_e, sc.dims, yb, sc.weight, sc.lengths, weights, method, options
     )
