@@ -142,20 +142,21 @@ pub fn exp_shifted(xs: &mut [f64], shift: f64) {
 #[inline(always)]
 pub fn finite_range<T: crate::kernels::real::Real>(v: &[T]) -> (T, T, bool) {
     let (mut his, mut los, mut bad) = ([T::NEG_INFINITY; 8], [T::INFINITY; 8], [false; 8]);
-    let mut lane = |j: usize, x: T| {
+    let mut lanes = v.chunks_exact(8);
+    for ch in &mut lanes {
+        for j in 0..8 {
+            let x = ch[j];
+            let fin = x > T::NEG_INFINITY;
+            his[j] = if x > his[j] { x } else { his[j] };
+            los[j] = if fin && x < los[j] { x } else { los[j] };
+            bad[j] |= !fin;
+        }
+    }
+    for (j, &x) in lanes.remainder().iter().enumerate() {
         let fin = x > T::NEG_INFINITY;
         his[j] = if x > his[j] { x } else { his[j] };
         los[j] = if fin && x < los[j] { x } else { los[j] };
         bad[j] |= !fin;
-    };
-    let mut lanes = v.chunks_exact(8);
-    for ch in &mut lanes {
-        for (j, &x) in ch.iter().enumerate() {
-            lane(j, x);
-        }
-    }
-    for (j, &x) in lanes.remainder().iter().enumerate() {
-        lane(j, x);
     }
     let hi = his.iter().fold(T::NEG_INFINITY, |a, &x| a.max(x));
     let lo = los
