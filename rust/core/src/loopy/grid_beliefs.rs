@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::logspace::{exp, exp_nonpos_f32, ln_pos, ln_pos_f32};
+use crate::kernels::logspace::{exp, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
 use crate::loopy::grid::{ln0, GridPotentials, Pots, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP};
 use crate::simd_dispatch;
@@ -150,11 +150,7 @@ fn ln0_at<F: Real>(m: f64) -> f64 {
 /// `e^x` for `x <= 0` at the model's precision (see [`ln0_at`]).
 #[inline(always)]
 fn exp_at<F: Real>(x: f64) -> f64 {
-    if std::mem::size_of::<F>() == 8 {
-        exp(x)
-    } else {
-        exp_nonpos_f32(x as f32) as f64
-    }
+    F::from_f64(x).exp_nonpos().to_f64()
 }
 
 /// `ln x` for `x >= 1` at the model's precision (see [`ln0_at`]).
