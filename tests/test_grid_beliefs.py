@@ -87,3 +87,37 @@ def test_float32_grid_path_agrees_with_float64_general_pass(damping, schedule):
     np.testing.assert_allclose(a.log_z, b.log_z, rtol=3e-7, atol=0)
     np.testing.assert_allclose(a.node_marginals, b.node_marginals, rtol=0, atol=2e-6)
     np.testing.assert_allclose(a.edge_marginals[:, perm], b.edge_marginals, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("node_span", [10.0, 45.0, 110.0])
+@pytest.mark.parametrize("table_span", [3.0, 12.0, 25.0])
+@pytest.mark.parametrize("shared", [False, True])
+def test_float32_arithmetic_holds_across_its_span_budget(node_span, table_span, shared):
+    # Float32 models whose tables satisfy 4 (table span + ln C) <= 80 run the updates in
+    # f32 arithmetic (improbable labels may underflow there, by design); wider tables in
+    # f64 (messages still stored in f32). Node spans up to 110 (potentials far below f32's
+    # range) and tables on both sides of that budget: every marginal above 1e-30 agrees
+    # with the float64 general pass to 1e-4 *relative* (observed ~7e-6), so an underflow
+    # that mattered would show even on labels of probability 1e-25.
+    h, w, c = 9, 11, 3
+    g, sh, perm, _, _ = _pair(h, w, c, shared, np.float64, seed=int(node_span + table_span))
+    rng = np.random.default_rng(int(node_span))
+    s_n = rng.uniform(-node_span, 0.0, size=(1, h * w, c))
+    s_n[0, np.arange(h * w), rng.integers(0, c, h * w)] = 0.0  # each node spans node_span
+    s_e = rng.uniform(0.0, table_span, size=(1, 1 if shared else g.num_edges, c, c))
+    s_n, s_e = s_n.astype(np.float32), s_e.astype(np.float32)
+    opts = dict(method="bp", max_iter=200, tol=1e-7, damping=0.5, schedule="parallel")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", es.ConvergenceWarning)
+        a = es.infer(g, s_n, s_e, **opts)
+        b = es.infer(
+            sh, s_n.astype(np.float64), (s_e if shared else s_e[:, perm]).astype(np.float64), **opts
+        )
+    np.testing.assert_allclose(a.log_z, b.log_z, rtol=1e-6, atol=0)
+    for got, want in [
+        (a.node_marginals, b.node_marginals),
+        (a.edge_marginals[:, perm], b.edge_marginals),
+    ]:
+        seen = want > 1e-30
+        np.testing.assert_allclose(got[seen], want[seen], rtol=1e-4, atol=0)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)

@@ -4,7 +4,7 @@
 //! (a Gibbs conditional: scores, their maximum subtracted, exponentials) may work in the
 //! caller's precision, through the arithmetic this trait carries.
 
-use std::ops::{Add, Mul, Sub};
+use std::ops::{Add, Div, Mul, Sub};
 
 use crate::kernels::logspace::{exp, exp_nonpos_f32};
 
@@ -19,11 +19,13 @@ pub trait Real:
     + Add<Output = Self>
     + Sub<Output = Self>
     + Mul<Output = Self>
+    + Div<Output = Self>
 {
     fn to_f64(self) -> f64;
     fn from_f64(x: f64) -> Self;
     const NAME: &'static str;
     const ZERO: Self;
+    const ONE: Self;
     const INFINITY: Self;
     const NEG_INFINITY: Self;
     /// The larger of two values (NaN-free inputs).
@@ -31,6 +33,8 @@ pub trait Real:
     /// `e^x` for `x <= 0` in this precision, vectorisable; exactly 0 below the type's
     /// normal range and for −inf.
     fn exp_nonpos(self) -> Self;
+    /// This precision's copy among two copies of the same values.
+    fn pick<'a>(wide: &'a [f64], narrow: &'a [f32]) -> &'a [Self];
 }
 
 impl Real for f32 {
@@ -44,6 +48,7 @@ impl Real for f32 {
     }
     const NAME: &'static str = "float32";
     const ZERO: f32 = 0.0;
+    const ONE: f32 = 1.0;
     const INFINITY: f32 = f32::INFINITY;
     const NEG_INFINITY: f32 = f32::NEG_INFINITY;
     #[inline(always)]
@@ -58,6 +63,10 @@ impl Real for f32 {
     fn exp_nonpos(self) -> f32 {
         exp_nonpos_f32(self)
     }
+    #[inline(always)]
+    fn pick<'a>(_: &'a [f64], narrow: &'a [f32]) -> &'a [f32] {
+        narrow
+    }
 }
 
 impl Real for f64 {
@@ -71,6 +80,7 @@ impl Real for f64 {
     }
     const NAME: &'static str = "float64";
     const ZERO: f64 = 0.0;
+    const ONE: f64 = 1.0;
     const INFINITY: f64 = f64::INFINITY;
     const NEG_INFINITY: f64 = f64::NEG_INFINITY;
     #[inline(always)]
@@ -84,5 +94,9 @@ impl Real for f64 {
     #[inline(always)]
     fn exp_nonpos(self) -> f64 {
         exp(self)
+    }
+    #[inline(always)]
+    fn pick<'a>(wide: &'a [f64], _: &'a [f32]) -> &'a [f64] {
+        wide
     }
 }

@@ -20,9 +20,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::interrupt::Stop;
-use crate::kernels::logspace::{
-    exp, exp_nonpos_f32, exp_rel, finite_range, finite_span, ln_pos, ln_pos_f32,
-};
+use crate::kernels::logspace::{exp, exp_nonpos_f32, finite_range, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
 use crate::loopy::options::Schedule;
 use crate::model::scores::{EdgeLayout, ItemEdges};
@@ -32,6 +30,15 @@ use crate::simd_dispatch;
 const SPAN: f64 = 120.0;
 /// Largest table span for f32 message storage (e^-60 is well inside f32's normal range).
 const SPAN_F32: f64 = 60.0;
+/// f32 arithmetic in the updates needs `4 (table span + ln C) <= F32_BUDGET`. A message
+/// sums `t(x, x') cav(x)` over `x`; it is at least `e^-(table span)` times the largest
+/// cavity, and that one (the node's most likely label: potential 1, times three
+/// normalised messages, each at least `e^-(table span) / C`) is at least
+/// `e^-3 (table span + ln C)`. So the message is at least `e^-80` while f32 rounds every
+/// term to within `2^-149 ≈ e^-103` (gradual underflow): improbable labels may underflow,
+/// but what they lose is below `e^-23` of any message, far below f32's rounding. The
+/// node scores' span does not enter: a label with a tiny potential only adds a tiny term.
+const F32_BUDGET: f64 = 80.0;
 /// Largest cache of per-edge potentials (bytes) before falling back to the general kernel.
 const MAX_CACHE: usize = 1 << 30;
 
@@ -67,6 +74,12 @@ pub struct GridPotentials {
     /// Messages may be stored in f32: float32 scores, and tables with no forbidden pair
     /// and a span of at most `SPAN_F32`, so no message entry leaves f32's normal range.
     f32_ok: bool,
+    /// The updates may compute in f32 too (eight lanes): f32 messages, BP with per-edge or
+    /// shared tables, and tables narrow enough that f32's underflow cannot reach a
+    /// message's rounding (see `F32_BUDGET`).
+    compute32: bool,
+    /// `phi` in f32 when `compute32`.
+    phi32: Vec<f32>,
 }
 
 /// Edge potentials, in f64 or (a float32 model whose tables all span at most `SPAN_F32`:
@@ -178,18 +191,18 @@ fn exp_tables(t: &mut [f64], shift: &[f64], single: bool) {
 }
 
 /// Edge `e`'s potentials `exp(θ − max θ)` into `t` (see [`table_scores`]): whether f32
-/// messages stay safe with them, and the shift.
+/// messages stay safe with them, the shift and the span.
 #[inline(always)]
 fn load_table<T: Real>(
     edges: &ItemEdges<'_, T>,
     rho: Option<&[f64]>,
     e: usize,
     t: &mut [f64],
-) -> Option<(bool, f64)> {
+) -> Option<(bool, f64, f64)> {
     let (low, shift, span) = table_scores(edges, rho, e, t)?;
     let single = std::mem::size_of::<T>() == 4 && span <= SPAN_F32;
     exp_tables(t, &vec![shift; t.len()], single);
-    Some((low, shift))
+    Some((low, shift, span))
 }
 
 simd_dispatch! {
@@ -206,7 +219,7 @@ simd_dispatch! {
         vr: &mut [P],
         hs: &mut [f64],
         vs: &mut [f64],
-    ) -> Option<(bool, bool)> => potential_row_body
+    ) -> Option<(bool, bool, f64)> => potential_row_body
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -221,7 +234,7 @@ fn potential_row_body<T: Real, P: Real>(
     vr: &mut [P],
     hs: &mut [f64],
     vs: &mut [f64],
-) -> Option<(bool, bool)> {
+) -> Option<(bool, bool, f64)> {
     let cc = hr.len() / w;
     let n_h = h * (w - 1);
     // The row's tables are laid end to end (`[col][k]`) and exponentiated in one long
@@ -229,7 +242,7 @@ fn potential_row_body<T: Real, P: Real>(
     // transposed into the row layout `[k][col]` with sequential writes.
     let mut t = vec![0.0; w * cc];
     let mut sh = vec![0.0; w * cc];
-    let (mut low, mut narrow) = (true, true);
+    let (mut low, mut narrow, mut widest) = (true, true, 0.0f64);
     // A float32 model's own per-edge tables, read in place and kept in f32 throughout.
     let tables32 = match edges.layout() {
         EdgeLayout::Tables { data, stride } if stride == cc && rho.is_none() => {
@@ -250,8 +263,9 @@ fn potential_row_body<T: Real, P: Real>(
         if let Some(data) = tables32 {
             // The row's edges are consecutive in the edge order.
             let e0 = if vertical { n_h + r * w } else { r * (w - 1) };
-            if let Some(ok) = row_f32(&data[e0 * cc..(e0 + count) * cc], cc, w, out, shifts) {
-                low &= ok;
+            if let Some((ok, span)) = row_f32(&data[e0 * cc..(e0 + count) * cc], cc, w, out, shifts)
+            {
+                (low, widest) = (low & ok, widest.max(span));
                 continue;
             }
         }
@@ -265,6 +279,7 @@ fn potential_row_body<T: Real, P: Real>(
             let (ok, shift, span) = table_scores(edges, rho, e, &mut t[col * cc..(col + 1) * cc])?;
             (low, shifts[col]) = (low & ok, shift);
             single &= span <= SPAN_F32;
+            widest = widest.max(span);
             sh[col * cc..(col + 1) * cc].fill(shift);
         }
         exp_tables(&mut t[..count * cc], &sh[..count * cc], single);
@@ -276,15 +291,15 @@ fn potential_row_body<T: Real, P: Real>(
             }
         }
     }
-    // (f32 messages safe, every span within `SPAN_F32` for a float32 model)
-    Some((low, narrow))
+    // (f32 messages safe, every span within `SPAN_F32` for a float32 model, widest span)
+    Some((low, narrow, widest))
 }
 
 /// [`potential_row_body`] for one direction of a row of float32 tables `src` (`count`
 /// tables of `cc` entries) into `out[k][col]` and `shifts`, in f32 throughout: the same
 /// values as the f64 route (an f32 difference rounds as the f64 one narrowed does).
-/// Whether f32 messages are safe; `None` when a table spans more than `SPAN_F32` (the
-/// caller then takes the general route).
+/// Whether f32 messages are safe and the widest span; `None` when a table spans more than
+/// `SPAN_F32` (the caller then takes the general route).
 #[inline(always)]
 fn row_f32<T: Real, P: Real>(
     src: &[T],
@@ -292,45 +307,123 @@ fn row_f32<T: Real, P: Real>(
     w: usize,
     out: &mut [P],
     shifts: &mut [f64],
-) -> Option<bool> {
+) -> Option<(bool, f64)> {
     let count = src.len() / cc;
-    // (`to_f64() as f32` is the identity on f32 scores: no conversion is emitted.)
-    let mut t: Vec<f32> = src.iter().map(|x| x.to_f64() as f32).collect();
-    let mut sh = vec![0.0f32; t.len()];
-    let mut low = true;
-    for ((tab, s), shift) in t
-        .chunks_exact(cc)
-        .zip(sh.chunks_exact_mut(cc))
-        .zip(shifts.iter_mut())
+    if count == 0 {
+        return Some((true, 0.0));
+    }
+    // Transposed into the row layout `[k][col]` first, so that the ranges, the span check
+    // and the exponentials all run across the columns (a 3 x 3 table alone is far too
+    // short for vectors). (`to_f64() as f32` is the identity on f32 scores.)
+    let mut t = vec![0.0f32; cc * count];
+    for (col, tab) in src.chunks_exact(cc).enumerate() {
+        for (k, &x) in tab.iter().enumerate() {
+            t[k * count + col] = x.to_f64() as f32;
+        }
+    }
+    let (mut hi, mut lo) = (vec![f32::NEG_INFINITY; count], vec![f32::INFINITY; count]);
+    let mut forbidden = vec![false; count];
+    for row in t.chunks_exact(count) {
+        for (((h, l), f), &x) in hi
+            .iter_mut()
+            .zip(lo.iter_mut())
+            .zip(&mut forbidden)
+            .zip(row)
+        {
+            // `max`/`min` of values, not conditional stores (which become masked stores,
+            // microcoded on some cores); −inf is no finite score and leaves `lo` alone.
+            *h = h.max(x);
+            *l = l.min(if x > f32::NEG_INFINITY {
+                x
+            } else {
+                f32::INFINITY
+            });
+            *f |= x == f32::NEG_INFINITY;
+        }
+    }
+    let (mut low, mut widest) = (true, 0.0f64);
+    for ((h, &l), (&f, shift)) in hi
+        .iter_mut()
+        .zip(&lo)
+        .zip(forbidden.iter().zip(shifts.iter_mut()))
     {
-        let (hi, lo, forbidden) = finite_range(tab);
-        let m = if hi == f32::NEG_INFINITY { 0.0 } else { hi };
-        if hi > f32::NEG_INFINITY && (hi as f64 - lo as f64) > SPAN_F32 {
-            return None;
+        if *h == f32::NEG_INFINITY {
+            *h = 0.0;
+        } else {
+            let span = *h as f64 - l as f64;
+            if span > SPAN_F32 {
+                return None;
+            }
+            widest = widest.max(span);
         }
-        low &= !forbidden;
-        *shift = m as f64;
-        s.fill(m);
+        low &= !f;
+        *shift = *h as f64;
     }
-    for (x, &m) in t.iter_mut().zip(&sh) {
-        *x = exp_nonpos_f32(*x - m);
-    }
-    for k in 0..cc {
-        let dst = &mut out[k * w..k * w + count];
-        for (col, d) in dst.iter_mut().enumerate() {
-            *d = P::from_f64(t[col * cc + k] as f64);
+    for (k, row) in t.chunks_exact_mut(count).enumerate() {
+        for (x, &m) in row.iter_mut().zip(&hi) {
+            *x = exp_nonpos_f32(*x - m);
+        }
+        for (d, &x) in out[k * w..k * w + count].iter_mut().zip(row.iter()) {
+            *d = P::from_f64(x as f64);
         }
     }
-    Some(low)
+    Some((low, widest))
 }
 
-fn span_ok(v: &[f64]) -> bool {
-    finite_span(v) <= SPAN
+simd_dispatch! {
+    /// Node potentials of one grid row: scores `node[col][x]` into `out[x][col] =
+    /// exp(θ − max θ)` and the maxima into `shift` (−inf for a node with no allowed label,
+    /// whose potentials are all 0). False when a node's finite scores span more than `SPAN`.
+    fn node_potentials<T: Real>(node: &[T], out: &mut [f64], shift: &mut [f64]) -> bool
+        => node_potentials_body
+}
+
+#[inline(always)]
+fn node_potentials_body<T: Real>(node: &[T], out: &mut [f64], shift: &mut [f64]) -> bool {
+    let w = shift.len();
+    let c = out.len() / w;
+    // Transposed into the class-major layout first, so that the maxima, the span check
+    // and the exponentials all run across the row's columns.
+    for (col, scores) in node.chunks_exact(c).enumerate() {
+        for (x, &v) in scores.iter().enumerate() {
+            out[x * w + col] = v.to_f64();
+        }
+    }
+    let mut lo = vec![f64::INFINITY; w];
+    shift.fill(f64::NEG_INFINITY);
+    for x in 0..c {
+        let row = &out[x * w..(x + 1) * w];
+        for ((hi, lo), &v) in shift.iter_mut().zip(lo.iter_mut()).zip(row) {
+            *hi = hi.max(v);
+            // −inf is no finite score: it leaves the minimum alone.
+            *lo = lo.min(if v > f64::NEG_INFINITY {
+                v
+            } else {
+                f64::INFINITY
+            });
+        }
+    }
+    let wide = shift
+        .iter()
+        .zip(&lo)
+        .any(|(&hi, &lo)| hi > f64::NEG_INFINITY && hi - lo > SPAN);
+    if wide {
+        return false;
+    }
+    for x in 0..c {
+        let row = &mut out[x * w..(x + 1) * w];
+        for (v, &m) in row.iter_mut().zip(shift.iter()) {
+            // A node with no allowed label: exp(−inf − 0) = 0 everywhere.
+            *v = exp(*v - if m > f64::NEG_INFINITY { m } else { 0.0 });
+        }
+    }
+    true
 }
 
 /// Per-edge potentials of every grid row in `P` (shifts into `hshift`/`vshift`): `None`
 /// when a table leaves the probability domain; `Some(None)` when `P` is f32 and a table
-/// spans more than `SPAN_F32`; else whether f32 messages are safe, and the tables.
+/// spans more than `SPAN_F32`; else whether f32 messages are safe, the tables and the
+/// widest span.
 #[allow(clippy::type_complexity)]
 fn per_edge<T: Real, P: Real>(
     edges: &ItemEdges<'_, T>,
@@ -340,20 +433,26 @@ fn per_edge<T: Real, P: Real>(
     cc: usize,
     hshift: &mut [f64],
     vshift: &mut [f64],
-) -> Option<Option<(bool, Vec<P>, Vec<P>)>> {
+) -> Option<Option<(bool, Vec<P>, Vec<P>, f64)>> {
     let mut horiz = vec![P::ZERO; h * cc * w];
     let mut vert = vec![P::ZERO; h * cc * w];
-    let rows: Vec<(bool, bool)> = horiz
+    let rows: Vec<(bool, bool, f64)> = horiz
         .par_chunks_mut(cc * w)
         .zip(vert.par_chunks_mut(cc * w))
         .zip(hshift.par_chunks_mut(w).zip(vshift.par_chunks_mut(w)))
         .enumerate()
         .map(|(r, ((hr, vr), (hs, vs)))| potential_row(edges, rho, r, h, w, hr, vr, hs, vs))
         .collect::<Option<_>>()?;
-    if std::mem::size_of::<P>() == 4 && !rows.iter().all(|&(_, narrow)| narrow) {
+    if std::mem::size_of::<P>() == 4 && !rows.iter().all(|&(_, narrow, _)| narrow) {
         return Some(None);
     }
-    Some(Some((rows.iter().all(|&(low, _)| low), horiz, vert)))
+    let widest = rows.iter().fold(0.0f64, |m, &(_, _, s)| m.max(s));
+    Some(Some((
+        rows.iter().all(|&(low, _, _)| low),
+        horiz,
+        vert,
+        widest,
+    )))
 }
 
 impl GridPotentials {
@@ -410,22 +509,7 @@ impl GridPotentials {
             .zip(phi_shift.par_chunks_mut(w))
             .enumerate()
             .all(|(r, (out, shift))| {
-                let mut row = vec![0.0; c];
-                for col in 0..w {
-                    let v = r * w + col;
-                    for x in 0..c {
-                        row[x] = node[v * c + x].to_f64();
-                    }
-                    if !span_ok(&row) {
-                        return false;
-                    }
-                    shift[col] = crate::kernels::logspace::max(&row);
-                    exp_rel(&mut row);
-                    for x in 0..c {
-                        out[x * w + col] = row[x];
-                    }
-                }
-                true
+                node_potentials(&node[r * w * c..(r + 1) * w * c], out, shift)
             });
         if !rows_ok {
             return None;
@@ -437,6 +521,8 @@ impl GridPotentials {
         let load = |e: usize, t: &mut [f64]| load_table(edges, rho, e, t);
         let (mut hshift, mut vshift) = (Vec::new(), Vec::new());
         let mut wtd = None;
+        // The widest table span (f32 arithmetic is not used with weighted tables).
+        let mut table_span = f64::INFINITY;
         let (horiz, vert) = if weighted {
             let mut theta = vec![0.0; cc];
             edges.unweighted(0, &mut theta);
@@ -480,8 +566,8 @@ impl GridPotentials {
             });
             (Pots::F64(Vec::new()), Pots::F64(Vec::new()))
         } else if shared {
-            let (low, shift) = load(0, &mut t)?;
-            f32_ok &= low;
+            let (low, shift, span) = load(0, &mut t)?;
+            (f32_ok, table_span) = (f32_ok & low, span);
             (hshift, vshift) = (vec![shift], vec![shift]);
             (Pots::F64(t.clone()), Pots::F64(t.clone()))
         } else {
@@ -495,24 +581,32 @@ impl GridPotentials {
                 None
             };
             match made {
-                Some((low, horiz, vert)) => {
-                    f32_ok &= low;
+                Some((low, horiz, vert, span)) => {
+                    (f32_ok, table_span) = (f32_ok & low, span);
                     (Pots::F32(horiz), Pots::F32(vert))
                 }
                 None => {
-                    let (low, horiz, vert) =
+                    let (low, horiz, vert, span) =
                         per_edge::<T, f64>(edges, rho, h, w, cc, &mut hshift, &mut vshift)?
                             .expect("f64 potentials are never too narrow");
-                    f32_ok &= low;
+                    (f32_ok, table_span) = (f32_ok & low, span);
                     (Pots::F64(horiz), Pots::F64(vert))
                 }
             }
+        };
+        let compute32 =
+            f32_ok && rho.is_none() && 4.0 * (table_span + (c as f64).ln()) <= F32_BUDGET;
+        let phi32 = match compute32 {
+            true => phi.par_iter().map(|&x| x as f32).collect(),
+            false => Vec::new(),
         };
         Some(GridPotentials {
             h,
             w,
             c,
             phi,
+            phi32,
+            compute32,
             phi_shift,
             hshift,
             vshift,
@@ -543,49 +637,11 @@ impl GridPotentials {
     pub(crate) fn single(&self) -> bool {
         self.f32_ok
     }
-
-    /// Table entry `[x][x']` of the horizontal edge right of `(r, col)` (or the vertical
-    /// edge below it), as a row over columns (per-edge) or a broadcast scalar (shared).
-    #[inline(always)]
-    fn tab<'a>(&'a self, vertical: bool, r: usize, k: usize) -> Tab<'a> {
-        let t = if vertical { &self.vert } else { &self.horiz };
-        let cc = self.c * self.c;
-        let row = (r * cc + k) * self.w..(r * cc + k + 1) * self.w;
-        match t {
-            _ if self.shared => Tab::Scalar(t.get(k)),
-            Pots::F64(v) => Tab::Row(&v[row]),
-            Pots::F32(v) => Tab::Row32(&v[row]),
-        }
-    }
-}
-
-enum Tab<'a> {
-    Scalar(f64),
-    Row(&'a [f64]),
-    Row32(&'a [f32]),
-}
-
-/// `out[i] += t[i + off] * cav[i]` (or the scalar), for `i` in `0..len`.
-#[inline(always)]
-fn axpy(out: &mut [f64], t: &Tab<'_>, off: usize, cav: &[f64]) {
-    match t {
-        Tab::Scalar(s) => out.iter_mut().zip(cav).for_each(|(o, &q)| *o += s * q),
-        Tab::Row(row) => out
-            .iter_mut()
-            .zip(&row[off..])
-            .zip(cav)
-            .for_each(|((o, &t), &q)| *o += t * q),
-        Tab::Row32(row) => out
-            .iter_mut()
-            .zip(&row[off..])
-            .zip(cav)
-            .for_each(|((o, &t), &q)| *o += t as f64 * q),
-    }
 }
 
 /// The previous iterate's four message buffers, read by every row task at once.
 /// Messages are stored as `M` (f64, or f32 when that is safe: half the memory traffic,
-/// which bounds large grids at small C); arithmetic is in f64.
+/// which bounds large grids at small C); arithmetic in f64 or f32 (see [`row_update`]).
 #[derive(Clone, Copy)]
 pub struct Prev<'a, M> {
     data: &'a [M],
@@ -657,40 +713,115 @@ impl<'a, M> Next<'a, M> {
     }
 }
 
-/// Per-thread scratch rows.
-pub struct RowWs {
+/// Per-thread scratch rows, in the update's arithmetic `A` (see [`row_update`]).
+pub struct RowWs<A> {
     /// TRW: appearances of the left, right, up and down edges of each column.
     rho_rows: [Vec<f64>; 4],
     /// Weighted potentials of one edge row `[k][col]`, and which row they are.
     pot: Vec<f64>,
     pot_at: Option<(bool, usize)>,
-    norm: Vec<f64>,
-    /// f32 scratch row for damping f32 messages.
+    norm: Vec<A>,
+    /// f32 scratch row for damping f32 messages computed in f64.
     damp: Vec<f32>,
-    a: Vec<f64>,
-    b: Vec<f64>,
-    cav: Vec<f64>,
-    out: Vec<f64>,
+    a: Vec<A>,
+    b: Vec<A>,
+    cav: Vec<A>,
+    out: Vec<A>,
 }
 
-/// Scales each column `i < len` of the class-major block `out[x][i]` (row stride `w`) to
-/// sum to one; an all-zero column (every label forbidden) stays zero.
+/// `sums[i] = Σ_x out[x][i]` for each column `i < sums.len()` of the class-major block
+/// `out` (row stride `w`).
 #[inline(always)]
-fn normalise_columns(out: &mut [f64], norm: &mut [f64], c: usize, w: usize, len: usize) {
-    norm.fill(0.0);
-    for xo in 0..c {
-        for (s, &v) in norm.iter_mut().zip(&out[xo * w..xo * w + len]) {
-            *s += v;
+fn column_sums<A: Real>(out: &[A], sums: &mut [A], c: usize, w: usize) {
+    let len = sums.len();
+    sums.copy_from_slice(&out[..len]);
+    for xo in 1..c {
+        for (s, &v) in sums.iter_mut().zip(&out[xo * w..xo * w + len]) {
+            *s = *s + v;
         }
     }
-    for s in norm.iter_mut() {
-        *s = if *s > 0.0 { 1.0 / *s } else { 0.0 };
+}
+
+/// `s = 1 / s`, and 0 for a zero sum (every label forbidden: the column then stays zero
+/// when scaled).
+#[inline(always)]
+fn invert<A: Real>(sums: &mut [A]) {
+    for s in sums.iter_mut() {
+        *s = if *s > A::ZERO { A::ONE / *s } else { A::ZERO };
     }
-    for xo in 0..c {
-        for (o, &s) in out[xo * w..xo * w + len].iter_mut().zip(norm.iter()) {
-            *o *= s;
+}
+
+/// Where one direction's messages of a row read and write (see [`messages`]).
+#[derive(Clone, Copy)]
+struct Geo {
+    c: usize,
+    w: usize,
+    /// Messages in the row, and the column of the first one's source.
+    len: usize,
+    src_off: usize,
+    /// Table entry of `(x, x')` is `x·kx + x'·kxo`.
+    kx: usize,
+    kxo: usize,
+}
+
+/// `out[x'][i] = Σ_x t_{x x'}[i] · cav[x][i + src_off]` for the row's `len` messages, and
+/// their column sums into `sums`. `ROWS`: `tabs` holds rows `[k][col]` (stride `w`, per
+/// edge); else one table `[k]` for every column. Sixteen columns at a time held in
+/// registers across the sum over `x` (one store per message entry, where a row-by-row
+/// accumulation loads and stores it `C` times), summed in the same order as that would.
+#[inline(always)]
+fn messages<P: Real, A: Real, const ROWS: bool>(
+    out: &mut [A],
+    sums: &mut [A],
+    cav: &[A],
+    tabs: &[P],
+    g: Geo,
+) {
+    let mut i0 = 0;
+    while i0 + 16 <= g.len {
+        message_block::<P, A, ROWS, 16>(out, sums, cav, tabs, g, i0);
+        i0 += 16;
+    }
+    while i0 < g.len {
+        message_block::<P, A, ROWS, 1>(out, sums, cav, tabs, g, i0);
+        i0 += 1;
+    }
+}
+
+/// Columns `i0..i0 + N` of [`messages`].
+#[inline(always)]
+fn message_block<P: Real, A: Real, const ROWS: bool, const N: usize>(
+    out: &mut [A],
+    sums: &mut [A],
+    cav: &[A],
+    tabs: &[P],
+    g: Geo,
+    i0: usize,
+) {
+    let mut s = [A::ZERO; N];
+    for xo in 0..g.c {
+        let mut acc = [A::ZERO; N];
+        for x in 0..g.c {
+            let k = x * g.kx + xo * g.kxo;
+            let q: &[A; N] = cav[x * g.w + g.src_off + i0..][..N].try_into().unwrap();
+            if ROWS {
+                let t: &[P; N] = tabs[k * g.w + i0..][..N].try_into().unwrap();
+                for l in 0..N {
+                    acc[l] = acc[l] + A::from_f64(t[l].to_f64()) * q[l];
+                }
+            } else {
+                let t = A::from_f64(tabs[k].to_f64());
+                for l in 0..N {
+                    acc[l] = acc[l] + t * q[l];
+                }
+            }
+        }
+        out[xo * g.w + i0..][..N].copy_from_slice(&acc);
+        for l in 0..N {
+            s[l] = s[l] + acc[l];
         }
     }
+    sums[i0..i0 + N].copy_from_slice(&s);
 }
 
 /// `ln m`, −inf for `m = 0` (a forbidden label); branch-free so loops vectorise.
@@ -707,13 +838,13 @@ pub(crate) fn ln0(m: f64) -> f64 {
 /// TRW reweighted beliefs of row `r` into `ws.a` (class-major): `φ Π_j M_j^{ρ_j}`, with
 /// `ρ = 1` for the constant messages from outside the grid.
 #[inline(always)]
-fn trw_beliefs<M: Real>(
+fn trw_beliefs<M: Real, A: Real>(
     p: &GridPotentials,
     r: usize,
     old: &Prev<'_, M>,
     rh: &[f64],
     rv: &[f64],
-    ws: &mut RowWs,
+    ws: &mut RowWs<A>,
 ) {
     let (h, w, c) = (p.h, p.w, p.c);
     // Appearances of the four edges around each column of the row.
@@ -742,7 +873,7 @@ fn trw_beliefs<M: Real>(
                 + rr[i] * ln0(rt[i].to_f64())
                 + ru[i] * ln0(u[i].to_f64())
                 + rd[i] * ln0(d[i].to_f64());
-            a[i] = crate::kernels::logspace::exp(s);
+            a[i] = A::from_f64(crate::kernels::logspace::exp(s));
         }
     }
 }
@@ -772,8 +903,9 @@ fn first_of_colour(colour: usize, r: usize, src_off: usize) -> usize {
 crate::simd_dispatch! {
     /// Computes every message leaving the nodes of row `r` from `old`, writes those of
     /// nodes with colour `colour` (all nodes for `None`) into `new`; returns the largest
-    /// change.
-    pub fn row_update<M: Real>(
+    /// change. Arithmetic in `A`: f64, or f32 where [`GridPotentials::compute32`] says
+    /// every intermediate stays in f32's normal range.
+    pub fn row_update<M: Real, A: Real>(
         p: &GridPotentials,
         r: usize,
         old: Prev<'_, M>,
@@ -781,13 +913,13 @@ crate::simd_dispatch! {
         colour: Option<usize>,
         damping: f64,
         need_change: bool,
-        ws: &mut RowWs,
+        ws: &mut RowWs<A>,
     ) -> f64 => row_update_body
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn row_update_body<M: Real>(
+fn row_update_body<M: Real, A: Real>(
     p: &GridPotentials,
     r: usize,
     old: Prev<'_, M>,
@@ -795,10 +927,12 @@ fn row_update_body<M: Real>(
     colour: Option<usize>,
     damping: f64,
     need_change: bool,
-    ws: &mut RowWs,
+    ws: &mut RowWs<A>,
 ) -> f64 {
     let (h, w, c) = (p.h, p.w, p.c);
     let get = |d: usize, x: usize| old.row(d, r, x, c, w);
+    // A message entry in the arithmetic's precision (the identity when they agree).
+    let m2a = |m: M| A::from_f64(m.to_f64());
     // TRW: a = φ Π_j M_j^{ρ_j} (the reweighted belief), and a cavity is a / M_k (which
     // leaves M_k^{ρ_k − 1}), 0 where M_k = 0 (the label is impossible through that edge).
     if let Some((rh, rv)) = &p.rho {
@@ -809,7 +943,7 @@ fn row_update_body<M: Real>(
         if p.rho.is_some() {
             break;
         }
-        let phi = &p.phi[(r * c + x) * w..(r * c + x + 1) * w];
+        let phi = &A::pick(&p.phi, &p.phi32)[(r * c + x) * w..(r * c + x + 1) * w];
         let (u, d, l, rr) = (
             get(FROM_UP, x),
             get(FROM_DOWN, x),
@@ -819,8 +953,8 @@ fn row_update_body<M: Real>(
         let a = &mut ws.a[x * w..(x + 1) * w];
         let b = &mut ws.b[x * w..(x + 1) * w];
         for i in 0..w {
-            a[i] = phi[i] * u[i].to_f64() * d[i].to_f64();
-            b[i] = phi[i] * l[i].to_f64() * rr[i].to_f64();
+            a[i] = phi[i] * m2a(u[i]) * m2a(d[i]);
+            b[i] = phi[i] * m2a(l[i]) * m2a(rr[i]);
         }
     }
     let mut change = 0.0f64;
@@ -858,19 +992,18 @@ fn row_update_body<M: Real>(
                 let ax = &ws.a[x * w..(x + 1) * w];
                 let mk = get(skip, x);
                 for i in 0..w {
-                    let m = mk[i].to_f64();
-                    cav[i] = if m > 0.0 { ax[i] / m } else { 0.0 };
+                    let m = m2a(mk[i]);
+                    cav[i] = if m > A::ZERO { ax[i] / m } else { A::ZERO };
                 }
                 continue;
             }
             let bx = &base[x * w..(x + 1) * w];
             for i in 0..w {
-                cav[i] = bx[i] * other[i].to_f64();
+                cav[i] = bx[i] * m2a(other[i]);
             }
         }
         // out[x'][i] = Σ_x t[x, x'] cav[x][i]: the table row is the edge's, oriented
         // [first node, second node]; messages going left/up use it transposed.
-        ws.out[..c * w].fill(0.0);
         let tab_row = match dir {
             FROM_LEFT | FROM_UP => r,
             FROM_RIGHT => r,
@@ -881,6 +1014,7 @@ fn row_update_body<M: Real>(
             let wr = &wr[tab_row * w..tab_row * w + len];
             let geo = (c, w, len, src_off);
             potts_messages(&ws.cav, &mut ws.out, &mut ws.pot, wr, delta, wt.low, geo);
+            column_sums(&ws.out, &mut ws.norm[..len], c, w);
         } else {
             if let Some(wt) = &p.weighted {
                 // Made once per edge row and reused by the two directions that share it.
@@ -889,30 +1023,44 @@ fn row_update_body<M: Real>(
                     ws.pot_at = Some((vertical, tab_row));
                 }
             }
-            for xo in 0..c {
-                let out = &mut ws.out[xo * w..xo * w + len];
-                for x in 0..c {
-                    let k = match dir {
-                        FROM_LEFT | FROM_UP => x * c + xo,
-                        _ => xo * c + x,
-                    };
-                    let t = if p.weighted.is_some() {
-                        Tab::Row(&ws.pot[k * w..(k + 1) * w])
-                    } else {
-                        p.tab(vertical, tab_row, k)
-                    };
-                    let cav = &ws.cav[x * w + src_off..x * w + src_off + len];
-                    // Horizontal per-edge rows are indexed by the edge's left column.
-                    axpy(out, &t, 0, cav);
+            // Entry k = x·kx + xo·kxo of the tables: `[x][x']` as stored, transposed for
+            // messages going left/up.
+            let (kx, kxo) = match dir {
+                FROM_LEFT | FROM_UP => (c, 1),
+                _ => (1, c),
+            };
+            let geo = Geo {
+                c,
+                w,
+                len,
+                src_off,
+                kx,
+                kxo,
+            };
+            let (out, sums) = (&mut ws.out[..], &mut ws.norm[..len]);
+            // Horizontal per-edge rows are indexed by the edge's left column.
+            let rows = (tab_row * c * c) * w;
+            match (&p.weighted, if vertical { &p.vert } else { &p.horiz }) {
+                (Some(_), _) => messages::<f64, A, true>(out, sums, &ws.cav, &ws.pot, geo),
+                (None, pots) if p.shared => match pots {
+                    Pots::F64(t) => messages::<f64, A, false>(out, sums, &ws.cav, t, geo),
+                    Pots::F32(t) => messages::<f32, A, false>(out, sums, &ws.cav, t, geo),
+                },
+                (None, Pots::F64(t)) => {
+                    messages::<f64, A, true>(out, sums, &ws.cav, &t[rows..], geo)
+                }
+                (None, Pots::F32(t)) => {
+                    messages::<f32, A, true>(out, sums, &ws.cav, &t[rows..], geo)
                 }
             }
         }
-        // Normalise, damp, measure, write: loops across the columns of the row.
+        // Normalise, damp, normalise again, measure, write: loops across the columns of
+        // the row, each normalisation's scaling folded into the pass that follows it.
         let norm = &mut ws.norm[..len];
-        normalise_columns(&mut ws.out, norm, c, w, len);
-        for xo in 0..c {
-            let out = &mut ws.out[xo * w..xo * w + len];
-            if damping > 0.0 {
+        invert(norm);
+        if damping > 0.0 {
+            for xo in 0..c {
+                let out = &mut ws.out[xo * w..xo * w + len];
                 // One colour at a time, the latest messages of the colour being drawn are
                 // those in `new` (see `iterate_in`); in flooding, those in `old`.
                 let prev: &[M] = match colour {
@@ -920,12 +1068,12 @@ fn row_update_body<M: Real>(
                     Some(_) => unsafe { new.span(dir, tr, xo, c, w, dst_off, len) },
                     None => &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len],
                 };
-                damp_row(out, prev, &mut ws.damp[..len], damping);
+                damp_row(out, norm, prev, &mut ws.damp[..len], damping);
             }
+            column_sums(&ws.out, norm, c, w);
+            invert(norm);
         }
-        if damping > 0.0 {
-            normalise_columns(&mut ws.out, norm, c, w, len);
-        }
+        let norm = &ws.norm[..len];
         for xo in 0..c {
             let out = &ws.out[xo * w..xo * w + len];
             let prev = &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len];
@@ -935,8 +1083,8 @@ fn row_update_body<M: Real>(
             match colour {
                 None if !need_change => {
                     // Nobody will look at the change: skip reading the old messages.
-                    for (d, &o) in dst.iter_mut().zip(out) {
-                        *d = M::from_f64(o);
+                    for ((d, &o), &s) in dst.iter_mut().zip(out).zip(norm) {
+                        *d = M::from_f64((o * s).to_f64());
                     }
                 }
                 None => {
@@ -945,17 +1093,19 @@ fn row_update_body<M: Real>(
                     let mut k = 0;
                     while k + 4 <= len {
                         for l in 0..4 {
-                            m[l] = m[l].max((out[k + l] - prev[k + l].to_f64()).abs());
+                            let o = (out[k + l] * norm[k + l]).to_f64();
+                            m[l] = m[l].max((o - prev[k + l].to_f64()).abs());
                         }
                         k += 4;
                     }
                     while k < len {
-                        m[0] = m[0].max((out[k] - prev[k].to_f64()).abs());
+                        let o = (out[k] * norm[k]).to_f64();
+                        m[0] = m[0].max((o - prev[k].to_f64()).abs());
                         k += 1;
                     }
                     change = change.max(m[0].max(m[1]).max(m[2].max(m[3])));
-                    for (d, &o) in dst.iter_mut().zip(out) {
-                        *d = M::from_f64(o);
+                    for ((d, &o), &s) in dst.iter_mut().zip(out).zip(norm) {
+                        *d = M::from_f64((o * s).to_f64());
                     }
                 }
                 Some(col) => {
@@ -964,12 +1114,13 @@ fn row_update_body<M: Real>(
                     let first = first_of_colour(col, r, src_off);
                     if need_change {
                         for i in (first..len).step_by(2) {
-                            change = change.max((out[i] - dst[i].to_f64()).abs());
-                            dst[i] = M::from_f64(out[i]);
+                            let o = (out[i] * norm[i]).to_f64();
+                            change = change.max((o - dst[i].to_f64()).abs());
+                            dst[i] = M::from_f64(o);
                         }
                     } else {
                         for i in (first..len).step_by(2) {
-                            dst[i] = M::from_f64(out[i]);
+                            dst[i] = M::from_f64((out[i] * norm[i]).to_f64());
                         }
                     }
                 }
@@ -980,63 +1131,101 @@ fn row_update_body<M: Real>(
 }
 
 crate::simd_dispatch! {
-    /// Damps the fresh messages `out` towards the previous ones `prev` by the geometric
-    /// mixture `out^(1 − d) · prev^d` (damping in the log domain; renormalised by the
-    /// caller). Branch-free ln/exp (subnormals clamped to the smallest normal) keep the
-    /// loops vectorised; f32 messages are mixed at f32 precision in the f32 scratch `tmp`
-    /// (eight lanes). Its own dispatch, so the update's code is not disturbed by it.
-    fn damp_row<M: Real>(out: &mut [f64], prev: &[M], tmp: &mut [f32], damping: f64) -> ()
-        => damp_row_body
+    /// Damps the fresh messages `out · scale` (`scale`: each column's normaliser) towards
+    /// the previous ones `prev` by the geometric mixture `(out · scale)^(1 − d) · prev^d`
+    /// (damping in the log domain; renormalised by the caller). Branch-free ln/exp
+    /// (subnormals clamped to the smallest normal) keep the loops vectorised; f32
+    /// messages are mixed at f32 precision (eight lanes; through the f32 scratch `tmp`
+    /// when the update's arithmetic `A` is f64). Its own dispatch, so the update's code
+    /// is not disturbed by it.
+    fn damp_row<M: Real, A: Real>(
+        out: &mut [A],
+        scale: &[A],
+        prev: &[M],
+        tmp: &mut [f32],
+        damping: f64,
+    ) -> () => damp_row_body
 }
 
 #[inline(always)]
-fn damp_row_body<M: Real>(out: &mut [f64], prev: &[M], tmp: &mut [f32], damping: f64) {
+fn damp_row_body<M: Real, A: Real>(
+    out: &mut [A],
+    scale: &[A],
+    prev: &[M],
+    tmp: &mut [f32],
+    damping: f64,
+) {
     let keep = 1.0 - damping;
-    if damping == 0.5 {
-        // PGMax's default, and the usual choice: the geometric mean √out · √prev, two
-        // square roots per entry instead of two logarithms and an exponential (each root
-        // taken alone, so nothing underflows that the mixture itself would not).
-        if std::mem::size_of::<M>() == 4 {
-            for (t, &o) in tmp.iter_mut().zip(out.iter()) {
-                *t = o as f32;
+    if std::mem::size_of::<M>() == 4 {
+        // Normalised first (a normalised message is in f32's range wherever f32 messages
+        // are used), then mixed at f32 precision, eight lanes. (Every conversion below is
+        // the identity when `A` is f32.)
+        let (k32, d32) = (keep as f32, damping as f32);
+        if std::mem::size_of::<A>() == 4 {
+            if damping == 0.5 {
+                // √(t·p): one root. f32 arithmetic runs only where every message entry is
+                // at least e^-20 (see `F32_BUDGET`), so the product is a normal number.
+                for ((o, &s), &p) in out.iter_mut().zip(scale).zip(prev) {
+                    let t = ((*o * s).to_f64() as f32 * p.to_f64() as f32).sqrt();
+                    *o = A::from_f64(t as f64);
+                }
+            } else {
+                for ((o, &s), &p) in out.iter_mut().zip(scale).zip(prev) {
+                    let t = mix_f32((*o * s).to_f64() as f32, p.to_f64() as f32, k32, d32);
+                    *o = A::from_f64(t as f64);
+                }
             }
+            return;
+        }
+        for ((t, &o), &s) in tmp.iter_mut().zip(out.iter()).zip(scale) {
+            *t = (o * s).to_f64() as f32;
+        }
+        if damping == 0.5 {
             for (t, &p) in tmp.iter_mut().zip(prev) {
-                *t = t.sqrt() * (p.to_f64() as f32).sqrt();
-            }
-            for (o, &t) in out.iter_mut().zip(tmp.iter()) {
-                *o = t as f64;
+                *t = mix_half(*t, p.to_f64() as f32);
             }
         } else {
-            for (o, &p) in out.iter_mut().zip(prev) {
-                *o = o.sqrt() * p.to_f64().sqrt();
+            for (t, &p) in tmp.iter_mut().zip(prev) {
+                *t = mix_f32(*t, p.to_f64() as f32, k32, d32);
             }
         }
-        return;
-    }
-    if std::mem::size_of::<M>() == 4 {
-        // Messages are normalised, so both logs and the mixture are <= 0.
-        let (k32, d32) = (keep as f32, damping as f32);
-        for (t, &o) in tmp.iter_mut().zip(out.iter()) {
-            *t = o as f32;
-        }
-        for (t, &p) in tmp.iter_mut().zip(prev) {
-            let p = p.to_f64() as f32;
-            let lo = ln_pos_f32(t.max(f32::MIN_POSITIVE));
-            let lp = ln_pos_f32(p.max(f32::MIN_POSITIVE));
-            let v = exp_nonpos_f32(lo * k32 + lp * d32);
-            *t = if *t > 0.0 && p > 0.0 { v } else { 0.0 };
-        }
         for (o, &t) in out.iter_mut().zip(tmp.iter()) {
-            *o = t as f64;
+            *o = A::from_f64(t as f64);
+        }
+    } else if damping == 0.5 {
+        for ((o, &s), &p) in out.iter_mut().zip(scale).zip(prev) {
+            *o = A::from_f64((*o * s).to_f64().sqrt() * p.to_f64().sqrt());
         }
     } else {
-        for (o, &p) in out.iter_mut().zip(prev) {
-            let p = p.to_f64();
-            let lo = ln_pos(o.max(f64::MIN_POSITIVE));
+        for ((o, &s), &p) in out.iter_mut().zip(scale).zip(prev) {
+            let (o1, p) = ((*o * s).to_f64(), p.to_f64());
+            let lo = ln_pos(o1.max(f64::MIN_POSITIVE));
             let lp = ln_pos(p.max(f64::MIN_POSITIVE));
             let v = exp(lo * keep + lp * damping);
-            *o = if *o > 0.0 && p > 0.0 { v } else { 0.0 };
+            *o = A::from_f64(if o1 > 0.0 && p > 0.0 { v } else { 0.0 });
         }
+    }
+}
+
+/// Damping 0.5 (PGMax's default, and the usual choice): the geometric mean √t · √p, two
+/// square roots instead of two logarithms and an exponential (each root taken alone, so
+/// nothing underflows that the mixture itself would not).
+#[inline(always)]
+fn mix_half(t: f32, p: f32) -> f32 {
+    t.sqrt() * p.sqrt()
+}
+
+/// `t^keep · p^damping` of two normalised messages (both logs and the mixture are <= 0),
+/// 0 where either is.
+#[inline(always)]
+fn mix_f32(t: f32, p: f32, keep: f32, damping: f32) -> f32 {
+    let lo = ln_pos_f32(t.max(f32::MIN_POSITIVE));
+    let lp = ln_pos_f32(p.max(f32::MIN_POSITIVE));
+    let v = exp_nonpos_f32(lo * keep + lp * damping);
+    if t > 0.0 && p > 0.0 {
+        v
+    } else {
+        0.0
     }
 }
 
@@ -1046,9 +1235,9 @@ fn damp_row_body<M: Real>(out: &mut [f64], prev: &[M], tmp: &mut [f32], damping:
 /// `wΔ >= 0`, `m = e^{−wΔ} S + (1 − e^{−wΔ}) cav`; otherwise `m = S + (e^{wΔ} − 1) cav`.
 /// Kept out of line so the general update's code is not disturbed by it.
 #[inline(never)]
-fn potts_messages(
-    cav: &[f64],
-    out: &mut [f64],
+fn potts_messages<A: Real>(
+    cav: &[A],
+    out: &mut [A],
     scratch: &mut [f64],
     wr: &[f64],
     delta: f64,
@@ -1060,7 +1249,10 @@ fn potts_messages(
     sum[..len].fill(0.0);
     for x in 0..c {
         let cv = &cav[x * w + src_off..x * w + src_off + len];
-        sum[..len].iter_mut().zip(cv).for_each(|(s, &q)| *s += q);
+        sum[..len]
+            .iter_mut()
+            .zip(cv)
+            .for_each(|(s, &q)| *s += q.to_f64());
     }
     for ((a, b), &wi) in alpha.iter_mut().zip(beta.iter_mut()).zip(wr) {
         let z = wi * delta;
@@ -1080,13 +1272,13 @@ fn potts_messages(
         let o = &mut out[xo * w..xo * w + len];
         for i in 0..len {
             // max(0): S − cav(x') may round below zero when Δ is very negative.
-            o[i] = (alpha[i] * sum[i] + beta[i] * cv[i]).max(0.0);
+            o[i] = A::from_f64((alpha[i] * sum[i] + beta[i] * cv[i].to_f64()).max(0.0));
         }
     }
 }
 
-impl RowWs {
-    fn new(c: usize, w: usize, weighted: bool) -> RowWs {
+impl<A: Real> RowWs<A> {
+    fn new(c: usize, w: usize, weighted: bool) -> RowWs<A> {
         RowWs {
             rho_rows: std::array::from_fn(|_| vec![1.0; w]),
             pot: if weighted {
@@ -1095,18 +1287,18 @@ impl RowWs {
                 Vec::new()
             },
             pot_at: None,
-            norm: vec![0.0; w],
+            norm: vec![A::ZERO; w],
             damp: vec![0.0; w],
-            a: vec![0.0; c * w],
-            b: vec![0.0; c * w],
-            cav: vec![0.0; c * w],
-            out: vec![0.0; c * w],
+            a: vec![A::ZERO; c * w],
+            b: vec![A::ZERO; c * w],
+            cav: vec![A::ZERO; c * w],
+            out: vec![A::ZERO; c * w],
         }
     }
 }
 
 /// One sweep over all rows from `old` into `new`; returns the largest change.
-fn sweep<M: Real>(
+fn sweep<M: Real, A: Real>(
     p: &GridPotentials,
     old: &[M],
     new: &mut [M],
@@ -1123,7 +1315,7 @@ fn sweep<M: Real>(
         .into_par_iter()
         .with_min_len(4)
         .map_init(
-            || RowWs::new(c, w, p.weighted.is_some()),
+            || RowWs::<A>::new(c, w, p.weighted.is_some()),
             // A raised stop skips the rest of the sweep; the caller returns Interrupted.
             |ws, r| match stop.is_raised() {
                 true => 0.0,
@@ -1144,14 +1336,14 @@ pub fn iterate(
     schedule: Schedule,
     stop: &Stop,
 ) -> Result<(u32, bool, f64, Vec<f64>)> {
-    if p.f32_ok {
-        iterate_in::<f32>(p, max_iter, tol, damping, schedule, stop)
-    } else {
-        iterate_in::<f64>(p, max_iter, tol, damping, schedule, stop)
+    match (p.f32_ok, p.compute32) {
+        (true, true) => iterate_in::<f32, f32>(p, max_iter, tol, damping, schedule, stop),
+        (true, false) => iterate_in::<f32, f64>(p, max_iter, tol, damping, schedule, stop),
+        _ => iterate_in::<f64, f64>(p, max_iter, tol, damping, schedule, stop),
     }
 }
 
-fn iterate_in<M: Real>(
+fn iterate_in<M: Real, A: Real>(
     p: &GridPotentials,
     max_iter: usize,
     tol: f64,
@@ -1170,7 +1362,7 @@ fn iterate_in<M: Real>(
         let need = tol > 0.0 || it == max_iter;
         let change = match schedule {
             Schedule::Parallel => {
-                let ch = sweep(p, &cur, &mut nxt, None, damping, need, stop);
+                let ch = sweep::<M, A>(p, &cur, &mut nxt, None, damping, need, stop);
                 std::mem::swap(&mut cur, &mut nxt);
                 ch
             }
@@ -1179,8 +1371,16 @@ fn iterate_in<M: Real>(
                 // `nxt` and writes into `cur`. Each colour's nodes read only messages sent
                 // by the other colour, which the buffer read holds fresh, and each buffer
                 // keeps the latest messages of the colour written into it (no copies).
-                let ch = sweep(p, &cur, &mut nxt, Some(0), damping, need, stop);
-                ch.max(sweep(p, &nxt, &mut cur, Some(1), damping, need, stop))
+                let ch = sweep::<M, A>(p, &cur, &mut nxt, Some(0), damping, need, stop);
+                ch.max(sweep::<M, A>(
+                    p,
+                    &nxt,
+                    &mut cur,
+                    Some(1),
+                    damping,
+                    need,
+                    stop,
+                ))
             }
         };
         stop.check()?;

@@ -147,10 +147,19 @@ fn ln0_at<F: Real>(m: f64) -> f64 {
     }
 }
 
-/// `e^x` for `x <= 0` at the model's precision (see [`ln0_at`]).
+/// `e^x` for `x <= 0` at the model's precision (see [`ln0_at`]). In f32 the range goes
+/// down to `x = −151` (not f32's −87): below −80 the exponential is taken of `x + 64` and
+/// scaled by `e^-64` in f64, so a factor that a product with a small normaliser brings
+/// back into f32's range (a pair of probability 1e-29 made of cavities of e^-90 and 1)
+/// is not lost.
 #[inline(always)]
 fn exp_at<F: Real>(x: f64) -> f64 {
-    F::from_f64(x).exp_nonpos().to_f64()
+    if std::mem::size_of::<F>() == 8 {
+        return exp(x);
+    }
+    let low = x < -80.0;
+    let e = crate::kernels::logspace::exp_nonpos_f32((if low { x + 64.0 } else { x }) as f32);
+    e as f64 * if low { exp(-64.0) } else { 1.0 }
 }
 
 /// `ln x` for `x >= 1` at the model's precision (see [`ln0_at`]).
@@ -223,8 +232,10 @@ fn node_row_body<F: Real>(
             out[x * w + edge_col] = 0.0;
         }
     }
+    // In f64 whatever the model's precision: node potentials go down to e^-120, far
+    // below f32's range (messages stay within it, see `SPAN_F32`).
     for (o, &f) in lp.iter_mut().zip(&p.phi[row.clone()]) {
-        *o = ln0_at::<F>(f);
+        *o = ln0(f);
     }
     let (ml, mr, mu, md) = (&*ml, &*mr, &*mu, &*md);
     let mut a = vec![0.0; c * w];
@@ -432,42 +443,82 @@ impl View<'_> {
                 .map(|&v| ln_pos_f32(v.max(1e-30) as f32) as f64)
                 .collect()
         };
-        for col in 0..len {
-            let pc = &mut pairs[col * cc..(col + 1) * cc];
-            let lze = if z[col] >= tiny && z[col].is_finite() {
-                let inv = 1.0 / z[col];
-                for k in 0..cc {
-                    pc[k] = joint[k * len + col] * inv;
+        // 1/z where the probability-domain joint holds the edge (0 elsewhere: those
+        // columns are redone in the log domain below).
+        let inv: Vec<f64> = z
+            .iter()
+            .map(|&v| {
+                if v >= tiny && v.is_finite() {
+                    1.0 / v
+                } else {
+                    0.0
                 }
-                mv[col] + mu[col + off] + lnz[col]
+            })
+            .collect();
+        // The terms across the columns: `Σ_s p_s· ln m_{w→v}(s) + Σ_d p_·d ln m_{v→w}(d)`
+        // from the unnormalised joint's row and column sums (a forbidden label has sum 0
+        // and adds nothing, whatever its log message).
+        let mut acc = vec![0.0; len];
+        let mut part = vec![0.0; len];
+        for (s_or_d, by_rows) in (0..c).map(|i| (i, true)).chain((0..c).map(|i| (i, false))) {
+            part.fill(0.0);
+            for j in 0..c {
+                let k = if by_rows {
+                    s_or_d * c + j
+                } else {
+                    j * c + s_or_d
+                };
+                for (q, &v) in part.iter_mut().zip(&joint[k * len..(k + 1) * len]) {
+                    *q += v;
+                }
+            }
+            let lm = if by_rows {
+                &lm_v[s_or_d * w..s_or_d * w + len]
             } else {
-                // Exact log-domain joint for this edge (rare: a tiny normaliser).
-                let (lxv, lxu) = logs.get_or_insert_with(|| {
-                    let (mut a, mut b) = (vec![0.0; c * w], vec![0.0; c * w]);
-                    self.cavity(r, skip_v, &mut a);
-                    self.cavity(ru, skip_u, &mut b);
-                    (a, b)
-                });
-                for s in 0..c {
-                    for d in 0..c {
-                        pc[s * c + d] =
-                            lxv[s * w + col] + ln0(psi(s * c + d, col)) + lxu[d * w + col + off];
-                    }
-                }
-                let m = pc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                if m == f64::NEG_INFINITY {
-                    pc.fill(0.0);
-                    terms[col] = f64::NEG_INFINITY;
-                    continue;
-                }
-                let mut sum = 0.0;
-                for v in pc.iter_mut() {
-                    *v = exp(*v - m);
-                    sum += *v;
-                }
-                pc.iter_mut().for_each(|v| *v /= sum);
-                m + ln_pos(sum)
+                &lm_u[s_or_d * w + off..s_or_d * w + off + len]
             };
+            for ((a, &q), &l) in acc.iter_mut().zip(&part).zip(lm) {
+                *a += if q > 0.0 { q * l } else { 0.0 };
+            }
+        }
+        let (lz_v, lz_u) = (&self.lz[r * w..r * w + len], &self.lz[ru * w + off..]);
+        for col in 0..len {
+            terms[col] = shift_e(col) + mv[col] + mu[col + off] + lnz[col] - lz_v[col] - lz_u[col]
+                + acc[col] * inv[col];
+        }
+        for (col, pc) in pairs.chunks_exact_mut(cc).take(len).enumerate() {
+            for (k, o) in pc.iter_mut().enumerate() {
+                *o = joint[k * len + col] * inv[col];
+            }
+        }
+        for col in (0..len).filter(|&col| inv[col] == 0.0) {
+            // Exact log-domain joint for this edge (rare: a tiny normaliser).
+            let pc = &mut pairs[col * cc..(col + 1) * cc];
+            let (lxv, lxu) = logs.get_or_insert_with(|| {
+                let (mut a, mut b) = (vec![0.0; c * w], vec![0.0; c * w]);
+                self.cavity(r, skip_v, &mut a);
+                self.cavity(ru, skip_u, &mut b);
+                (a, b)
+            });
+            for s in 0..c {
+                for d in 0..c {
+                    pc[s * c + d] =
+                        lxv[s * w + col] + ln0(psi(s * c + d, col)) + lxu[d * w + col + off];
+                }
+            }
+            let m = pc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if m == f64::NEG_INFINITY {
+                pc.fill(0.0);
+                terms[col] = f64::NEG_INFINITY;
+                continue;
+            }
+            let mut sum = 0.0;
+            for v in pc.iter_mut() {
+                *v = exp(*v - m);
+                sum += *v;
+            }
+            pc.iter_mut().for_each(|v| *v /= sum);
+            let lze = m + ln_pos(sum);
             let (v, u) = (r * w + col, ru * w + col + off);
             let mut t = shift_e(col) + lze - self.lz[v] - self.lz[u];
             for s in 0..c {
