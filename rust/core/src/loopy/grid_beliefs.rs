@@ -32,7 +32,7 @@ const BLOCK_ENTRIES: usize = 1 << 21;
 /// general pass then runs and reports it). `msgs`: grid layout, probability domain.
 pub fn bp_beliefs(
     p: &GridPotentials,
-    msgs: &[f64],
+    msgs: &mut [f64],
     node_sink: &mut dyn FnMut(usize, &[f64]),
     edge_sink: &mut dyn FnMut(usize, &[f64]),
 ) -> Option<f64> {
@@ -41,10 +41,19 @@ pub fn bp_beliefs(
     }
     let (h, w, c) = (p.h, p.w, p.c);
     let n = h * w * c;
-    // Logs of the messages into each node (0 where there is no neighbour), ln φ, the
-    // node beliefs (node-major), ln Z_v and the node terms; one grid row per task.
+    // Messages from outside the grid are 1: every product below then takes all four.
+    for r in 0..h {
+        for x in 0..c {
+            msgs[FROM_LEFT * n + (r * c + x) * w] = 1.0;
+            msgs[FROM_RIGHT * n + (r * c + x) * w + w - 1] = 1.0;
+        }
+    }
+    msgs[FROM_UP * n..FROM_UP * n + c * w].fill(1.0);
+    msgs[FROM_DOWN * n + (h - 1) * c * w..FROM_DOWN * n + h * c * w].fill(1.0);
+    let msgs = &*msgs;
+    // Logs of the messages into each node (0 where there is no neighbour), the node
+    // beliefs (node-major), ln Z_v and the node terms; one grid row per task.
     let mut lnm = vec![0.0; 4 * n];
-    let mut lnphi = vec![0.0; n];
     let mut bel = vec![0.0; h * w * c];
     let mut lz = vec![0.0; h * w];
     let mut terms = vec![0.0; h * w];
@@ -55,15 +64,14 @@ pub fn bp_beliefs(
         .par_chunks_mut(c * w)
         .zip(l1.par_chunks_mut(c * w))
         .zip(l2.par_chunks_mut(c * w).zip(l3.par_chunks_mut(c * w)))
-        .zip(lnphi.par_chunks_mut(c * w))
         .zip(bel.par_chunks_mut(c * w))
         .zip(lz.par_chunks_mut(w).zip(terms.par_chunks_mut(w)))
         .enumerate()
-        .all(|(r, (((((ml, mr), (mu, md)), lp), b), (lzr, tr)))| {
+        .all(|(r, ((((ml, mr), (mu, md)), b), (lzr, tr)))| {
             if p.single() {
-                node_row::<f32>(p, msgs, r, [ml, mr, mu, md], lp, b, lzr, tr)
+                node_row::<f32>(p, msgs, r, [ml, mr, mu, md], b, lzr, tr)
             } else {
-                node_row::<f64>(p, msgs, r, [ml, mr, mu, md], lp, b, lzr, tr)
+                node_row::<f64>(p, msgs, r, [ml, mr, mu, md], b, lzr, tr)
             }
         });
     if !ok {
@@ -83,7 +91,7 @@ pub fn bp_beliefs(
     let view = View {
         p,
         lnm: &lnm,
-        lnphi: &lnphi,
+        msgs,
         lz: &lz,
         n,
     };
@@ -147,41 +155,16 @@ fn ln0_at<F: Real>(m: f64) -> f64 {
     }
 }
 
-/// `e^x` for `x <= 0` at the model's precision (see [`ln0_at`]). In f32 the range goes
-/// down to `x = −151` (not f32's −87): below −80 the exponential is taken of `x + 64` and
-/// scaled by `e^-64` in f64, so a factor that a product with a small normaliser brings
-/// back into f32's range (a pair of probability 1e-29 made of cavities of e^-90 and 1)
-/// is not lost.
-#[inline(always)]
-fn exp_at<F: Real>(x: f64) -> f64 {
-    if std::mem::size_of::<F>() == 8 {
-        return exp(x);
-    }
-    let low = x < -80.0;
-    let e = crate::kernels::logspace::exp_nonpos_f32((if low { x + 64.0 } else { x }) as f32);
-    e as f64 * if low { exp(-64.0) } else { 1.0 }
-}
-
-/// `ln x` for `x >= 1` at the model's precision (see [`ln0_at`]).
-#[inline(always)]
-fn ln_ge1_at<F: Real>(x: f64) -> f64 {
-    if std::mem::size_of::<F>() == 8 {
-        ln_pos(x)
-    } else {
-        ln_pos_f32(x as f32) as f64
-    }
-}
-
 simd_dispatch! {
     /// Grid row `r` of the node pass: logs of the incoming messages (`m`: from the left,
-    /// right, up, down; 0 where there is no neighbour), `ln φ`, the beliefs (node-major),
-    /// `ln Z_v` and the node terms. False when a node has no allowed label.
+    /// right, up, down; 0 where there is no neighbour), the beliefs (node-major), `ln Z_v`
+    /// and the node terms. False when a node has no allowed label. `msgs` holds 1 for the
+    /// messages from outside the grid.
     fn node_row<F: Real>(
         p: &GridPotentials,
         msgs: &[f64],
         r: usize,
         m: [&mut [f64]; 4],
-        lp: &mut [f64],
         b: &mut [f64],
         lzr: &mut [f64],
         tr: &mut [f64],
@@ -194,86 +177,77 @@ fn node_row_body<F: Real>(
     p: &GridPotentials,
     msgs: &[f64],
     r: usize,
-    m: [&mut [f64]; 4],
-    lp: &mut [f64],
+    mut m: [&mut [f64]; 4],
     b: &mut [f64],
     lzr: &mut [f64],
     tr: &mut [f64],
 ) -> bool {
     let (h, w, c) = (p.h, p.w, p.c);
     let n = h * w * c;
-    let [ml, mr, mu, md] = m;
     let row = r * c * w..(r + 1) * c * w;
-    for (dir, out) in [
-        (FROM_LEFT, &mut *ml),
-        (FROM_RIGHT, &mut *mr),
-        (FROM_UP, &mut *mu),
-        (FROM_DOWN, &mut *md),
-    ] {
-        let present = match dir {
-            FROM_UP => r > 0,
-            FROM_DOWN => r + 1 < h,
-            _ => true,
-        };
-        if !present {
-            continue; // stays 0
-        }
-        let src = &msgs[dir * n + row.start..dir * n + row.end];
-        for (o, &m) in out.iter_mut().zip(src) {
+    let src = |dir: usize| &msgs[dir * n + row.start..dir * n + row.end];
+    for (dir, out) in [FROM_LEFT, FROM_RIGHT, FROM_UP, FROM_DOWN]
+        .into_iter()
+        .zip(m.iter_mut())
+    {
+        for (o, &m) in out.iter_mut().zip(src(dir)) {
             *o = ln0_at::<F>(m);
         }
-        // The first (last) column has no neighbour on its left (right).
-        let edge_col = match dir {
-            FROM_LEFT => 0,
-            FROM_RIGHT => w - 1,
-            _ => continue,
-        };
-        for x in 0..c {
-            out[x * w + edge_col] = 0.0;
-        }
     }
-    // In f64 whatever the model's precision: node potentials go down to e^-120, far
-    // below f32's range (messages stay within it, see `SPAN_F32`).
-    for (o, &f) in lp.iter_mut().zip(&p.phi[row.clone()]) {
-        *o = ln0(f);
-    }
-    let (ml, mr, mu, md) = (&*ml, &*mr, &*mu, &*md);
+    // Beliefs in the probability domain: φ · L · R · U · D (φ >= e^-120 and messages
+    // >= e^-121: at least e^-604, inside f64's range), no exponentials.
     let mut a = vec![0.0; c * w];
-    for k in 0..c * w {
-        a[k] = lp[k] + ml[k] + mr[k] + mu[k] + md[k];
-    }
-    let mut mx = vec![f64::NEG_INFINITY; w];
-    for x in 0..c {
-        for (m, &v) in mx.iter_mut().zip(&a[x * w..(x + 1) * w]) {
-            *m = m.max(v);
-        }
-    }
-    if mx.contains(&f64::NEG_INFINITY) {
-        return false;
+    let (l, rt, u, d) = (
+        src(FROM_LEFT),
+        src(FROM_RIGHT),
+        src(FROM_UP),
+        src(FROM_DOWN),
+    );
+    for (k, q) in a.iter_mut().enumerate() {
+        *q = p.phi[row.start + k] * l[k] * rt[k] * u[k] * d[k];
     }
     let mut s = vec![0.0; w];
     for x in 0..c {
-        for ((q, &m), sx) in a[x * w..(x + 1) * w].iter_mut().zip(&mx).zip(s.iter_mut()) {
-            *q = exp_at::<F>(*q - m);
-            *sx += *q;
+        for (sx, &q) in s.iter_mut().zip(&a[x * w..(x + 1) * w]) {
+            *sx += q;
         }
     }
-    // `a` now holds exp(a − max); beliefs, ln Z_v and the terms.
-    for col in 0..w {
-        lzr[col] = mx[col] + ln_ge1_at::<F>(s[col]);
-        let v = r * w + col;
-        let mut t = p.phi_shift[v] + lzr[col];
-        let inv = 1.0 / s[col];
-        for x in 0..c {
-            let bx = a[x * w + col] * inv;
-            b[col * c + x] = bx;
-            let k = x * w + col;
-            let sum_lnm = ml[k] + mr[k] + mu[k] + md[k];
-            if bx > 0.0 {
-                t -= bx * sum_lnm;
-            }
+    if s.iter().any(|&v| v <= 0.0) {
+        return false;
+    }
+    for (z, &v) in lzr.iter_mut().zip(&s) {
+        *z = ln_pos(v);
+    }
+    // Beliefs and the terms `shift_v + ln Z_v − Σ_x b(x) Σ_dir ln m_dir(x)`.
+    let [ml, mr, mu, md] = m;
+    let (ml, mr, mu, md) = (&*ml, &*mr, &*mu, &*md);
+    let inv: Vec<f64> = s.iter().map(|&v| 1.0 / v).collect();
+    let mut acc = vec![0.0; w];
+    for x in 0..c {
+        let k = x * w..(x + 1) * w;
+        for (((t, &q), &iv), (((&a1, &a2), &a3), &a4)) in
+            acc.iter_mut().zip(&a[k.clone()]).zip(&inv).zip(
+                ml[k.clone()]
+                    .iter()
+                    .zip(&mr[k.clone()])
+                    .zip(&mu[k.clone()])
+                    .zip(&md[k]),
+            )
+        {
+            let bx = q * iv;
+            // A forbidden label (b = 0) adds nothing, whatever its log messages.
+            *t += if bx > 0.0 {
+                bx * (a1 + a2 + a3 + a4)
+            } else {
+                0.0
+            };
         }
-        tr[col] = t;
+    }
+    for col in 0..w {
+        tr[col] = p.phi_shift[r * w + col] + lzr[col] - acc[col];
+        for x in 0..c {
+            b[col * c + x] = a[x * w + col] * inv[col];
+        }
     }
     true
 }
@@ -302,30 +276,12 @@ fn edge_row_body<F: Real>(
     view.edge_row::<F>(r, vertical, pairs, terms)
 }
 
-/// Shifts each column of `x` (`[label][col]`, `c` labels, `w` columns) to maximum 0 and
-/// exponentiates it; returns the shifts. A column that is all −inf becomes all 0.
-#[inline(always)]
-fn shift_columns<F: Real>(x: &mut [f64], c: usize, w: usize) -> Vec<f64> {
-    let mut m = vec![f64::NEG_INFINITY; w];
-    for k in 0..c {
-        for (mm, &v) in m.iter_mut().zip(&x[k * w..(k + 1) * w]) {
-            *mm = mm.max(v);
-        }
-    }
-    for k in 0..c {
-        for (v, &mm) in x[k * w..(k + 1) * w].iter_mut().zip(&m) {
-            let e = exp_at::<F>(*v - if mm > f64::NEG_INFINITY { mm } else { 0.0 });
-            *v = if mm > f64::NEG_INFINITY { e } else { 0.0 };
-        }
-    }
-    m
-}
-
 /// What the edge pass reads.
 struct View<'a> {
     p: &'a GridPotentials,
     lnm: &'a [f64],
-    lnphi: &'a [f64],
+    /// Messages, probability domain (1 from outside the grid).
+    msgs: &'a [f64],
     lz: &'a [f64],
     n: usize,
 }
@@ -335,13 +291,47 @@ impl View<'_> {
     fn cavity(&self, r: usize, skip: usize, out: &mut [f64]) {
         let (c, w) = (self.p.c, self.p.w);
         let row = r * c * w..(r + 1) * c * w;
-        out.copy_from_slice(&self.lnphi[row.clone()]);
+        for (o, &f) in out.iter_mut().zip(&self.p.phi[row.clone()]) {
+            *o = ln0(f);
+        }
         for dir in [FROM_LEFT, FROM_RIGHT, FROM_UP, FROM_DOWN] {
             if dir != skip {
                 let m = &self.lnm[dir * self.n + row.start..dir * self.n + row.end];
                 out.iter_mut().zip(m).for_each(|(o, &l)| *o += l);
             }
         }
+    }
+
+    /// Cavity of the nodes of row `r` (`[x][col]`, leaving out direction `skip`) in the
+    /// probability domain, each column scaled to maximum 1; returns the log of each
+    /// column's scale (−inf for an all-zero column, left all zero). A product of `φ` and
+    /// three messages: no exponentials, and inside f64's range (see `node_row`).
+    fn prob_cavity(&self, r: usize, skip: usize, out: &mut [f64]) -> Vec<f64> {
+        let (c, w) = (self.p.c, self.p.w);
+        let row = r * c * w..(r + 1) * c * w;
+        out.copy_from_slice(&self.p.phi[row.clone()]);
+        for dir in [FROM_LEFT, FROM_RIGHT, FROM_UP, FROM_DOWN] {
+            if dir != skip {
+                let m = &self.msgs[dir * self.n + row.start..dir * self.n + row.end];
+                out.iter_mut().zip(m).for_each(|(o, &v)| *o *= v);
+            }
+        }
+        let mut mx = vec![0.0f64; w];
+        for x in 0..c {
+            for (m, &v) in mx.iter_mut().zip(&out[x * w..(x + 1) * w]) {
+                *m = m.max(v);
+            }
+        }
+        let inv: Vec<f64> = mx
+            .iter()
+            .map(|&m| if m > 0.0 { 1.0 / m } else { 0.0 })
+            .collect();
+        for x in 0..c {
+            for (v, &s) in out[x * w..(x + 1) * w].iter_mut().zip(&inv) {
+                *v *= s;
+            }
+        }
+        mx.iter().map(|&m| ln0(m)).collect()
     }
 
     /// See [`edge_row`].
@@ -362,14 +352,12 @@ impl View<'_> {
             (FROM_RIGHT, FROM_LEFT)
         };
         let (mut xv, mut xu) = (vec![0.0; c * w], vec![0.0; c * w]);
-        self.cavity(r, skip_v, &mut xv);
-        self.cavity(ru, skip_u, &mut xu);
-        // Log cavities again, only if an edge needs the log-domain fallback.
-        let mut logs: Option<(Vec<f64>, Vec<f64>)> = None;
         let (mv, mu) = (
-            shift_columns::<F>(&mut xv, c, w),
-            shift_columns::<F>(&mut xu, c, w),
+            self.prob_cavity(r, skip_v, &mut xv),
+            self.prob_cavity(ru, skip_u, &mut xu),
         );
+        // Log cavities, only if an edge needs the log-domain fallback.
+        let mut logs: Option<(Vec<f64>, Vec<f64>)> = None;
         let (tabs, shifts) = if vertical {
             (&p.vert, &p.vshift)
         } else {

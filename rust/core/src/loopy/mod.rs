@@ -1219,7 +1219,7 @@ impl<T: Real> Inference<T> for Loopy<'_> {
             let (it, conv, ch) = mf_iterate(pb, self.adj, b, &self.opts, ws)?;
             (it, conv, ch, mf_beliefs(pb, b, ws, node_sink, edges)?)
         } else if let Some(gp) = self.grid_fast_path(pb, b) {
-            let (it, conv, ch, grid_msgs) = crate::loopy::grid::iterate(
+            let (it, conv, ch, mut grid_msgs) = crate::loopy::grid::iterate(
                 &gp,
                 self.opts.max_iter,
                 self.opts.tol,
@@ -1230,7 +1230,7 @@ impl<T: Real> Inference<T> for Loopy<'_> {
             pb.stop.check()?;
             let mut emit = |e: usize, p: &[f64]| deliver(edges, e, p);
             let fast =
-                crate::loopy::grid_beliefs::bp_beliefs(&gp, &grid_msgs, node_sink, &mut emit);
+                crate::loopy::grid_beliefs::bp_beliefs(&gp, &mut grid_msgs, node_sink, &mut emit);
             let log_z = match fast {
                 Some(z) => z,
                 None => {
