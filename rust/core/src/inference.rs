@@ -44,6 +44,18 @@ pub trait EdgeSink {
     /// Called once the slot of edge `e` holds its value.
     #[inline(always)]
     fn commit(&mut self, _e: usize) {}
+    /// Edge `e`'s finished pair marginal: stored into its slot (added with
+    /// `ACCUMULATE`), then committed. A sink may take it more directly.
+    #[inline(always)]
+    fn put(&mut self, e: usize, pair: &[f64]) {
+        let slot = self.slot(e);
+        if Self::ACCUMULATE {
+            slot.iter_mut().zip(pair).for_each(|(o, &p)| *o += p);
+        } else {
+            slot.copy_from_slice(pair);
+        }
+        self.commit(e);
+    }
     /// True when every edge's slot is the same one (a shared table's gradient), so a
     /// method may sum pair marginals in any factored form it likes before adding them.
     #[inline(always)]
@@ -179,6 +191,16 @@ impl<T: Real> EdgeSink for ToRows<'_, T> {
                 .iter_mut()
                 .zip(self.scratch.iter())
             {
+                *o = T::from_f64(x);
+            }
+        }
+    }
+    /// Converted straight into the edge's row (no copy through the scratch slot).
+    #[inline(always)]
+    fn put(&mut self, e: usize, pair: &[f64]) {
+        if let Some(rows) = self.rows.as_deref_mut() {
+            let cc = pair.len();
+            for (o, &x) in rows[e * cc..(e + 1) * cc].iter_mut().zip(pair) {
                 *o = T::from_f64(x);
             }
         }

@@ -33,6 +33,9 @@ pub trait Real:
     /// `e^x` for `x <= 0` in this precision, vectorisable; exactly 0 below the type's
     /// normal range and for −inf.
     fn exp_nonpos(self) -> Self;
+    /// For `x > 0` (normal): the power of two `s` with `x · s` in `[1/2, 1)`, from the
+    /// exponent bits alone (no division; `x · s` is exact); 0 for `x <= 0`.
+    fn recip_pow2(self) -> Self;
     /// This precision's copy among two copies of the same values.
     fn pick<'a>(wide: &'a [f64], narrow: &'a [f32]) -> &'a [Self];
 }
@@ -62,6 +65,16 @@ impl Real for f32 {
     #[inline(always)]
     fn exp_nonpos(self) -> f32 {
         exp_nonpos_f32(self)
+    }
+    #[inline(always)]
+    fn recip_pow2(self) -> f32 {
+        let e = (self.to_bits() >> 23) & 0xff;
+        let s = f32::from_bits(253u32.wrapping_sub(e) << 23);
+        if self > 0.0 {
+            s
+        } else {
+            0.0
+        }
     }
     #[inline(always)]
     fn pick<'a>(_: &'a [f64], narrow: &'a [f32]) -> &'a [f32] {
@@ -94,6 +107,16 @@ impl Real for f64 {
     #[inline(always)]
     fn exp_nonpos(self) -> f64 {
         exp(self)
+    }
+    #[inline(always)]
+    fn recip_pow2(self) -> f64 {
+        let e = (self.to_bits() >> 52) & 0x7ff;
+        let s = f64::from_bits(2045u64.wrapping_sub(e) << 52);
+        if self > 0.0 {
+            s
+        } else {
+            0.0
+        }
     }
     #[inline(always)]
     fn pick<'a>(wide: &'a [f64], _: &'a [f32]) -> &'a [f64] {

@@ -1057,8 +1057,10 @@ fn row_update_body<M: Real, A: Real>(
         // Normalise, damp, normalise again, measure, write: loops across the columns of
         // the row, each normalisation's scaling folded into the pass that follows it.
         let norm = &mut ws.norm[..len];
-        invert(norm);
         if damping > 0.0 {
+            // Before damping, messages need only be brought near sum 1 (the exact
+            // normalisation follows it): a power of two from the sum's exponent, no division.
+            norm.iter_mut().for_each(|s| *s = s.recip_pow2());
             for xo in 0..c {
                 let out = &mut ws.out[xo * w..xo * w + len];
                 // One colour at a time, the latest messages of the colour being drawn are
@@ -1071,8 +1073,8 @@ fn row_update_body<M: Real, A: Real>(
                 damp_row(out, norm, prev, &mut ws.damp[..len], damping);
             }
             column_sums(&ws.out, norm, c, w);
-            invert(norm);
         }
+        invert(norm);
         let norm = &ws.norm[..len];
         for xo in 0..c {
             let out = &ws.out[xo * w..xo * w + len];
@@ -1131,9 +1133,10 @@ fn row_update_body<M: Real, A: Real>(
 }
 
 crate::simd_dispatch! {
-    /// Damps the fresh messages `out · scale` (`scale`: each column's normaliser) towards
-    /// the previous ones `prev` by the geometric mixture `(out · scale)^(1 − d) · prev^d`
-    /// (damping in the log domain; renormalised by the caller). Branch-free ln/exp
+    /// Damps the fresh messages `out · scale` (`scale` brings each column's sum into
+    /// `[1/2, 1)`) towards the previous ones `prev` by the geometric mixture
+    /// `(out · scale)^(1 − d) · prev^d` (damping in the log domain; the caller normalises
+    /// afterwards, which removes the scale's leftover factor). Branch-free ln/exp
     /// (subnormals clamped to the smallest normal) keep the loops vectorised; f32
     /// messages are mixed at f32 precision (eight lanes; through the f32 scratch `tmp`
     /// when the update's arithmetic `A` is f64). Its own dispatch, so the update's code
@@ -1157,8 +1160,8 @@ fn damp_row_body<M: Real, A: Real>(
 ) {
     let keep = 1.0 - damping;
     if std::mem::size_of::<M>() == 4 {
-        // Normalised first (a normalised message is in f32's range wherever f32 messages
-        // are used), then mixed at f32 precision, eight lanes. (Every conversion below is
+        // Scaled first (entries then lie between half a normalised message and 1: in f32's
+        // range wherever f32 messages are used), then mixed at f32 precision, eight lanes. (Every conversion below is
         // the identity when `A` is f32.)
         let (k32, d32) = (keep as f32, damping as f32);
         if std::mem::size_of::<A>() == 4 {
@@ -1215,8 +1218,8 @@ fn mix_half(t: f32, p: f32) -> f32 {
     t.sqrt() * p.sqrt()
 }
 
-/// `t^keep · p^damping` of two normalised messages (both logs and the mixture are <= 0),
-/// 0 where either is.
+/// `t^keep · p^damping` of two messages with entries at most 1 (both logs and the
+/// mixture are <= 0), 0 where either is.
 #[inline(always)]
 fn mix_f32(t: f32, p: f32, keep: f32, damping: f32) -> f32 {
     let lo = ln_pos_f32(t.max(f32::MIN_POSITIVE));

@@ -24,7 +24,7 @@ use crate::simd_dispatch;
 /// Below this a probability-domain normaliser is recomputed in the log domain.
 const TINY: f64 = 1e-280;
 /// Pair entries per block of rows in the edge pass (bounds the pair buffers).
-const BLOCK_ENTRIES: usize = 1 << 21;
+const BLOCK_ENTRIES: usize = 1 << 16;
 
 /// Node beliefs and pair marginals handed to the sinks (nodes in order; edges in graph
 /// order within each block of rows, horizontal then vertical per row) and the Bethe
@@ -221,7 +221,7 @@ fn node_row_body<F: Real>(
     // Beliefs and the terms `shift_v + ln Z_v − Σ_x b(x) Σ_dir ln m_dir(x)`.
     let [ml, mr, mu, md] = m;
     let (ml, mr, mu, md) = (&*ml, &*mr, &*mu, &*md);
-    let inv: Vec<f64> = s.iter().map(|&v| 1.0 / v).collect();
+    let inv = mapped(&s, |v| 1.0 / v);
     let mut acc = vec![0.0; w];
     for x in 0..c {
         let k = x * w..(x + 1) * w;
@@ -276,6 +276,18 @@ fn edge_row_body<F: Real>(
     view.edge_row::<F>(r, vertical, pairs, terms)
 }
 
+/// `f` of every entry of `src`, in a loop that inlines into the caller's vectorised code
+/// (an iterator's `collect` is a function of its own, compiled without the caller's
+/// instruction set).
+#[inline(always)]
+fn mapped(src: &[f64], f: impl Fn(f64) -> f64) -> Vec<f64> {
+    let mut out = vec![0.0; src.len()];
+    for (o, &v) in out.iter_mut().zip(src) {
+        *o = f(v);
+    }
+    out
+}
+
 /// What the edge pass reads.
 struct View<'a> {
     p: &'a GridPotentials,
@@ -306,6 +318,7 @@ impl View<'_> {
     /// probability domain, each column scaled to maximum 1; returns the log of each
     /// column's scale (−inf for an all-zero column, left all zero). A product of `φ` and
     /// three messages: no exponentials, and inside f64's range (see `node_row`).
+    #[inline(always)]
     fn prob_cavity(&self, r: usize, skip: usize, out: &mut [f64]) -> Vec<f64> {
         let (c, w) = (self.p.c, self.p.w);
         let row = r * c * w..(r + 1) * c * w;
@@ -322,16 +335,13 @@ impl View<'_> {
                 *m = m.max(v);
             }
         }
-        let inv: Vec<f64> = mx
-            .iter()
-            .map(|&m| if m > 0.0 { 1.0 / m } else { 0.0 })
-            .collect();
+        let inv = mapped(&mx, |m| if m > 0.0 { 1.0 / m } else { 0.0 });
         for x in 0..c {
             for (v, &s) in out[x * w..(x + 1) * w].iter_mut().zip(&inv) {
                 *v *= s;
             }
         }
-        mx.iter().map(|&m| ln0(m)).collect()
+        mapped(&mx, ln0)
     }
 
     /// See [`edge_row`].
@@ -424,25 +434,20 @@ impl View<'_> {
         } else {
             1e-30
         };
-        let lnz: Vec<f64> = if std::mem::size_of::<F>() == 8 {
-            z.iter().map(|&v| ln_pos(v.max(TINY))).collect()
+        let lnz = if std::mem::size_of::<F>() == 8 {
+            mapped(&z, |v| ln_pos(v.max(TINY)))
         } else {
-            z.iter()
-                .map(|&v| ln_pos_f32(v.max(1e-30) as f32) as f64)
-                .collect()
+            mapped(&z, |v| ln_pos_f32(v.max(1e-30) as f32) as f64)
         };
         // 1/z where the probability-domain joint holds the edge (0 elsewhere: those
         // columns are redone in the log domain below).
-        let inv: Vec<f64> = z
-            .iter()
-            .map(|&v| {
-                if v >= tiny && v.is_finite() {
-                    1.0 / v
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let inv = mapped(&z, |v| {
+            if v >= tiny && v.is_finite() {
+                1.0 / v
+            } else {
+                0.0
+            }
+        });
         // The terms across the columns: `Σ_s p_s· ln m_{w→v}(s) + Σ_d p_·d ln m_{v→w}(d)`
         // from the unnormalised joint's row and column sums (a forbidden label has sum 0
         // and adds nothing, whatever its log message).

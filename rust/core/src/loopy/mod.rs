@@ -484,18 +484,6 @@ impl ItemWs {
     }
 }
 
-/// Hands `pair` to the sink for edge `e`.
-#[inline(always)]
-fn deliver<S: EdgeSink>(sink: &mut S, e: usize, pair: &[f64]) {
-    let slot = sink.slot(e);
-    if S::ACCUMULATE {
-        slot.iter_mut().zip(pair).for_each(|(o, &p)| *o += p);
-    } else {
-        slot.copy_from_slice(pair);
-    }
-    sink.commit(e);
-}
-
 /// `Σ p θ` over entries with `p > 0` (a forbidden entry has `p = 0` and adds nothing).
 #[inline(always)]
 fn expect(p: &[f64], theta: impl Iterator<Item = f64>) -> f64 {
@@ -948,7 +936,7 @@ fn bp_beliefs_body<T: Real, S: EdgeSink>(
         }
         for ((p, &t), &(_, k)) in pb.chunks_exact(cc).zip(tb.iter()).zip(block) {
             log_z += t;
-            deliver(sink, adj.edge[k as usize] as usize, p);
+            sink.put(adj.edge[k as usize] as usize, p);
         }
     }
     Ok(log_z)
@@ -1151,7 +1139,7 @@ fn mf_beliefs<T: Real, S: EdgeSink>(
             )));
         }
         log_z += en;
-        deliver(sink, e, &ws.pair);
+        sink.put(e, &ws.pair);
     }
     Ok(log_z)
 }
@@ -1228,7 +1216,7 @@ impl<T: Real> Inference<T> for Loopy<'_> {
                 pb.stop,
             )?;
             pb.stop.check()?;
-            let mut emit = |e: usize, p: &[f64]| deliver(edges, e, p);
+            let mut emit = |e: usize, p: &[f64]| edges.put(e, p);
             let fast =
                 crate::loopy::grid_beliefs::bp_beliefs(&gp, &mut grid_msgs, node_sink, &mut emit);
             let log_z = match fast {
