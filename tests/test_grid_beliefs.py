@@ -91,28 +91,43 @@ def test_float32_grid_path_agrees_with_float64_general_pass(damping, schedule):
 
 @pytest.mark.parametrize("node_span", [10.0, 45.0, 110.0])
 @pytest.mark.parametrize("table_span", [3.0, 12.0, 25.0])
-@pytest.mark.parametrize("shared", [False, True])
-def test_float32_arithmetic_holds_across_its_span_budget(node_span, table_span, shared):
-    # Float32 models whose tables satisfy 4 (table span + ln C) <= 80 run the updates in
-    # f32 arithmetic (improbable labels may underflow there, by design); wider tables in
-    # f64 (messages still stored in f32). Node spans up to 110 (potentials far below f32's
-    # range) and tables on both sides of that budget: every marginal above 1e-30 agrees
-    # with the float64 general pass to 1e-4 *relative* (observed ~7e-6), so an underflow
-    # that mattered would show even on labels of probability 1e-25.
+@pytest.mark.parametrize("form", ["per_edge", "shared", "potts", "weighted"])
+def test_float32_arithmetic_holds_across_its_span_budget(node_span, table_span, form):
+    # Float32 models whose tables satisfy 4 (table span + ln C) <= 80 (weighted edges: the
+    # largest weight times the table's span) run the updates in f32 arithmetic (improbable
+    # labels may underflow there, by design); wider tables in f64 (messages still stored in
+    # f32). Node spans up to 110 (potentials far below f32's range) and tables on both
+    # sides of that budget, per-edge, shared, weight x Potts (O(C) messages) and weight x
+    # a general table: every marginal above 1e-30 agrees with the float64 general pass to
+    # 1e-4 *relative* (observed ~1e-5), so an underflow that mattered would show even on
+    # labels of probability 1e-25.
     h, w, c = 9, 11, 3
-    g, sh, perm, _, _ = _pair(h, w, c, shared, np.float64, seed=int(node_span + table_span))
+    g, sh, perm, _, _ = _pair(h, w, c, False, np.float64, seed=int(node_span + table_span))
     rng = np.random.default_rng(int(node_span))
     s_n = rng.uniform(-node_span, 0.0, size=(1, h * w, c))
     s_n[0, np.arange(h * w), rng.integers(0, c, h * w)] = 0.0  # each node spans node_span
-    s_e = rng.uniform(0.0, table_span, size=(1, 1 if shared else g.num_edges, c, c))
-    s_n, s_e = s_n.astype(np.float32), s_e.astype(np.float32)
+    s_n = s_n.astype(np.float32)
+    if form in ("per_edge", "shared"):
+        tables = rng.uniform(
+            0.0, table_span, size=(1, 1 if form == "shared" else g.num_edges, c, c)
+        )
+        s_e = tables.astype(np.float32)
+        ref = (s_e if form == "shared" else s_e[:, perm]).astype(np.float64)
+    else:
+        weight = rng.uniform(0.2, 1.0, size=(1, g.num_edges)).astype(np.float32)
+        weight[0, 0] = 1.0  # the largest weight times the table's span is table_span
+        table = table_span * (np.eye(c) if form == "potts" else rng.uniform(0, 1, (c, c)))
+        table[np.unravel_index(np.argmax(table), table.shape)] = table_span
+        table[np.unravel_index(np.argmin(table), table.shape)] = 0.0
+        s_e = es.WeightedEdges(weight, table.astype(np.float32))
+        ref = es.WeightedEdges(
+            weight[:, perm].astype(np.float64), table.astype(np.float32).astype(np.float64)
+        )
     opts = dict(method="bp", max_iter=200, tol=1e-7, damping=0.5, schedule="parallel")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", es.ConvergenceWarning)
         a = es.infer(g, s_n, s_e, **opts)
-        b = es.infer(
-            sh, s_n.astype(np.float64), (s_e if shared else s_e[:, perm]).astype(np.float64), **opts
-        )
+        b = es.infer(sh, s_n.astype(np.float64), ref, **opts)
     np.testing.assert_allclose(a.log_z, b.log_z, rtol=1e-6, atol=0)
     for got, want in [
         (a.node_marginals, b.node_marginals),

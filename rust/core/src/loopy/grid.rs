@@ -111,12 +111,38 @@ pub(crate) struct Weighted {
     /// Horizontal weights `[r][col]` (col < w − 1, stride w) and vertical `[r][col]`.
     wh: Vec<f64>,
     wv: Vec<f64>,
-    /// `Some(Δ)` when `θ` is a Potts table (one value on the diagonal, another off it,
-    /// both finite): messages then cost O(C) per edge.
-    potts: Option<f64>,
+    /// When `θ` is a Potts table (one value on the diagonal, another off it, both
+    /// finite; messages then cost O(C) per edge): each edge's message coefficients (see
+    /// [`potts_messages`]), laid out like `wh` and `wv`: `(α, β)` horizontal, then
+    /// vertical. Made once per call, not at every sweep (an exponential per edge).
+    coef: Option<[Vec<f64>; 4]>,
 }
 
 impl Weighted {
+    /// Potts message coefficients of every edge: with `z = w Δ`, `(e^{−z}, 1 − e^{−z})` for
+    /// `z >= 0` and `(1, e^{z} − 1)` otherwise (no factor above 1).
+    fn potts_coefficients(wh: &[f64], wv: &[f64], delta: f64, low: bool) -> [Vec<f64>; 4] {
+        let split = |ws: &[f64]| -> (Vec<f64>, Vec<f64>) {
+            ws.iter()
+                .map(|&wi| {
+                    let z = wi * delta;
+                    let e = if low {
+                        exp_nonpos_f32(-(z.abs() as f32)) as f64
+                    } else {
+                        exp(-z.abs())
+                    };
+                    if z >= 0.0 {
+                        (e, 1.0 - e)
+                    } else {
+                        (1.0, e - 1.0)
+                    }
+                })
+                .unzip()
+        };
+        let ((ah, bh), (av, bv)) = (split(wh), split(wv));
+        [ah, bh, av, bv]
+    }
+
     /// Potentials `exp(w_i θ_k − max_k w_i θ_k)` of edge row `r` (horizontal or vertical)
     /// into `out[k][i]`, `k < C²`, `i < w`; a forbidden entry is 0 whatever the weight.
     #[inline(always)]
@@ -521,8 +547,8 @@ impl GridPotentials {
         let load = |e: usize, t: &mut [f64]| load_table(edges, rho, e, t);
         let (mut hshift, mut vshift) = (Vec::new(), Vec::new());
         let mut wtd = None;
-        // The widest table span (f32 arithmetic is not used with weighted tables).
-        let mut table_span = f64::INFINITY;
+        // The widest table span (for weighted edges: the largest weight times θ's span).
+        let table_span;
         let (horiz, vert) = if weighted {
             let mut theta = vec![0.0; cc];
             edges.unweighted(0, &mut theta);
@@ -555,6 +581,8 @@ impl GridPotentials {
             }
             let forbidden = theta.contains(&f64::NEG_INFINITY);
             f32_ok &= !forbidden && wmax * span <= SPAN_F32;
+            table_span = wmax * span;
+            let coef = potts.map(|d| Weighted::potts_coefficients(&wh, &wv, d, f32_ok));
             wtd = Some(Weighted {
                 theta,
                 low: f32_ok,
@@ -562,7 +590,7 @@ impl GridPotentials {
                 lo,
                 wh,
                 wv,
-                potts,
+                coef,
             });
             (Pots::F64(Vec::new()), Pots::F64(Vec::new()))
         } else if shared {
@@ -1009,12 +1037,12 @@ fn row_update_body<M: Real, A: Real>(
             FROM_RIGHT => r,
             _ => r - 1,
         };
-        if let Some((wt, delta)) = p.weighted.as_ref().and_then(|wt| Some((wt, wt.potts?))) {
-            let wr = if vertical { &wt.wv } else { &wt.wh };
-            let wr = &wr[tab_row * w..tab_row * w + len];
+        if let Some([ah, bh, av, bv]) = p.weighted.as_ref().and_then(|wt| wt.coef.as_ref()) {
+            let (a, b) = if vertical { (av, bv) } else { (ah, bh) };
+            let row = tab_row * w..tab_row * w + len;
             let geo = (c, w, len, src_off);
-            potts_messages(&ws.cav, &mut ws.out, &mut ws.pot, wr, delta, wt.low, geo);
-            column_sums(&ws.out, &mut ws.norm[..len], c, w);
+            let (out, sums) = (&mut ws.out[..], &mut ws.norm[..len]);
+            potts_messages(&ws.cav, out, sums, &a[row.clone()], &b[row], geo);
         } else {
             if let Some(wt) = &p.weighted {
                 // Made once per edge row and reused by the two directions that share it.
@@ -1232,50 +1260,46 @@ fn mix_f32(t: f32, p: f32, keep: f32, damping: f32) -> f32 {
     }
 }
 
-/// Messages across one edge row with Potts tables (a constant plus Δ on the diagonal, edge
-/// weight `wr[i]`): `m(x') ∝ Σ_x cav(x) + (e^{wΔ} − 1) cav(x')`, so O(C) work and one
-/// exponential per edge instead of C² of each. Scaled so that no factor exceeds 1: with
-/// `wΔ >= 0`, `m = e^{−wΔ} S + (1 − e^{−wΔ}) cav`; otherwise `m = S + (e^{wΔ} − 1) cav`.
-/// Kept out of line so the general update's code is not disturbed by it.
-#[inline(never)]
-fn potts_messages<A: Real>(
+crate::simd_dispatch! {
+    /// Messages across one edge row with Potts tables (a constant plus Δ on the diagonal,
+    /// edge weight `w`): `m(x') ∝ Σ_x cav(x) + (e^{wΔ} − 1) cav(x')`, so O(C) work per edge
+    /// instead of C². Scaled so that no factor exceeds 1: `m = α S + β cav` with the
+    /// edges' coefficients `alpha`, `beta` ([`Weighted::potts_coefficients`]); the
+    /// messages' column sums into `sums`. Its own dispatch, so the general update's code is
+    /// not disturbed by it.
+    fn potts_messages<A: Real>(
+        cav: &[A],
+        out: &mut [A],
+        sums: &mut [A],
+        alpha: &[f64],
+        beta: &[f64],
+        geo: (usize, usize, usize, usize),
+    ) -> () => potts_messages_body
+}
+
+#[inline(always)]
+fn potts_messages_body<A: Real>(
     cav: &[A],
     out: &mut [A],
-    scratch: &mut [f64],
-    wr: &[f64],
-    delta: f64,
-    low: bool,
+    sums: &mut [A],
+    alpha: &[f64],
+    beta: &[f64],
     (c, w, len, src_off): (usize, usize, usize, usize),
 ) {
-    let (sum, rest) = scratch.split_at_mut(w);
-    let (alpha, beta) = rest.split_at_mut(w);
-    sum[..len].fill(0.0);
+    let mut total = vec![A::ZERO; len];
     for x in 0..c {
         let cv = &cav[x * w + src_off..x * w + src_off + len];
-        sum[..len]
-            .iter_mut()
-            .zip(cv)
-            .for_each(|(s, &q)| *s += q.to_f64());
+        total.iter_mut().zip(cv).for_each(|(s, &q)| *s = *s + q);
     }
-    for ((a, b), &wi) in alpha.iter_mut().zip(beta.iter_mut()).zip(wr) {
-        let z = wi * delta;
-        let e = if low {
-            exp_nonpos_f32(-(z.abs() as f32)) as f64
-        } else {
-            exp(-z.abs())
-        };
-        (*a, *b) = if z >= 0.0 {
-            (e, 1.0 - e)
-        } else {
-            (1.0, e - 1.0)
-        };
-    }
+    sums.fill(A::ZERO);
     for xo in 0..c {
         let cv = &cav[xo * w + src_off..xo * w + src_off + len];
         let o = &mut out[xo * w..xo * w + len];
         for i in 0..len {
+            let (a, b) = (A::from_f64(alpha[i]), A::from_f64(beta[i]));
             // max(0): S − cav(x') may round below zero when Δ is very negative.
-            o[i] = A::from_f64((alpha[i] * sum[i] + beta[i] * cv[i].to_f64()).max(0.0));
+            o[i] = (a * total[i] + b * cv[i]).max(A::ZERO);
+            sums[i] = sums[i] + o[i];
         }
     }
 }
