@@ -42,6 +42,43 @@ def test_grid_beliefs_equal_the_general_pass(h, w, shared, schedule):
     np.testing.assert_allclose(a.edge_marginals[:, perm], b.edge_marginals, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("table", ["potts", "general", "forbidden"])
+@pytest.mark.parametrize("schedule", ["parallel", "checkerboard"])
+def test_weighted_edges_through_the_grid_belief_pass(table, schedule):
+    # Weight x table edges (negative weights included): the grid's belief pass makes each
+    # row's potentials as the sweeps do (Potts messages in O(C) per edge); marginals, log Z
+    # and the gradients of the weights and of the table equal the general pass's.
+    h, w, c = 6, 7, 4
+    g = es.Graph.grid(h, w)
+    rng = np.random.default_rng(11)
+    perm = rng.permutation(g.num_edges)
+    sh = es.Graph(h * w, g.edges[perm])
+    s_n = rng.normal(size=(2, h * w, c))
+    weight = rng.uniform(-0.5, 1.5, size=(2, g.num_edges))
+    theta = 1.5 * np.eye(c) if table == "potts" else rng.normal(size=(c, c))
+    if table == "forbidden":
+        theta[0, 1] = -np.inf
+    y = rng.integers(0, c, (2, h * w))
+    opts = dict(method="bp", max_iter=80, tol=1e-10, damping=0.3, schedule=schedule)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", es.ConvergenceWarning)
+        a = es.infer(g, s_n, es.WeightedEdges(weight, theta), **opts)
+        b = es.infer(sh, s_n, es.WeightedEdges(weight[:, perm], theta), **opts)
+        la, gna, gea = es.loss_and_grad(g, s_n, es.WeightedEdges(weight, theta), y, **opts)
+        lb, gnb, geb = es.loss_and_grad(
+            sh, s_n, es.WeightedEdges(weight[:, perm], theta), y, **opts
+        )
+    np.testing.assert_allclose(a.log_z, b.log_z, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(a.node_marginals, b.node_marginals, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(a.edge_marginals[:, perm], b.edge_marginals, rtol=0, atol=1e-10)
+    if table == "forbidden":
+        assert np.all(a.edge_marginals[..., 0, 1] == 0)
+    np.testing.assert_allclose(la, lb, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(gna, gnb, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(gea.weight[:, perm], geb.weight, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(gea.table, geb.table, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-4), (np.float64, 1e-10)])
 @pytest.mark.parametrize("forbid", [False, True])
 def test_grid_beliefs_with_forbidden_entries_and_both_dtypes(dtype, tol, forbid):

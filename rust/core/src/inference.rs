@@ -237,6 +237,28 @@ struct WeightedGrad<'a, 'b, T> {
     grad_table: &'a mut [f64],
 }
 
+impl<T: Real> WeightedGrad<'_, '_, T> {
+    /// Edge `e`'s pair marginal into both gradients.
+    #[inline(always)]
+    fn add(
+        grad_table: &mut [f64],
+        grad_weight: &mut [f64],
+        table: &[f64],
+        w: f64,
+        e: usize,
+        pair: &[f64],
+    ) {
+        // Four partial sums, so the dot product need not run one entry at a time.
+        let mut dot = [0.0f64; 4];
+        for (i, ((g, &p), &t)) in grad_table.iter_mut().zip(pair).zip(table).enumerate() {
+            *g += w * p;
+            // A forbidden pair has marginal 0: it adds nothing to the weight's gradient.
+            dot[i % 4] += if p != 0.0 { p * t } else { 0.0 };
+        }
+        grad_weight[e] += (dot[0] + dot[1]) + (dot[2] + dot[3]);
+    }
+}
+
 impl<T: Real> EdgeSink for WeightedGrad<'_, '_, T> {
     const ACCUMULATE: bool = false;
     #[inline(always)]
@@ -246,20 +268,20 @@ impl<T: Real> EdgeSink for WeightedGrad<'_, '_, T> {
     #[inline(always)]
     fn commit(&mut self, e: usize) {
         let w = self.edges.weight(e);
-        let mut dot = 0.0;
-        for ((g, &p), &t) in self
-            .grad_table
-            .iter_mut()
-            .zip(self.scratch.iter())
-            .zip(self.table)
-        {
-            *g += w * p;
-            // A forbidden pair has marginal 0: it adds nothing to the weight's gradient.
-            if p != 0.0 {
-                dot += p * t;
-            }
-        }
-        self.grad_weight[e] += dot;
+        Self::add(
+            self.grad_table,
+            self.grad_weight,
+            self.table,
+            w,
+            e,
+            self.scratch,
+        );
+    }
+    /// Straight from the pair (no copy through the scratch slot).
+    #[inline(always)]
+    fn put(&mut self, e: usize, pair: &[f64]) {
+        let w = self.edges.weight(e);
+        Self::add(self.grad_table, self.grad_weight, self.table, w, e, pair);
     }
 }
 

@@ -169,6 +169,47 @@ impl Weighted {
             }
         }
     }
+
+    /// Edge row `r`'s potentials `[k][col]` (see [`Self::fill`]) and their shifts
+    /// (see [`Self::row_shifts`]), for the belief pass.
+    #[inline(always)]
+    pub(crate) fn row_potentials(
+        &self,
+        vertical: bool,
+        r: usize,
+        w: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut pots = vec![0.0; self.theta.len() * w];
+        self.fill(vertical, r, w, &mut pots);
+        (pots, self.row_shifts(vertical, r, w))
+    }
+
+    /// The shifts `max_k w θ_k` of edge row `r`'s potentials, per column (0 for a table
+    /// with no finite entry).
+    #[inline(always)]
+    pub(crate) fn row_shifts(&self, vertical: bool, r: usize, w: usize) -> Vec<f64> {
+        let wr = if vertical { &self.wv } else { &self.wh };
+        let finite = self.hi > f64::NEG_INFINITY;
+        let mut out = vec![0.0; w];
+        for (o, &wi) in out.iter_mut().zip(&wr[r * w..(r + 1) * w]) {
+            *o = if finite {
+                (wi * self.hi).max(wi * self.lo)
+            } else {
+                0.0
+            };
+        }
+        out
+    }
+
+    /// For a Potts table: edge row `r`'s coefficients `(α, β)`, with which its potentials
+    /// are `ψ(a, b) = α + β [a = b]` exactly (relative to the shifts of
+    /// [`Self::row_shifts`]): no exponentials.
+    #[inline(always)]
+    pub(crate) fn potts_row(&self, vertical: bool, r: usize, w: usize) -> Option<(&[f64], &[f64])> {
+        let [ah, bh, av, bv] = self.coef.as_ref()?;
+        let (a, b) = if vertical { (av, bv) } else { (ah, bh) };
+        Some((&a[r * w..(r + 1) * w], &b[r * w..(r + 1) * w]))
+    }
 }
 
 /// Edge `e`'s scores (θ / ρ for TRW) into `t`, `[first, second]`: `None` when their span

@@ -12,7 +12,7 @@
 //! - edge term `E_p[θ_e] − I(p) = shift_e + ln Z_e − ln Z_v − ln Z_w + Σ_s p_s· ln m_{w→v}(s)
 //!   + Σ_d p_·d ln m_{v→w}(d)`, with `p ∝ cav_v ψ cav_w`, `ψ = exp(θ_e − shift_e)`.
 //!
-//! BP with per-edge or shared tables; TRW and weighted edges keep the general pass.
+//! BP with per-edge, shared or weighted tables; TRW keeps the general pass.
 
 use rayon::prelude::*;
 
@@ -36,7 +36,7 @@ pub fn bp_beliefs(
     node_sink: &mut dyn FnMut(usize, &[f64]),
     edge_sink: &mut dyn FnMut(usize, &[f64]),
 ) -> Option<f64> {
-    if p.rho.is_some() || p.weighted.is_some() {
+    if p.rho.is_some() {
         return None;
     }
     let (h, w, c) = (p.h, p.w, p.c);
@@ -86,7 +86,11 @@ pub fn bp_beliefs(
     // last row) its w vertical edges to row r + 1.
     let cc = c * c;
     let per_row = (2 * w - 1) * cc;
-    let rows_per_block = (BLOCK_ENTRIES / per_row.max(1)).clamp(1, h);
+    // (At least two rows per thread: wide rows of large tables would otherwise leave the
+    // pass one row, one thread, at a time.)
+    let rows_per_block = (BLOCK_ENTRIES / per_row.max(1))
+        .max(2 * rayon::current_num_threads())
+        .clamp(1, h);
     let n_h = h * (w - 1);
     let view = View {
         p,
@@ -373,57 +377,116 @@ impl View<'_> {
         } else {
             (&p.horiz, &p.hshift)
         };
+        // Weighted edges: a Potts table's potentials are α + β [a = b] per edge (no
+        // exponentials); a general table's row is made here, as the sweeps make it.
+        let potts = p
+            .weighted
+            .as_ref()
+            .and_then(|wt| wt.potts_row(vertical, r, w));
+        let wrow = match (&p.weighted, potts) {
+            (Some(wt), None) => Some(wt.row_potentials(vertical, r, w)),
+            _ => None,
+        };
+        let wshift = match (&p.weighted, &wrow) {
+            (Some(wt), None) => Some(wt.row_shifts(vertical, r, w)),
+            _ => None,
+        };
         let psi = |k: usize, col: usize| -> f64 {
-            if p.shared {
-                tabs.get(k)
-            } else {
-                tabs.get((r * cc + k) * w + col)
+            match (&wrow, potts) {
+                (_, Some((a, b))) => a[col] + if k % (c + 1) == 0 { b[col] } else { 0.0 },
+                (Some((pots, _)), _) => pots[k * w + col],
+                _ if p.shared => tabs.get(k),
+                _ => tabs.get((r * cc + k) * w + col),
             }
         };
-        let shift_e = |col: usize| {
-            if p.shared {
-                shifts[0]
-            } else {
-                shifts[r * w + col]
-            }
+        let shift_e = |col: usize| match (&wrow, &wshift) {
+            (Some((_, sh)), _) | (_, Some(sh)) => sh[col],
+            _ if p.shared => shifts[0],
+            _ => shifts[r * w + col],
         };
-        // Joint, unnormalised, class-pair-major over the columns.
-        let mut joint = vec![0.0; cc * len];
+        // The joint's normaliser z and its row and column sums (`[s][col]`, `[d][col]`),
+        // unnormalised; the joint itself, class-pair-major, unless the table is Potts.
         let mut z = vec![0.0; len];
-        for s in 0..c {
-            let qv = &xv[s * w..s * w + len];
-            for d in 0..c {
-                let k = s * c + d;
-                let qu = &xu[d * w + off..d * w + off + len];
-                let out = &mut joint[k * len..(k + 1) * len];
-                let row = (r * cc + k) * w..(r * cc + k) * w + len;
-                match tabs {
-                    _ if p.shared => {
-                        let t = tabs.get(k);
-                        for col in 0..len {
-                            out[col] = qv[col] * t * qu[col];
-                        }
-                    }
-                    Pots::F64(v) => {
-                        for ((o, &t), (&a, &b)) in
-                            out.iter_mut().zip(&v[row]).zip(qv.iter().zip(qu))
-                        {
-                            *o = a * t * b;
-                        }
-                    }
-                    Pots::F32(v) => {
-                        for ((o, &t), (&a, &b)) in
-                            out.iter_mut().zip(&v[row]).zip(qv.iter().zip(qu))
-                        {
-                            *o = a * t as f64 * b;
-                        }
-                    }
-                }
-                for (zz, &o) in z.iter_mut().zip(out.iter()) {
-                    *zz += o;
+        let (mut rows, mut cols) = (vec![0.0; c * len], vec![0.0; c * len]);
+        let joint = if let Some((a, b)) = potts {
+            // p(s, d) ∝ qv(s) qu(d) (α + β [s = d]): every sum in O(C) per edge.
+            let (mut sv, mut su, mut dot) = (vec![0.0; len], vec![0.0; len], vec![0.0; len]);
+            for x in 0..c {
+                let (qv, qu) = (&xv[x * w..x * w + len], &xu[x * w + off..x * w + off + len]);
+                for col in 0..len {
+                    sv[col] += qv[col];
+                    su[col] += qu[col];
+                    dot[col] += qv[col] * qu[col];
                 }
             }
-        }
+            for col in 0..len {
+                z[col] = a[col] * sv[col] * su[col] + b[col] * dot[col];
+            }
+            for x in 0..c {
+                let (qv, qu) = (&xv[x * w..x * w + len], &xu[x * w + off..x * w + off + len]);
+                let (rs, cs) = (
+                    &mut rows[x * len..(x + 1) * len],
+                    &mut cols[x * len..(x + 1) * len],
+                );
+                for col in 0..len {
+                    rs[col] = qv[col] * (a[col] * su[col] + b[col] * qu[col]);
+                    cs[col] = qu[col] * (a[col] * sv[col] + b[col] * qv[col]);
+                }
+            }
+            None
+        } else {
+            let mut joint = vec![0.0; cc * len];
+            for s in 0..c {
+                let qv = &xv[s * w..s * w + len];
+                for d in 0..c {
+                    let k = s * c + d;
+                    let qu = &xu[d * w + off..d * w + off + len];
+                    let out = &mut joint[k * len..(k + 1) * len];
+                    let row = (r * cc + k) * w..(r * cc + k) * w + len;
+                    match tabs {
+                        _ if wrow.is_some() => {
+                            let pots = &wrow.as_ref().expect("weighted").0[k * w..k * w + len];
+                            for ((o, &t), (&a, &b)) in
+                                out.iter_mut().zip(pots).zip(qv.iter().zip(qu))
+                            {
+                                *o = a * t * b;
+                            }
+                        }
+                        _ if p.shared => {
+                            let t = tabs.get(k);
+                            for col in 0..len {
+                                out[col] = qv[col] * t * qu[col];
+                            }
+                        }
+                        Pots::F64(v) => {
+                            for ((o, &t), (&a, &b)) in
+                                out.iter_mut().zip(&v[row]).zip(qv.iter().zip(qu))
+                            {
+                                *o = a * t * b;
+                            }
+                        }
+                        Pots::F32(v) => {
+                            for ((o, &t), (&a, &b)) in
+                                out.iter_mut().zip(&v[row]).zip(qv.iter().zip(qu))
+                            {
+                                *o = a * t as f64 * b;
+                            }
+                        }
+                    }
+                    for (((zz, rs), cs), &o) in z
+                        .iter_mut()
+                        .zip(rows[s * len..(s + 1) * len].iter_mut())
+                        .zip(cols[d * len..(d + 1) * len].iter_mut())
+                        .zip(out.iter())
+                    {
+                        *zz += o;
+                        *rs += o;
+                        *cs += o;
+                    }
+                }
+            }
+            Some(joint)
+        };
         let (lm_v, lm_u) = (
             &self.lnm[skip_v * self.n + r * c * w..],
             &self.lnm[skip_u * self.n + ru * c * w..],
@@ -452,26 +515,23 @@ impl View<'_> {
         // from the unnormalised joint's row and column sums (a forbidden label has sum 0
         // and adds nothing, whatever its log message).
         let mut acc = vec![0.0; len];
-        let mut part = vec![0.0; len];
-        for (s_or_d, by_rows) in (0..c).map(|i| (i, true)).chain((0..c).map(|i| (i, false))) {
-            part.fill(0.0);
-            for j in 0..c {
-                let k = if by_rows {
-                    s_or_d * c + j
+        for x in 0..c {
+            let (rs, cs) = (&rows[x * len..(x + 1) * len], &cols[x * len..(x + 1) * len]);
+            let (lv, lu) = (
+                &lm_v[x * w..x * w + len],
+                &lm_u[x * w + off..x * w + off + len],
+            );
+            for col in 0..len {
+                acc[col] += if rs[col] > 0.0 {
+                    rs[col] * lv[col]
                 } else {
-                    j * c + s_or_d
+                    0.0
                 };
-                for (q, &v) in part.iter_mut().zip(&joint[k * len..(k + 1) * len]) {
-                    *q += v;
-                }
-            }
-            let lm = if by_rows {
-                &lm_v[s_or_d * w..s_or_d * w + len]
-            } else {
-                &lm_u[s_or_d * w + off..s_or_d * w + off + len]
-            };
-            for ((a, &q), &l) in acc.iter_mut().zip(&part).zip(lm) {
-                *a += if q > 0.0 { q * l } else { 0.0 };
+                acc[col] += if cs[col] > 0.0 {
+                    cs[col] * lu[col]
+                } else {
+                    0.0
+                };
             }
         }
         let (lz_v, lz_u) = (&self.lz[r * w..r * w + len], &self.lz[ru * w + off..]);
@@ -479,10 +539,30 @@ impl View<'_> {
             terms[col] = shift_e(col) + mv[col] + mu[col + off] + lnz[col] - lz_v[col] - lz_u[col]
                 + acc[col] * inv[col];
         }
-        for (col, pc) in pairs.chunks_exact_mut(cc).take(len).enumerate() {
-            for (k, o) in pc.iter_mut().enumerate() {
-                *o = joint[k * len + col] * inv[col];
+        match (&joint, potts) {
+            (Some(joint), _) => {
+                for (col, pc) in pairs.chunks_exact_mut(cc).take(len).enumerate() {
+                    for (k, o) in pc.iter_mut().enumerate() {
+                        *o = joint[k * len + col] * inv[col];
+                    }
+                }
             }
+            (None, Some((a, b))) => {
+                let mut quc = vec![0.0; c];
+                for (col, pc) in pairs.chunks_exact_mut(cc).take(len).enumerate() {
+                    for (d, q) in quc.iter_mut().enumerate() {
+                        *q = xu[d * w + off + col];
+                    }
+                    for (s, prow) in pc.chunks_exact_mut(c).enumerate() {
+                        let f = xv[s * w + col] * inv[col];
+                        for (o, &q) in prow.iter_mut().zip(&quc) {
+                            *o = f * q * a[col];
+                        }
+                        prow[s] += f * quc[s] * b[col];
+                    }
+                }
+            }
+            (None, None) => unreachable!("the joint is made unless the table is Potts"),
         }
         for col in (0..len).filter(|&col| inv[col] == 0.0) {
             // Exact log-domain joint for this edge (rare: a tiny normaliser).
