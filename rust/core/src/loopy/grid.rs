@@ -790,25 +790,13 @@ pub struct RowWs<A> {
     pot: Vec<f64>,
     pot_at: Option<(bool, usize)>,
     norm: Vec<A>,
+    sums: Vec<A>,
     /// f32 scratch row for damping f32 messages computed in f64.
     damp: Vec<f32>,
     a: Vec<A>,
     b: Vec<A>,
     cav: Vec<A>,
     out: Vec<A>,
-}
-
-/// `sums[i] = Σ_x out[x][i]` for each column `i < sums.len()` of the class-major block
-/// `out` (row stride `w`).
-#[inline(always)]
-fn column_sums<A: Real>(out: &[A], sums: &mut [A], c: usize, w: usize) {
-    let len = sums.len();
-    sums.copy_from_slice(&out[..len]);
-    for xo in 1..c {
-        for (s, &v) in sums.iter_mut().zip(&out[xo * w..xo * w + len]) {
-            *s = *s + v;
-        }
-    }
 }
 
 /// `s = 1 / s`, and 0 for a zero sum (every label forbidden: the column then stays zero
@@ -1125,11 +1113,12 @@ fn row_update_body<M: Real, A: Real>(
         }
         // Normalise, damp, normalise again, measure, write: loops across the columns of
         // the row, each normalisation's scaling folded into the pass that follows it.
-        let norm = &mut ws.norm[..len];
+        let (norm, sums) = (&mut ws.norm[..len], &mut ws.sums[..len]);
         if damping > 0.0 {
             // Before damping, messages need only be brought near sum 1 (the exact
             // normalisation follows it): a power of two from the sum's exponent, no division.
             norm.iter_mut().for_each(|s| *s = s.recip_pow2());
+            sums.fill(A::ZERO);
             for xo in 0..c {
                 let out = &mut ws.out[xo * w..xo * w + len];
                 // One colour at a time, the latest messages of the colour being drawn are
@@ -1139,9 +1128,10 @@ fn row_update_body<M: Real, A: Real>(
                     Some(_) => unsafe { new.span(dir, tr, xo, c, w, dst_off, len) },
                     None => &old.row(dir, tr, xo, c, w)[dst_off..dst_off + len],
                 };
-                damp_row(out, norm, prev, &mut ws.damp[..len], damping);
+                damp_row(out, norm, sums, prev, &mut ws.damp[..len], damping);
             }
-            column_sums(&ws.out, norm, c, w);
+            // The damped messages' sums, taken as they were written.
+            norm.copy_from_slice(sums);
         }
         invert(norm);
         let norm = &ws.norm[..len];
@@ -1213,6 +1203,7 @@ crate::simd_dispatch! {
     fn damp_row<M: Real, A: Real>(
         out: &mut [A],
         scale: &[A],
+        sums: &mut [A],
         prev: &[M],
         tmp: &mut [f32],
         damping: f64,
@@ -1223,28 +1214,39 @@ crate::simd_dispatch! {
 fn damp_row_body<M: Real, A: Real>(
     out: &mut [A],
     scale: &[A],
+    sums: &mut [A],
     prev: &[M],
     tmp: &mut [f32],
     damping: f64,
 ) {
     let keep = 1.0 - damping;
+    // Each damped entry is also added into its column's sum (the normalisation that
+    // follows needs them; no second pass over the row).
+    let put = |o: &mut A, sum: &mut A, v: f64| {
+        *o = A::from_f64(v);
+        *sum = *sum + *o;
+    };
     if std::mem::size_of::<M>() == 4 {
         // Scaled first (entries then lie between half a normalised message and 1: in f32's
-        // range wherever f32 messages are used), then mixed at f32 precision, eight lanes. (Every conversion below is
-        // the identity when `A` is f32.)
+        // range wherever f32 messages are used), then mixed at f32 precision, eight lanes.
+        // (Every conversion below is the identity when `A` is f32.)
         let (k32, d32) = (keep as f32, damping as f32);
         if std::mem::size_of::<A>() == 4 {
+            let rows = out
+                .iter_mut()
+                .zip(sums.iter_mut())
+                .zip(scale.iter().zip(prev));
             if damping == 0.5 {
                 // √(t·p): one root. f32 arithmetic runs only where every message entry is
                 // at least e^-20 (see `F32_BUDGET`), so the product is a normal number.
-                for ((o, &s), &p) in out.iter_mut().zip(scale).zip(prev) {
+                for ((o, sum), (&s, &p)) in rows {
                     let t = ((*o * s).to_f64() as f32 * p.to_f64() as f32).sqrt();
-                    *o = A::from_f64(t as f64);
+                    put(o, sum, t as f64);
                 }
             } else {
-                for ((o, &s), &p) in out.iter_mut().zip(scale).zip(prev) {
+                for ((o, sum), (&s, &p)) in rows {
                     let t = mix_f32((*o * s).to_f64() as f32, p.to_f64() as f32, k32, d32);
-                    *o = A::from_f64(t as f64);
+                    put(o, sum, t as f64);
                 }
             }
             return;
@@ -1261,20 +1263,28 @@ fn damp_row_body<M: Real, A: Real>(
                 *t = mix_f32(*t, p.to_f64() as f32, k32, d32);
             }
         }
-        for (o, &t) in out.iter_mut().zip(tmp.iter()) {
-            *o = A::from_f64(t as f64);
+        for ((o, sum), &t) in out.iter_mut().zip(sums.iter_mut()).zip(tmp.iter()) {
+            put(o, sum, t as f64);
         }
     } else if damping == 0.5 {
-        for ((o, &s), &p) in out.iter_mut().zip(scale).zip(prev) {
-            *o = A::from_f64((*o * s).to_f64().sqrt() * p.to_f64().sqrt());
+        for ((o, sum), (&s, &p)) in out
+            .iter_mut()
+            .zip(sums.iter_mut())
+            .zip(scale.iter().zip(prev))
+        {
+            put(o, sum, (*o * s).to_f64().sqrt() * p.to_f64().sqrt());
         }
     } else {
-        for ((o, &s), &p) in out.iter_mut().zip(scale).zip(prev) {
+        for ((o, sum), (&s, &p)) in out
+            .iter_mut()
+            .zip(sums.iter_mut())
+            .zip(scale.iter().zip(prev))
+        {
             let (o1, p) = ((*o * s).to_f64(), p.to_f64());
             let lo = ln_pos(o1.max(f64::MIN_POSITIVE));
             let lp = ln_pos(p.max(f64::MIN_POSITIVE));
             let v = exp(lo * keep + lp * damping);
-            *o = A::from_f64(if o1 > 0.0 && p > 0.0 { v } else { 0.0 });
+            put(o, sum, if o1 > 0.0 && p > 0.0 { v } else { 0.0 });
         }
     }
 }
@@ -1356,6 +1366,7 @@ impl<A: Real> RowWs<A> {
             },
             pot_at: None,
             norm: vec![A::ZERO; w],
+            sums: vec![A::ZERO; w],
             damp: vec![0.0; w],
             a: vec![A::ZERO; c * w],
             b: vec![A::ZERO; c * w],
