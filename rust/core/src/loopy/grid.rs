@@ -426,12 +426,9 @@ fn row_f32<T: Real, P: Real>(
         low &= !f;
         *shift = *h as f64;
     }
-    for (k, row) in t.chunks_exact_mut(count).enumerate() {
-        for (x, &m) in row.iter_mut().zip(&hi) {
-            *x = exp_nonpos_f32(*x - m);
-        }
-        for (d, &x) in out[k * w..k * w + count].iter_mut().zip(row.iter()) {
-            *d = P::from_f64(x as f64);
+    for (k, row) in t.chunks_exact(count).enumerate() {
+        for ((d, &x), &m) in out[k * w..k * w + count].iter_mut().zip(row).zip(&hi) {
+            *d = P::from_f64(exp_nonpos_f32(x - m) as f64);
         }
     }
     Some((low, widest))
