@@ -56,12 +56,25 @@ pub trait EdgeSink {
         }
         self.commit(e);
     }
+    /// The output rows `(E, C, C)` themselves, when this sink only stores pair marginals
+    /// in the caller's precision: a method may then write them from parallel tasks, each
+    /// edge's row by the one task that computed it, instead of through [`Self::put`].
+    #[inline(always)]
+    fn direct_rows(&mut self) -> Option<DirectRows<'_>> {
+        None
+    }
     /// True when every edge's slot is the same one (a shared table's gradient), so a
     /// method may sum pair marginals in any factored form it likes before adding them.
     #[inline(always)]
     fn shared_slot(&self) -> bool {
         false
     }
+}
+
+/// Pair-marginal output rows in the caller's precision (see [`EdgeSink::direct_rows`]).
+pub enum DirectRows<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
 }
 
 /// An inference method, as the drivers see it.
@@ -202,6 +215,29 @@ impl<T: Real> EdgeSink for ToRows<'_, T> {
             let cc = pair.len();
             for (o, &x) in rows[e * cc..(e + 1) * cc].iter_mut().zip(pair) {
                 *o = T::from_f64(x);
+            }
+        }
+    }
+    #[inline(always)]
+    fn direct_rows(&mut self) -> Option<DirectRows<'_>> {
+        let rows = self.rows.as_deref_mut()?;
+        let (ptr, len) = (rows.as_mut_ptr(), rows.len());
+        let id = std::any::TypeId::of::<T>();
+        // SAFETY: `T` is the type named by the `TypeId` just compared, so the slice is
+        // reinterpreted as itself; it keeps the borrow of `self.rows`.
+        unsafe {
+            if id == std::any::TypeId::of::<f32>() {
+                Some(DirectRows::F32(std::slice::from_raw_parts_mut(
+                    ptr as *mut f32,
+                    len,
+                )))
+            } else if id == std::any::TypeId::of::<f64>() {
+                Some(DirectRows::F64(std::slice::from_raw_parts_mut(
+                    ptr as *mut f64,
+                    len,
+                )))
+            } else {
+                None
             }
         }
     }

@@ -16,6 +16,8 @@
 
 use rayon::prelude::*;
 
+use crate::inference::DirectRows;
+use crate::kernels::batch::Rows;
 use crate::kernels::logspace::{exp, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
 use crate::loopy::grid::{ln0, GridPotentials, Pots, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP};
@@ -35,6 +37,7 @@ pub fn bp_beliefs(
     msgs: &mut [f64],
     node_sink: &mut dyn FnMut(usize, &[f64]),
     edge_sink: &mut dyn FnMut(usize, &[f64]),
+    direct: Option<DirectRows<'_>>,
 ) -> Option<f64> {
     if p.rho.is_some() {
         return None;
@@ -82,8 +85,34 @@ pub fn bp_beliefs(
         log_z += t;
         node_sink(v, &bel[v * c..(v + 1) * c]);
     }
-    // Edge pass in blocks of rows: row r carries its w − 1 horizontal edges and (above the
-    // last row) its w vertical edges to row r + 1.
+    let view = View {
+        p,
+        lnm: &lnm,
+        msgs,
+        lz: &lz,
+        n,
+    };
+    let log_z = match direct {
+        Some(DirectRows::F32(out)) => edge_pass(&view, Some(out), edge_sink, log_z),
+        Some(DirectRows::F64(out)) => edge_pass(&view, Some(out), edge_sink, log_z),
+        None => edge_pass::<f64>(&view, None, edge_sink, log_z),
+    };
+    Some(log_z)
+}
+
+/// The edge pass: pair marginals and the edge terms of log Z (added to `log_z`), in blocks
+/// of rows, one row per task: row r carries its w − 1 horizontal edges and (above the last
+/// row) its w vertical edges to row r + 1. With `out` (the output rows, edges in graph
+/// order) each task writes its edges' rows itself; otherwise `edge_sink` takes them in
+/// order.
+fn edge_pass<U: Real>(
+    view: &View<'_>,
+    out: Option<&mut [U]>,
+    edge_sink: &mut dyn FnMut(usize, &[f64]),
+    mut log_z: f64,
+) -> f64 {
+    let p = view.p;
+    let (h, w, c) = (p.h, p.w, p.c);
     let cc = c * c;
     let per_row = (2 * w - 1) * cc;
     // (At least two rows per thread: wide rows of large tables would otherwise leave the
@@ -92,13 +121,10 @@ pub fn bp_beliefs(
         .max(2 * rayon::current_num_threads())
         .clamp(1, h);
     let n_h = h * (w - 1);
-    let view = View {
-        p,
-        lnm: &lnm,
-        msgs,
-        lz: &lz,
-        n,
-    };
+    let direct = out.map(|o| {
+        let (oh, ov) = o.split_at_mut(n_h * cc);
+        (Rows::new(oh, (w - 1) * cc), Rows::new(ov, w * cc))
+    });
     let mut pairs = vec![0.0; rows_per_block * per_row];
     let mut eterms = vec![0.0; rows_per_block * (2 * w - 1)];
     for r0 in (0..h).step_by(rows_per_block) {
@@ -118,29 +144,48 @@ pub fn bp_beliefs(
                         continue;
                     }
                     if single {
-                        edge_row::<f32>(&view, r, vertical, pr, tr);
+                        edge_row::<f32>(view, r, vertical, pr, tr);
                     } else {
-                        edge_row::<f64>(&view, r, vertical, pr, tr);
+                        edge_row::<f64>(view, r, vertical, pr, tr);
+                    }
+                    if let Some((oh, ov)) = &direct {
+                        // SAFETY: row r's horizontal (vertical) edges are written by this
+                        // task only.
+                        let o = unsafe {
+                            if vertical {
+                                ov.get(r)
+                            } else {
+                                oh.get(r)
+                            }
+                        };
+                        for (o, &x) in o.iter_mut().zip(pr.iter()) {
+                            *o = U::from_f64(x);
+                        }
                     }
                 }
             });
         for i in 0..k {
             let r = r0 + i;
             let (pr, tr) = (&pairs[i * per_row..], &eterms[i * (2 * w - 1)..]);
+            let live = w - 1 + if r + 1 < h { w } else { 0 };
+            for &t in &tr[..live] {
+                log_z += t;
+            }
+            if direct.is_some() {
+                continue;
+            }
             for col in 0..w - 1 {
-                log_z += tr[col];
                 edge_sink(r * (w - 1) + col, &pr[col * cc..(col + 1) * cc]);
             }
             if r + 1 < h {
                 for col in 0..w {
-                    log_z += tr[w - 1 + col];
                     let at = ((w - 1) + col) * cc;
                     edge_sink(n_h + r * w + col, &pr[at..at + cc]);
                 }
             }
         }
     }
-    Some(log_z)
+    log_z
 }
 
 /// The pass's logarithms and exponentials at the model's precision `F`: f32 (eight lanes,

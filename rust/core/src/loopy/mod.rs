@@ -1216,9 +1216,21 @@ impl<T: Real> Inference<T> for Loopy<'_> {
                 pb.stop,
             )?;
             pb.stop.check()?;
-            let mut emit = |e: usize, p: &[f64]| edges.put(e, p);
-            let fast =
-                crate::loopy::grid_beliefs::bp_beliefs(&gp, &mut grid_msgs, node_sink, &mut emit);
+            let fast = match edges.direct_rows() {
+                // Pair marginals written into the output rows by the parallel tasks.
+                Some(rows) => crate::loopy::grid_beliefs::bp_beliefs(
+                    &gp,
+                    &mut grid_msgs,
+                    node_sink,
+                    &mut |_, _| {},
+                    Some(rows),
+                ),
+                None => {
+                    let mut emit = |e: usize, p: &[f64]| edges.put(e, p);
+                    let msgs = &mut grid_msgs;
+                    crate::loopy::grid_beliefs::bp_beliefs(&gp, msgs, node_sink, &mut emit, None)
+                }
+            };
             let log_z = match fast {
                 Some(z) => z,
                 None => {
