@@ -580,9 +580,12 @@ impl View<'_> {
             }
         }
         let (lz_v, lz_u) = (&self.lz[r * w..r * w + len], &self.lz[ru * w + off..]);
+        // The shifts as one row first, so the terms' loop vectorises.
+        let shift_row: Vec<f64> = (0..len).map(shift_e).collect();
         for col in 0..len {
-            terms[col] = shift_e(col) + mv[col] + mu[col + off] + lnz[col] - lz_v[col] - lz_u[col]
-                + acc[col] * inv[col];
+            terms[col] =
+                shift_row[col] + mv[col] + mu[col + off] + lnz[col] - lz_v[col] - lz_u[col]
+                    + acc[col] * inv[col];
         }
         match (&joint, potts) {
             (Some(joint), _) => {
