@@ -836,6 +836,15 @@ fn messages<P: Real, A: Real, const ROWS: bool>(
         message_block::<P, A, ROWS, 16>(out, sums, cav, tabs, g, i0);
         i0 += 16;
     }
+    // The tail in narrower blocks (a grid row is often 16k − 1 messages wide).
+    if i0 + 8 <= g.len {
+        message_block::<P, A, ROWS, 8>(out, sums, cav, tabs, g, i0);
+        i0 += 8;
+    }
+    if i0 + 4 <= g.len {
+        message_block::<P, A, ROWS, 4>(out, sums, cav, tabs, g, i0);
+        i0 += 4;
+    }
     while i0 < g.len {
         message_block::<P, A, ROWS, 1>(out, sums, cav, tabs, g, i0);
         i0 += 1;
