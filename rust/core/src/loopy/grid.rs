@@ -1200,8 +1200,9 @@ fn row_update_body<M: Real, A: Real>(
 crate::simd_dispatch! {
     /// Damps the fresh messages `out · scale` (`scale` brings each column's sum into
     /// `[1/2, 1)`) towards the previous ones `prev` by the geometric mixture
-    /// `(out · scale)^(1 − d) · prev^d` (damping in the log domain; the caller normalises
-    /// afterwards, which removes the scale's leftover factor). Branch-free ln/exp
+    /// `(out · scale)^(1 − d) · prev^d`, each result also added into its column's `sums`
+    /// (damping in the log domain; the caller normalises afterwards, which removes the
+    /// scale's leftover factor). Branch-free ln/exp
     /// (subnormals clamped to the smallest normal) keep the loops vectorised; f32
     /// messages are mixed at f32 precision (eight lanes; through the f32 scratch `tmp`
     /// when the update's arithmetic `A` is f64). Its own dispatch, so the update's code
