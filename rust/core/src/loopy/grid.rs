@@ -11,8 +11,10 @@
 //! The probability domain is exact up to rounding only while nothing underflows, so the
 //! path is taken only when every node's finite scores and every table's finite entries
 //! span at most `SPAN` (then no product of potentials and messages leaves f64's range);
-//! otherwise the general log-domain kernel runs. After the iterations the messages are
-//! handed back in the general layout, so beliefs and log Z come from the same code.
+//! otherwise the general log-domain kernel runs. Narrower spans let float32 models store
+//! messages in f32 (`SPAN_F32`) and compute the updates in f32 (`F32_BUDGET`). After the
+//! iterations the grid's own belief pass ([`super::grid_beliefs`]) reads the messages;
+//! TRW hands them back in the general layout ([`to_general`]) for the general pass.
 
 use std::marker::PhantomData;
 
