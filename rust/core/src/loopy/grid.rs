@@ -968,7 +968,7 @@ fn first_of_colour(colour: usize, r: usize, src_off: usize) -> usize {
 crate::simd_dispatch! {
     /// Computes every message leaving the nodes of row `r` from `old`, writes those of
     /// nodes with colour `colour` (all nodes for `None`) into `new`; returns the largest
-    /// change. Arithmetic in `A`: f64, or f32 where [`GridPotentials::compute32`] says
+    /// change. Arithmetic in `A`: f64, or f32 where `GridPotentials::compute32` says
     /// every intermediate stays in f32's normal range.
     pub fn row_update<M: Real, A: Real>(
         p: &GridPotentials,

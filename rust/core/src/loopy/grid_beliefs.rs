@@ -4,13 +4,15 @@
 //!
 //! Why its own pass: the general belief pass walks edges one by one and exponentiates
 //! each table again; here the tables' exponentials come from [`GridPotentials`] and every
-//! loop runs over a row's columns for a fixed pair of labels. Everything that needs a
-//! logarithm is written so that the scores cancel out of log Z:
+//! loop runs over a row's columns for a fixed pair of labels. Beliefs and cavities are
+//! products of potentials and messages (probability domain, no exponentials); only the
+//! messages' logarithms enter log Z, written so that the scores cancel out of it:
 //!
-//! - node term `E_b[θ_v] + H(b_v) = shift_v + ln Z_v − Σ_x b(x) Σ_dir ln m_dir(x)`, with
-//!   `a = ln φ + Σ_dir ln m`, `ln Z_v = LSE(a)`;
-//! - edge term `E_p[θ_e] − I(p) = shift_e + ln Z_e − ln Z_v − ln Z_w + Σ_s p_s· ln m_{w→v}(s)
-//!   + Σ_d p_·d ln m_{v→w}(d)`, with `p ∝ cav_v ψ cav_w`, `ψ = exp(θ_e − shift_e)`.
+//! - node term: `E_b[θ_v] + H(b_v) = shift_v + ln Z_v − Σ_x b(x) Σ_dir ln m_dir(x)`,
+//!   with `Z_v = Σ_x φ(x) Π_dir m_dir(x)`;
+//! - edge term: `E_p[θ_e] − I(p) = shift_e + ln Z_e − ln Z_v − ln Z_w`
+//!   `+ Σ_s p_s· ln m_wv(s) + Σ_d p_·d ln m_vw(d)`, with `p ∝ cav_v ψ cav_w`,
+//!   `ψ = exp(θ_e − shift_e)` (`m_wv`: the message from w to v).
 //!
 //! BP with per-edge, shared or weighted tables; TRW keeps the general pass.
 

@@ -432,7 +432,7 @@ fn infeasible_node(v: usize) -> Error {
 }
 
 /// Per-worker buffers for one item. The large ones are allocated on first use
-/// ([`ItemWs::ready`]): the grid path runs without them unless its beliefs fall back to
+/// (`ItemWs::ready`): the grid path runs without them unless its beliefs fall back to
 /// the general pass.
 pub struct ItemWs {
     /// `(nodes, edges, classes, mean field)`, for the deferred allocation.
@@ -689,7 +689,7 @@ fn mutual_information(
 }
 
 simd_dispatch! {
-    /// [`edge_belief`] for the edges at `slots` (`(first node, adjacency slot)`): pair
+    /// `edge_belief` for the edges at `slots` (`(first node, adjacency slot)`): pair
     /// marginals into consecutive `C x C` blocks of `pairs`, free-energy terms into `terms`.
     pub fn edge_beliefs<T: Real>(
         adj: &Adjacency,

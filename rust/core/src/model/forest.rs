@@ -25,7 +25,7 @@ pub struct Forest {
 
 impl Forest {
     /// Roots each component at its smallest node id and orders it breadth first.
-    /// Panics if the graph has a cycle; callers go through [`Graph::forest`].
+    /// Panics if the graph has a cycle; callers go through `Graph::forest`.
     pub fn new(n: usize, edges: &[[u32; 2]], adj: &Adjacency) -> Forest {
         // The graph's cached adjacency lists: neighbours and edges of each node.
 
