@@ -1590,4 +1590,64 @@ mod tests {
         weighted_paths_agree::<f64>(1e-12);
         weighted_paths_agree::<f32>(1e-5);
     }
+
+    /// f32 arithmetic exactly where `4 (table span + ln C) <= F32_BUDGET` for a float32
+    /// model (node spans do not matter), never for float64 models or TRW.
+    #[test]
+    fn f32_arithmetic_follows_the_table_span_budget() {
+        let (h, w, c) = (3, 4, 3);
+        let ne = h * (w - 1) + (h - 1) * w;
+        // Table spans on both sides of the budget: 80 / 4 − ln 3 ≈ 18.9.
+        let tables = |span: f64| -> Vec<f32> {
+            (0..ne * c * c)
+                .map(|i| if i % (c * c) == 1 { span as f32 } else { 0.0 })
+                .collect()
+        };
+        // Node scores spanning 100 (potentials far below f32's range).
+        let node: Vec<f32> = (0..h * w * c)
+            .map(|i| if i % c == 0 { 0.0 } else { -100.0 })
+            .collect();
+        let node64: Vec<f64> = node.iter().map(|&x| x as f64).collect();
+        for (span, f32_arith) in [(3.0, true), (18.0, true), (19.5, false), (40.0, false)] {
+            let t = tables(span);
+            let es = EdgeScores::tables(&t, 1, ne, c).item(0);
+            let p = GridPotentials::new(h, w, &node, &es, None).unwrap();
+            assert!(p.f32_ok, "span {span}: f32 messages");
+            assert_eq!(p.compute32, f32_arith, "span {span}");
+            assert_eq!(p.phi32.len(), if f32_arith { h * w * c } else { 0 });
+            let t64: Vec<f64> = t.iter().map(|&x| x as f64).collect();
+            let es64 = EdgeScores::tables(&t64, 1, ne, c).item(0);
+            let p64 = GridPotentials::new(h, w, &node64, &es64, None).unwrap();
+            assert!(!p64.f32_ok && !p64.compute32);
+            let rho = vec![0.5; ne];
+            let trw = GridPotentials::new(h, w, &node, &es, Some(&rho)).unwrap();
+            assert!(!trw.compute32);
+        }
+        // Weighted edges: the largest |weight| times the table's span.
+        let tab: Vec<f32> = vec![0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        for (wmax, f32_arith) in [(5.0f32, true), (-9.0, true), (9.6, false)] {
+            let mut wt = vec![1.0f32; ne];
+            wt[ne / 2] = wmax;
+            let es = EdgeScores::weighted(&wt, 1, &tab, 1, c).item(0);
+            let p = GridPotentials::new(h, w, &node, &es, None).unwrap();
+            assert_eq!(p.compute32, f32_arith, "weight {wmax}");
+        }
+    }
+
+    /// `recip_pow2` brings any positive normal number's scale into `[1/2, 1)` exactly.
+    #[test]
+    fn recip_pow2_scales_into_half_open_unit() {
+        for x in [
+            1e-300, 3.7e-200, 0.2, 0.5, 1.0, 1.999, 2.0, 3.0, 1e10, 1e300,
+        ] {
+            let y = x * x.recip_pow2();
+            assert!((0.5..1.0).contains(&y), "{x} -> {y}");
+        }
+        for x in [1e-37f32, 0.2, 0.5, 1.0, 1.5, 2.0, 3.0e20] {
+            let y = x * x.recip_pow2();
+            assert!((0.5..1.0).contains(&y), "{x} -> {y}");
+        }
+        assert_eq!(0.0f64.recip_pow2(), 0.0);
+        assert_eq!((-2.0f32).recip_pow2(), 0.0);
+    }
 }
