@@ -396,6 +396,18 @@ pub fn potts(t: &[f64], c: usize) -> Option<(f64, f64)> {
         .then_some((d, o))
 }
 
+/// The Potts pair factor `e^{s [a = b]}` as `K (A + B [a = b])` with no factor above 1:
+/// `(A, B) = (e^{−s}, 1 − e^{−s})` for `s >= 0`, `(1, e^{s} − 1)` otherwise. `e` is
+/// `e^{−|s|}` as the caller computes it (its precision is the caller's choice).
+#[inline(always)]
+pub fn potts_split(s: f64, e: f64) -> (f64, f64) {
+    if s >= 0.0 {
+        (e, 1.0 - e)
+    } else {
+        (1.0, e - 1.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

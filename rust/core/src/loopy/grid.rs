@@ -121,8 +121,8 @@ pub(crate) struct Weighted {
 }
 
 impl Weighted {
-    /// Potts message coefficients of every edge: with `z = w Δ`, `(e^{−z}, 1 − e^{−z})` for
-    /// `z >= 0` and `(1, e^{z} − 1)` otherwise (no factor above 1).
+    /// Potts message coefficients `(α, β)` of every edge, those of `z = w Δ`
+    /// ([`crate::kernels::message::potts_split`]).
     fn potts_coefficients(wh: &[f64], wv: &[f64], delta: f64, low: bool) -> [Vec<f64>; 4] {
         let split = |ws: &[f64]| -> (Vec<f64>, Vec<f64>) {
             ws.iter()
@@ -133,11 +133,7 @@ impl Weighted {
                     } else {
                         exp(-z.abs())
                     };
-                    if z >= 0.0 {
-                        (e, 1.0 - e)
-                    } else {
-                        (1.0, e - 1.0)
-                    }
+                    crate::kernels::message::potts_split(z, e)
                 })
                 .unzip()
         };

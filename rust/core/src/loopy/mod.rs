@@ -779,12 +779,7 @@ fn potts_edge_belief<T: Real>(
     for (q, &x) in qw.iter_mut().zip(xw) {
         *q = exp(x - mw);
     }
-    let (big_a, big_b) = if s >= 0.0 {
-        let e = exp(-s);
-        (e, 1.0 - e)
-    } else {
-        (1.0, exp(s) - 1.0)
-    };
+    let (big_a, big_b) = crate::kernels::message::potts_split(s, exp(-s.abs()));
     let (sv, sw): (f64, f64) = (qv.iter().sum(), qw.iter().sum());
     let dot: f64 = qv.iter().zip(qw.iter()).map(|(x, y)| x * y).sum();
     let z = big_a * sv * sw + big_b * dot;
