@@ -13,6 +13,13 @@ expsoftmax with the shared table (1, C, C) beside pytorch-crf. Also: ns per
 writing its gradient at this machine's copy rate, one exponential per table entry at
 numpy's vectorised exp rate over the threads; the larger of the two) as a fraction of our
 time, and each tool's float32 error in the node marginals against expsoftmax in float64.
+
+A second table isolates the torch layer: the numpy call it wraps (`es.loss_and_grad`, same
+per-edge inputs), what the torch loss + backward adds to it, and torch's own floor for that
+— a custom `autograd.Function` that does nothing but hand the same numpy call's arrays to
+autograd (forward returns the loss sum, backward returns the gradients), timed the same way.
+The three are interleaved, call by call, and their medians taken, so drifts in the
+machine's speed touch them alike.
 """
 
 from __future__ import annotations
@@ -53,6 +60,58 @@ def timeit(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
+
+
+class _Handoff(torch.autograd.Function):
+    """The least any autograd wrapper of the numpy call can do: the loss and gradients
+    are already computed; forward returns the loss's sum, backward the gradients as
+    tensors on the numpy arrays (made there, so autograd takes them without a copy)."""
+
+    @staticmethod
+    def forward(ctx, s_n, s_e, loss, grad_n, grad_e):  # type: ignore[override]
+        ctx.grads = (grad_n, grad_e)
+        return torch.from_numpy(loss).sum()
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        grad_n, grad_e = ctx.grads
+        ctx.grads = None
+        return torch.from_numpy(grad_n), torch.from_numpy(grad_e), None, None, None
+
+
+def torch_layer(b: int, t: int, c: int, repeats: int) -> dict:
+    """Medians (ms) of the numpy call, the torch loss + backward on the same per-edge
+    inputs, and the hand-off floor (numpy call + `_Handoff`), interleaved call by call."""
+    gen = torch.Generator().manual_seed(1)
+    em = torch.randn(b, t, c, generator=gen)
+    tables = torch.randn(b, t - 1, c, c, generator=gen) * 0.5
+    tags = torch.randint(0, c, (b, t), generator=gen)
+    g = es.Graph.chain(t)
+    sn, se, y = em.numpy(), tables.numpy(), tags.numpy()
+    x = em.clone().requires_grad_()
+    w = tables.clone().requires_grad_()
+
+    def numpy_call():
+        es.loss_and_grad(g, sn, se, y)
+
+    def ours():
+        x.grad = w.grad = None
+        exp_softmax_loss(x, w, tags, g, reduction="sum").backward()
+
+    def floor():
+        x.grad = w.grad = None
+        _Handoff.apply(x, w, *es.loss_and_grad(g, sn, se, y)).backward()
+
+    fns = {"numpy": numpy_call, "ours": ours, "floor": floor}
+    times: dict = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def run_shape(b: int, t: int, c: int, repeats: int) -> dict:
@@ -137,6 +196,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--shapes", nargs="*", default=None, help="B,T,C triples")
+    ap.add_argument(
+        "--layer-repeats", type=int, default=100, help="interleaved rounds of the torch-layer table"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     es.set_num_threads(args.threads)
@@ -171,6 +233,26 @@ def main() -> None:
             f"{r.get('pytorch_crf', nan) / r['ours_shared']:.1f}x",
             f"{r['err_ours_edge']:.0e} / {r.get('err_struct', nan):.0e} / "
             f"{r.get('err_crf', nan):.0e}",
+        ]
+        print("| " + " | ".join(vals) + " |", flush=True)
+    print(
+        f"\nTorch layer, per-edge tables: medians of {args.layer_repeats} interleaved calls, ms\n"
+    )
+    print(
+        "| (B, T, C) | numpy call | torch loss + backward | layer adds | "
+        "hand-off floor adds | layer adds beyond the floor |"
+    )
+    print("|---|---|---|---|---|---|")
+    for b, t, c in shapes:
+        r = torch_layer(b, t, c, args.layer_repeats)
+        adds, floor = r["ours"] - r["numpy"], r["floor"] - r["numpy"]
+        vals = [
+            str((b, t, c)),
+            f"{r['numpy']:.3f}",
+            f"{r['ours']:.3f}",
+            f"{adds:.3f} ({100 * adds / r['numpy']:.0f}%)",
+            f"{floor:.3f} ({100 * floor / r['numpy']:.0f}%)",
+            f"{adds - floor:.3f} ({100 * (adds - floor) / r['numpy']:.0f}%)",
         ]
         print("| " + " | ".join(vals) + " |", flush=True)
 

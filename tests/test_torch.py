@@ -267,3 +267,27 @@ def test_a_second_backward_through_a_retained_graph_gives_the_same_gradients():
     s_n.grad = s_e.grad = None
     loss.backward()
     assert torch.equal(s_n.grad, first[0]) and torch.equal(s_e.grad, first[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_reduced_losses_scale_their_gradients_like_torchs_own_reduction(dtype, reduction, shared):
+    # The reduced loss scales the forward's gradients by the scalar upstream gradient
+    # (divided by the item count for "mean", in the loss's dtype); the reference is the
+    # per-item loss reduced by torch itself, with the same upstream factor.
+    g = es.Graph.chain(5)
+    s_n, s_e, y = _inputs(torch.float64, shared, batch=(7,))
+    a, b = (t.detach().to(dtype).requires_grad_() for t in (s_n, s_e))
+    (exp_softmax_loss(a, b, y, g, reduction=reduction) * 3.7).backward()
+    ra, rb = (t.detach().to(dtype).requires_grad_() for t in (s_n, s_e))
+    none = exp_softmax_loss(ra, rb, y, g, reduction="none")
+    (getattr(none, reduction)() * 3.7).backward()
+    tol = {torch.float32: 1e-6, torch.float64: 1e-14, torch.float16: 2e-3}[dtype]
+    for got, want in ((a.grad, ra.grad), (b.grad, rb.grad)):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got.double().numpy(), want.double().numpy(), rtol=tol, atol=tol)
+    # And the value of the gradient: 3.7 × (marginals − gold), over 7 items for "mean".
+    _, gn, _ = es.loss_and_grad(g, s_n.detach().numpy(), s_e.detach().numpy(), y.numpy())
+    want = gn * 3.7 / (7 if reduction == "mean" else 1)
+    np.testing.assert_allclose(a.grad.double().numpy(), want, atol=max(tol, 1e-12) * 10)

@@ -87,12 +87,16 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
         loss, gn, ge = _loss_and_grad(graph, sn, edge_arg, yy, method, ll, options, pre)
         ctx.args = (graph, sn, edge_arg, yy, method, ll, options)
         ctx.prescale = prescale
-        # Writable, contiguous arrays that the backward hands to autograd (scaled in place).
-        parts = (gn, ge.table, ge.weight) if s_w is not None else (gn, ge)
-        ctx.grads = tuple(np.require(a, requirements=("C", "W")) for a in parts)
+        # The core's outputs (or numpy sums of them) are fresh, contiguous and writable:
+        # the backward scales them in place and hands them to autograd without a copy.
+        # (Code that runs right after a core call runs from cold caches, tens of µs for a
+        # torch op, so nothing is converted or checked here that need not be.)
+        ctx.grads = (gn, ge.table, ge.weight) if s_w is not None else (gn, ge)
         ctx.meta = (s_n, s_e, s_w, loss.shape)
         ctx.reduction = reduction
-        out = torch.from_numpy(np.ascontiguousarray(loss)).to(device=s_n.device, dtype=s_n.dtype)
+        out = torch.from_numpy(loss)
+        if out.dtype != s_n.dtype or s_n.device.type != "cpu":
+            out = out.to(device=s_n.device, dtype=s_n.dtype)
         # The reduction inside the function (torch's own sum/mean of the same tensor, so
         # the same value): one autograd node instead of two, and a scalar upstream
         # gradient in the backward.
@@ -114,11 +118,6 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
     def _backward(ctx: Any, g: Tensor) -> tuple[Optional[Tensor], ...]:
         s_n, s_e, s_w, shape = ctx.meta
         method = ctx.args[4]
-        if ctx.reduction != "none":
-            # The per-item upstream gradient, exactly as sum's and mean's backward make it
-            # (mean: the scalar divided by the item count in the loss's dtype).
-            n = math.prod(shape)
-            g = g.expand(shape) if ctx.reduction == "sum" else g.div(n).expand(shape)
         if ctx.create_graph and method in ("auto", "exact"):
             # Exact second order: the gradients as a differentiable function of the scores
             # (the marginals' backward is the core's forward-mode pass on forests, exact
@@ -128,12 +127,19 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
 
             y, lengths, options = ctx.args[3], ctx.args[5], ctx.args[6]
             gn, ge, gw = loss_grads_twice_differentiable(
-                s_n, s_e, s_w, y, g.reshape(shape), ctx.args[0], method, lengths, options
+                s_n,
+                s_e,
+                s_w,
+                y,
+                _per_item(g, ctx.reduction, shape),
+                ctx.args[0],
+                method,
+                lengths,
+                options,
             )
             needs = ctx.needs_input_grad[:3]
             grads = [t if need else None for t, need in zip((gn, ge, gw), needs)]
             return (*grads, None, None, None, None, None, None, None)
-        gw = g.detach().to("cpu", torch.float64).numpy().reshape(shape)
 
         def fresh(weights: Optional[np.ndarray]) -> tuple[np.ndarray, ...]:
             gn, ge = _loss_and_grad(*ctx.args, weights=weights)[1:]
@@ -146,48 +152,71 @@ class _ExpSoftmaxLossFn(torch.autograd.Function):
             # handed the forward's arrays to autograd, so they are computed again, as the
             # forward did (deterministic: the same bits, then the same scaling below).
             parts = fresh(None if ctx.prescale == 1.0 else np.float64(ctx.prescale))
-        if gw.size and (all(st == 0 for st in g.stride()) or (gw == gw.flat[0]).all()):
-            # Upstream gradient the same for every item (reduction "sum"/"mean"): the
-            # forward pass's gradients, scaled in place (no copy; a factor 1 is skipped).
-            scale = float(gw.flat[0]) / ctx.prescale
-            if scale != 1.0:
-                for arr in parts:
-                    arr *= scale
-        elif all(
-            a.ndim == len(shape) + tail and a.shape[: len(shape)] == shape
-            for a, tail in zip(parts, (2, 2, 1) if s_w is not None else (2, 3))
-        ):
-            # Every gradient has the items' batch axes (nothing was summed over items):
-            # each item's rows scaled by its upstream gradient, in place.
-            for arr in parts:
-                k = gw.reshape(shape + (1,) * (arr.ndim - len(shape))) / ctx.prescale
-                arr *= k.astype(arr.dtype)
+        if ctx.reduction != "none":
+            # One upstream gradient for every item ("sum"/"mean": the scalar, or the
+            # scalar divided by the item count in the loss's dtype, exactly as their own
+            # backward sends it): the forward pass's gradients, scaled in place (no copy;
+            # a factor 1, the usual case, is skipped). No per-item tensor is built.
+            item = g.item()
+            if ctx.reduction == "mean":
+                item = _divide(item, math.prod(shape), g.dtype)
+            _scale(parts, item / ctx.prescale)
         else:
-            # A table shared by the items was summed over them in the forward pass: the
-            # weighted sum needs the per-item terms, computed again.
-            parts = fresh(gw)
+            gw = g.detach().to("cpu", torch.float64).numpy().reshape(shape)
+            if gw.size and (all(st == 0 for st in g.stride()) or (gw == gw.flat[0]).all()):
+                _scale(parts, float(gw.flat[0]) / ctx.prescale)
+            elif all(
+                a.ndim == len(shape) + tail and a.shape[: len(shape)] == shape
+                for a, tail in zip(parts, (2, 2, 1) if s_w is not None else (2, 3))
+            ):
+                # Every gradient has the items' batch axes (nothing was summed over items):
+                # each item's rows scaled by its upstream gradient, in place.
+                for arr in parts:
+                    k = gw.reshape(shape + (1,) * (arr.ndim - len(shape))) / ctx.prescale
+                    arr *= k.astype(arr.dtype)
+            else:
+                # A table shared by the items was summed over them in the forward pass: the
+                # weighted sum needs the per-item terms, computed again.
+                parts = fresh(gw)
         out = []
         for arr, like, need in zip(parts, (s_n, s_e, s_w), ctx.needs_input_grad[:3]):
             if not need:
                 out.append(None)
                 continue
-            grad = torch.from_numpy(arr).to(like.device, like.dtype)
+            grad = torch.from_numpy(arr)
+            if like.dtype != grad.dtype or like.device.type != "cpu":
+                grad = grad.to(like.device, like.dtype)
             if ctx.create_graph:
-                (grad,) = _Refuse.apply(_second_order_message(ctx.args[4]), like, grad)
+                (grad,) = _Refuse.apply(_second_order_message(method), like, grad)
             out.append(grad)
         out += [None] * (3 - len(out))
         return (*out, None, None, None, None, None, None, None)
 
 
-def _reciprocal(n: int, dtype: torch.dtype) -> float:
-    """``1 / n`` rounded to ``dtype`` exactly as torch's ``mean`` backward computes it (a
-    correctly rounded division in that precision); numpy scalars for float32/float64
-    (a microsecond), a torch op for the half types numpy lacks."""
+def _per_item(g: Tensor, reduction: str, shape: tuple[int, ...]) -> Tensor:
+    """The per-item upstream gradient, exactly as sum's and mean's backward make it (mean:
+    the scalar divided by the item count in the loss's dtype)."""
+    if reduction == "none":
+        return g.reshape(shape)
+    return g.expand(shape) if reduction == "sum" else g.div(math.prod(shape)).expand(shape)
+
+
+def _scale(parts: tuple[np.ndarray, ...], scale: float) -> None:
+    if scale != 1.0:
+        for arr in parts:
+            arr *= scale
+
+
+def _divide(x: float, n: int, dtype: torch.dtype) -> float:
+    """``x / n`` rounded to ``dtype`` exactly as torch's ``mean`` backward computes it (a
+    correctly rounded division in that precision): numpy scalars for float32/float64 (a
+    microsecond, where a torch op on a wrapped Python number costs tens), a torch op for
+    the half types numpy lacks."""
     if dtype == torch.float32:
-        return float(np.float32(1.0) / np.float32(n))
+        return float(np.float32(x) / np.float32(n))
     if dtype == torch.float64:
-        return 1.0 / n
-    return torch.ones((), dtype=dtype).div(n).item()
+        return x / n
+    return torch.tensor(x, dtype=dtype).div(n).item()
 
 
 def _check(reduction: str, s_n: Any, s_e: Any) -> None:
@@ -261,7 +290,7 @@ def exp_softmax_loss(
         except ValueError:
             n = 0  # the core names the mismatch
         if n > 0:
-            prescale = _reciprocal(n, s_n.dtype)
+            prescale = _divide(1.0, n, s_n.dtype)
     return _ExpSoftmaxLossFn.apply(
         s_n, table, weight, y, graph, method, lengths, options, prescale, reduction
     )
