@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod batch;
+pub mod layout;
 pub mod logspace;
 pub mod message;
 pub mod real;

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::interrupt::Stop;
+use crate::kernels::layout::transpose;
 use crate::kernels::logspace::{exp, exp_nonpos_f32, finite_range, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
 use crate::loopy::options::Schedule;
@@ -379,16 +380,15 @@ fn row_f32<T: Real, P: Real>(
     }
     // Transposed into the row layout `[k][col]` first, so that the ranges, the span check
     // and the exponentials all run across the columns (a 3 x 3 table alone is far too
-    // short for vectors). (`to_f64() as f32` is the identity on f32 scores.)
-    let mut t = vec![0.0f32; cc * count];
-    for (col, tab) in src.chunks_exact(cc).enumerate() {
-        for (k, &x) in tab.iter().enumerate() {
-            t[k * count + col] = x.to_f64() as f32;
-        }
-    }
-    let (mut hi, mut lo) = (vec![f32::NEG_INFINITY; count], vec![f32::INFINITY; count]);
-    let mut forbidden = vec![false; count];
-    for row in t.chunks_exact(count) {
+    // short for vectors), in rows padded to whole vectors: the exponentials then have no
+    // scalar tail (padding is 0, exp(0 − 0) = 1, never read). (`to_f64() as f32` is the
+    // identity on f32 scores.)
+    let cs = count.next_multiple_of(8);
+    let mut t = vec![0.0f32; cc * cs];
+    transpose(src, cc, &mut t, cs, |x| x.to_f64() as f32);
+    let (mut hi, mut lo) = (vec![f32::NEG_INFINITY; cs], vec![f32::INFINITY; cs]);
+    let mut forbidden = vec![false; cs];
+    for row in t.chunks_exact(cs) {
         for (((h, l), f), &x) in hi
             .iter_mut()
             .zip(lo.iter_mut())
@@ -407,7 +407,7 @@ fn row_f32<T: Real, P: Real>(
         }
     }
     let (mut low, mut widest) = (true, 0.0f64);
-    for ((h, &l), (&f, shift)) in hi
+    for ((h, &l), (&f, shift)) in hi[..count]
         .iter_mut()
         .zip(&lo)
         .zip(forbidden.iter().zip(shifts.iter_mut()))
@@ -424,9 +424,12 @@ fn row_f32<T: Real, P: Real>(
         low &= !f;
         *shift = *h as f64;
     }
-    for (k, row) in t.chunks_exact(count).enumerate() {
-        for ((d, &x), &m) in out[k * w..k * w + count].iter_mut().zip(row).zip(&hi) {
-            *d = P::from_f64(exp_nonpos_f32(x - m) as f64);
+    for (k, row) in t.chunks_exact_mut(cs).enumerate() {
+        for (x, &m) in row.iter_mut().zip(&hi) {
+            *x = exp_nonpos_f32(*x - m);
+        }
+        for (d, &x) in out[k * w..k * w + count].iter_mut().zip(row.iter()) {
+            *d = P::from_f64(x as f64);
         }
     }
     Some((low, widest))
@@ -446,11 +449,7 @@ fn node_potentials_body<T: Real>(node: &[T], out: &mut [f64], shift: &mut [f64])
     let c = out.len() / w;
     // Transposed into the class-major layout first, so that the maxima, the span check
     // and the exponentials all run across the row's columns.
-    for (col, scores) in node.chunks_exact(c).enumerate() {
-        for (x, &v) in scores.iter().enumerate() {
-            out[x * w + col] = v.to_f64();
-        }
-    }
+    transpose(node, c, out, w, |v| v.to_f64());
     let mut lo = vec![f64::INFINITY; w];
     shift.fill(f64::NEG_INFINITY);
     for x in 0..c {

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use crate::inference::DirectRows;
 use crate::kernels::batch::Rows;
+use crate::kernels::layout::untranspose;
 use crate::kernels::logspace::{exp, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
 use crate::loopy::grid::{ln0, GridPotentials, Pots, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP};
@@ -127,30 +128,46 @@ fn edge_pass<U: Real>(
         let (oh, ov) = o.split_at_mut(n_h * cc);
         (Rows::new(oh, (w - 1) * cc), Rows::new(ov, w * cc))
     });
-    let mut pairs = vec![0.0; rows_per_block * per_row];
+    // With direct output rows the pairs go straight there; otherwise through this block
+    // buffer to `edge_sink`, in edge order.
+    let mut pairs = vec![
+        0.0;
+        if direct.is_some() {
+            0
+        } else {
+            rows_per_block * per_row
+        }
+    ];
     let mut eterms = vec![0.0; rows_per_block * (2 * w - 1)];
     for r0 in (0..h).step_by(rows_per_block) {
         let r1 = (r0 + rows_per_block).min(h);
         let k = r1 - r0;
-        pairs[..k * per_row]
-            .par_chunks_mut(per_row)
-            .zip(eterms[..k * (2 * w - 1)].par_chunks_mut(2 * w - 1))
-            .enumerate()
-            .for_each(|(i, (pr, tr))| {
-                let r = r0 + i;
-                let (ph, pv) = pr.split_at_mut((w - 1) * cc);
-                let (th, tv) = tr.split_at_mut(w - 1);
-                let single = p.single();
-                for (vertical, pr, tr) in [(false, ph, th), (true, pv, tv)] {
-                    if vertical && r + 1 == h {
-                        continue;
-                    }
-                    if single {
-                        edge_row::<f32>(view, r, vertical, pr, tr);
-                    } else {
-                        edge_row::<f64>(view, r, vertical, pr, tr);
-                    }
-                    if let Some((oh, ov)) = &direct {
+        let run = |i: usize, tr: &mut [f64], pr: Option<&mut [f64]>| {
+            let r = r0 + i;
+            let (th, tv) = tr.split_at_mut(w - 1);
+            let (mut ph, mut pv) = match pr {
+                Some(pr) => {
+                    let (a, b) = pr.split_at_mut((w - 1) * cc);
+                    (Some(a), Some(b))
+                }
+                None => (None, None),
+            };
+            let single = p.single();
+            for (vertical, tr) in [(false, &mut *th), (true, &mut *tv)] {
+                if vertical && r + 1 == h {
+                    continue;
+                }
+                let scratch = if vertical {
+                    pv.as_deref_mut()
+                } else {
+                    ph.as_deref_mut()
+                };
+                match (scratch, &direct) {
+                    (Some(pr), _) => match single {
+                        true => edge_row::<f32, f64>(view, r, vertical, pr, tr),
+                        false => edge_row::<f64, f64>(view, r, vertical, pr, tr),
+                    },
+                    (None, Some((oh, ov))) => {
                         // SAFETY: row r's horizontal (vertical) edges are written by this
                         // task only.
                         let o = unsafe {
@@ -160,15 +177,27 @@ fn edge_pass<U: Real>(
                                 oh.get(r)
                             }
                         };
-                        for (o, &x) in o.iter_mut().zip(pr.iter()) {
-                            *o = U::from_f64(x);
+                        match single {
+                            true => edge_row::<f32, U>(view, r, vertical, o, tr),
+                            false => edge_row::<f64, U>(view, r, vertical, o, tr),
                         }
                     }
+                    (None, None) => unreachable!("pairs go to the output rows or the buffer"),
                 }
-            });
+            }
+        };
+        let terms = eterms[..k * (2 * w - 1)].par_chunks_mut(2 * w - 1);
+        if direct.is_some() {
+            terms.enumerate().for_each(|(i, tr)| run(i, tr, None));
+        } else {
+            terms
+                .zip(pairs[..k * per_row].par_chunks_mut(per_row))
+                .enumerate()
+                .for_each(|(i, (tr, pr))| run(i, tr, Some(pr)));
+        }
         for i in 0..k {
             let r = r0 + i;
-            let (pr, tr) = (&pairs[i * per_row..], &eterms[i * (2 * w - 1)..]);
+            let tr = &eterms[i * (2 * w - 1)..];
             let live = w - 1 + if r + 1 < h { w } else { 0 };
             for &t in &tr[..live] {
                 log_z += t;
@@ -176,6 +205,7 @@ fn edge_pass<U: Real>(
             if direct.is_some() {
                 continue;
             }
+            let pr = &pairs[i * per_row..];
             for col in 0..w - 1 {
                 edge_sink(r * (w - 1) + col, &pr[col * cc..(col + 1) * cc]);
             }
@@ -307,24 +337,24 @@ simd_dispatch! {
     /// Pair marginals (edge-major `[col][s][d]`) and terms of the horizontal edges of row
     /// `r` (`vertical` false: `(r, col)–(r, col + 1)`) or of its vertical edges
     /// (`(r, col)–(r + 1, col)`).
-    fn edge_row<F: Real>(
+    fn edge_row<F: Real, U: Real>(
         view: &View<'_>,
         r: usize,
         vertical: bool,
-        pairs: &mut [f64],
+        pairs: &mut [U],
         terms: &mut [f64],
     ) -> () => edge_row_body
 }
 
 #[inline(always)]
-fn edge_row_body<F: Real>(
+fn edge_row_body<F: Real, U: Real>(
     view: &View<'_>,
     r: usize,
     vertical: bool,
-    pairs: &mut [f64],
+    pairs: &mut [U],
     terms: &mut [f64],
 ) {
-    view.edge_row::<F>(r, vertical, pairs, terms)
+    view.edge_row::<F, U>(r, vertical, pairs, terms)
 }
 
 /// `f` of every entry of `src`, in a loop that inlines into the caller's vectorised code
@@ -395,9 +425,15 @@ impl View<'_> {
         mapped(&mx, ln0)
     }
 
-    /// See [`edge_row`].
+    /// See [`edge_row`]; the pairs are computed in f64 and stored as `U`.
     #[inline(always)]
-    fn edge_row<F: Real>(&self, r: usize, vertical: bool, pairs: &mut [f64], terms: &mut [f64]) {
+    fn edge_row<F: Real, U: Real>(
+        &self,
+        r: usize,
+        vertical: bool,
+        pairs: &mut [U],
+        terms: &mut [f64],
+    ) {
         let p = self.p;
         let (c, w) = (p.c, p.w);
         let cc = c * c;
@@ -590,13 +626,10 @@ impl View<'_> {
                     + acc[col] * inv[col];
         }
         match (&joint, potts) {
-            (Some(joint), _) => {
-                for (col, pc) in pairs.chunks_exact_mut(cc).take(len).enumerate() {
-                    for (k, o) in pc.iter_mut().enumerate() {
-                        *o = joint[k * len + col] * inv[col];
-                    }
-                }
-            }
+            // The class-pair-major joint into the edge-major output, normalised.
+            (Some(joint), _) => untranspose(joint, len, len, cc, pairs, |col, x| {
+                U::from_f64(x * inv[col])
+            }),
             (None, Some((a, b))) => {
                 let mut quc = vec![0.0; c];
                 for (col, pc) in pairs.chunks_exact_mut(cc).take(len).enumerate() {
@@ -605,18 +638,19 @@ impl View<'_> {
                     }
                     for (s, prow) in pc.chunks_exact_mut(c).enumerate() {
                         let f = xv[s * w + col] * inv[col];
-                        for (o, &q) in prow.iter_mut().zip(&quc) {
-                            *o = f * q * a[col];
+                        for (d, (o, &q)) in prow.iter_mut().zip(&quc).enumerate() {
+                            let diag = if d == s { b[col] } else { 0.0 };
+                            *o = U::from_f64(f * q * a[col] + f * q * diag);
                         }
-                        prow[s] += f * quc[s] * b[col];
                     }
                 }
             }
             (None, None) => unreachable!("the joint is made unless the table is Potts"),
         }
+        let mut exact = vec![0.0; cc];
         for col in (0..len).filter(|&col| inv[col] == 0.0) {
-            // Exact log-domain joint for this edge (rare: a tiny normaliser).
-            let pc = &mut pairs[col * cc..(col + 1) * cc];
+            // Exact log-domain joint for this edge (rare: a tiny normaliser), in f64.
+            let pc = &mut exact[..];
             let (lxv, lxu) = logs.get_or_insert_with(|| {
                 let (mut a, mut b) = (vec![0.0; c * w], vec![0.0; c * w]);
                 self.cavity(r, skip_v, &mut a);
@@ -630,8 +664,9 @@ impl View<'_> {
                 }
             }
             let m = pc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let out = &mut pairs[col * cc..(col + 1) * cc];
             if m == f64::NEG_INFINITY {
-                pc.fill(0.0);
+                out.fill(U::ZERO);
                 terms[col] = f64::NEG_INFINITY;
                 continue;
             }
@@ -641,6 +676,9 @@ impl View<'_> {
                 sum += *v;
             }
             pc.iter_mut().for_each(|v| *v /= sum);
+            for (o, &v) in out.iter_mut().zip(pc.iter()) {
+                *o = U::from_f64(v);
+            }
             let lze = m + ln_pos(sum);
             let (v, u) = (r * w + col, ru * w + col + off);
             let mut t = shift_e(col) + lze - self.lz[v] - self.lz[u];

@@ -1,0 +1,111 @@
+//! Changing a block's memory layout between the per-item form the inputs and outputs use
+//! (`[col][k]`: each edge's or node's entries together) and the across-columns form the
+//! grid kernels compute in (`[k][col]`: one entry of every column in a row, so that loops
+//! over the columns fill vectors whatever C is).
+
+/// Lanes per block: one AVX2 vector of f32 (two of f64).
+const LANES: usize = 8;
+
+/// `dst[k * stride + col] = f(src[col * m + k])` for `col < n = src.len() / m` and `k < m`
+/// (`stride ≥ n`: rows may be padded, e.g. to whole vectors).
+///
+/// Eight columns at a time, so that every store is a whole vector of consecutive entries
+/// (the strided loads stay within a block of `8 m` entries, in L1); an entry-by-entry
+/// transpose stores to `m` different cache lines in turn, one scalar at a time.
+/// Inlined into the caller's SIMD copy.
+#[inline(always)]
+pub(crate) fn transpose<S: Copy, D: Copy>(
+    src: &[S],
+    m: usize,
+    dst: &mut [D],
+    stride: usize,
+    f: impl Fn(S) -> D,
+) {
+    if m == 0 {
+        return;
+    }
+    let n = src.len() / m;
+    debug_assert!(stride >= n && dst.len() >= (m - 1) * stride + n);
+    let full = n - n % LANES;
+    for (b, blk) in src[..full * m].chunks_exact(LANES * m).enumerate() {
+        let col0 = b * LANES;
+        for k in 0..m {
+            let v: [D; LANES] = std::array::from_fn(|j| f(blk[j * m + k]));
+            dst[k * stride + col0..k * stride + col0 + LANES].copy_from_slice(&v);
+        }
+    }
+    for col in full..n {
+        for (k, &x) in src[col * m..(col + 1) * m].iter().enumerate() {
+            dst[k * stride + col] = f(x);
+        }
+    }
+}
+
+/// The inverse of [`transpose`]: `dst[col * m + k] = f(src[k * n + col])`, with `n`
+/// columns read from rows of stride `stride ≥ n` (`src[k * stride + col]`).
+///
+/// Eight columns at a time: every load is a whole vector of consecutive entries, and the
+/// strided stores of a block stay within `8 m` entries of `dst`.
+#[inline(always)]
+pub(crate) fn untranspose<S: Copy, D: Copy>(
+    src: &[S],
+    stride: usize,
+    n: usize,
+    m: usize,
+    dst: &mut [D],
+    f: impl Fn(usize, S) -> D,
+) {
+    debug_assert!(stride >= n && dst.len() >= n * m);
+    let full = n - n % LANES;
+    for (b, blk) in dst[..full * m].chunks_exact_mut(LANES * m).enumerate() {
+        let col0 = b * LANES;
+        for k in 0..m {
+            let s = &src[k * stride + col0..k * stride + col0 + LANES];
+            for (j, &x) in s.iter().enumerate() {
+                blk[j * m + k] = f(col0 + j, x);
+            }
+        }
+    }
+    for col in full..n {
+        for (k, d) in dst[col * m..(col + 1) * m].iter_mut().enumerate() {
+            *d = f(col, src[k * stride + col]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_and_back_for_every_tail() {
+        for n in [0, 1, 7, 8, 9, 17, 33] {
+            for m in [1, 3, 9, 49] {
+                let src: Vec<f32> = (0..n * m).map(|i| i as f32).collect();
+                // Into rows of a wider stride (padding left alone), and back, scaled per column.
+                let stride = n + 3;
+                let mut wide = vec![-1.0f64; m * stride];
+                transpose(&src, m, &mut wide, stride, |x| x as f64 * 2.0);
+                for k in 0..m {
+                    for col in 0..stride {
+                        let want = if col < n {
+                            src[col * m + k] as f64 * 2.0
+                        } else {
+                            -1.0
+                        };
+                        assert_eq!(wide[k * stride + col], want);
+                    }
+                }
+                let mut back = vec![0.0f32; n * m];
+                untranspose(&wide, stride, n, m, &mut back, |col, x| {
+                    (x / 2.0) as f32 + col as f32
+                });
+                for col in 0..n {
+                    for k in 0..m {
+                        assert_eq!(back[col * m + k], src[col * m + k] + col as f32);
+                    }
+                }
+            }
+        }
+    }
+}
