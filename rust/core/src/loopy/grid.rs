@@ -1418,12 +1418,23 @@ pub fn iterate(
     damping: f64,
     schedule: Schedule,
     stop: &Stop,
-) -> Result<(u32, bool, f64, Vec<f64>)> {
-    match (p.f32_ok, p.compute32) {
-        (true, true) => iterate_in::<f32, f32>(p, max_iter, tol, damping, schedule, stop),
-        (true, false) => iterate_in::<f32, f64>(p, max_iter, tol, damping, schedule, stop),
-        _ => iterate_in::<f64, f64>(p, max_iter, tol, damping, schedule, stop),
-    }
+) -> Result<(u32, bool, f64, Messages)> {
+    let run = |f32_ok, compute32| match (f32_ok, compute32) {
+        (true, true) => iterate_in::<f32, f32>(p, max_iter, tol, damping, schedule, stop)
+            .map(|(i, c, ch, m)| (i, c, ch, Messages::F32(m))),
+        (true, false) => iterate_in::<f32, f64>(p, max_iter, tol, damping, schedule, stop)
+            .map(|(i, c, ch, m)| (i, c, ch, Messages::F32(m))),
+        _ => iterate_in::<f64, f64>(p, max_iter, tol, damping, schedule, stop)
+            .map(|(i, c, ch, m)| (i, c, ch, Messages::F64(m))),
+    };
+    run(p.f32_ok, p.compute32)
+}
+
+/// The grid messages as the sweeps left them (grid layout, probability domain), in the
+/// precision they were stored in: f32 for float32 models whose tables allow it.
+pub enum Messages {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
 }
 
 fn iterate_in<M: Real, A: Real>(
@@ -1433,7 +1444,7 @@ fn iterate_in<M: Real, A: Real>(
     damping: f64,
     schedule: Schedule,
     stop: &Stop,
-) -> Result<(u32, bool, f64, Vec<f64>)> {
+) -> Result<(u32, bool, f64, Vec<M>)> {
     let (h, w, c) = (p.h, p.w, p.c);
     let n = h * w * c;
     let mut cur = vec![M::from_f64(1.0 / c as f64); 4 * n];
@@ -1476,8 +1487,7 @@ fn iterate_in<M: Real, A: Real>(
     if schedule == Schedule::Colour {
         merge_colour(p, &nxt, &mut cur, 0);
     }
-    let grid: Vec<f64> = cur.par_iter().map(|m| m.to_f64()).collect();
-    Ok((result.0, result.1, result.2, grid))
+    Ok((result.0, result.1, result.2, cur))
 }
 
 /// Copies the messages sent by nodes of colour `colour` from `from` into `into`.
@@ -1507,12 +1517,20 @@ fn merge_colour<M: Real>(p: &GridPotentials, from: &[M], into: &mut [M], colour:
 /// The grid messages (as [`iterate`] returns them) in the general layout of `loopy` (log
 /// domain, slot `2e` from the edge's first node) in `msgs`: what the general belief pass
 /// reads when the grid's own does not apply.
-pub fn to_general(p: &GridPotentials, grid: &[f64], msgs: &mut [f64]) {
+pub fn to_general(p: &GridPotentials, grid: &Messages, msgs: &mut [f64]) {
+    match grid {
+        Messages::F32(g) => general_in(p, g, msgs),
+        Messages::F64(g) => general_in(p, g, msgs),
+    }
+}
+
+fn general_in<M: Real>(p: &GridPotentials, grid: &[M], msgs: &mut [f64]) {
     let (h, w, c) = (p.h, p.w, p.c);
     let n = h * w * c;
     // One edge row per task: edge e's two slots are msgs[2e c..(2e + 2) c], so horizontal
     // row r owns the block of its w − 1 edges and vertical row r the block of its w edges.
-    let at = |d: usize, r: usize, x: usize, col: usize| grid[d * n + (r * c + x) * w + col];
+    let at =
+        |d: usize, r: usize, x: usize, col: usize| grid[d * n + (r * c + x) * w + col].to_f64();
     let n_h = h * (w - 1);
     let (horiz, vert) = msgs[..2 * (n_h + (h - 1) * w) * c].split_at_mut(2 * n_h * c);
     if w > 1 {

@@ -23,7 +23,9 @@ use crate::kernels::batch::Rows;
 use crate::kernels::layout::untranspose;
 use crate::kernels::logspace::{exp, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
-use crate::loopy::grid::{ln0, GridPotentials, Pots, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP};
+use crate::loopy::grid::{
+    ln0, GridPotentials, Messages, Pots, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP,
+};
 use crate::simd_dispatch;
 
 /// Below this a probability-domain normaliser is recomputed in the log domain.
@@ -37,7 +39,22 @@ const BLOCK_ENTRIES: usize = 1 << 16;
 /// general pass then runs and reports it). `msgs`: grid layout, probability domain.
 pub fn bp_beliefs(
     p: &GridPotentials,
-    msgs: &mut [f64],
+    msgs: &mut Messages,
+    node_sink: &mut dyn FnMut(usize, &[f64]),
+    edge_sink: &mut dyn FnMut(usize, &[f64]),
+    direct: Option<DirectRows<'_>>,
+) -> Option<f64> {
+    // The messages are read in the precision the sweeps stored them in (each value
+    // widened to f64 where it is used): no f64 copy of the whole grid.
+    match msgs {
+        Messages::F32(m) => beliefs_in(p, m, node_sink, edge_sink, direct),
+        Messages::F64(m) => beliefs_in(p, m, node_sink, edge_sink, direct),
+    }
+}
+
+fn beliefs_in<M: Real>(
+    p: &GridPotentials,
+    msgs: &mut [M],
     node_sink: &mut dyn FnMut(usize, &[f64]),
     edge_sink: &mut dyn FnMut(usize, &[f64]),
     direct: Option<DirectRows<'_>>,
@@ -50,12 +67,12 @@ pub fn bp_beliefs(
     // Messages from outside the grid are 1: every product below then takes all four.
     for r in 0..h {
         for x in 0..c {
-            msgs[FROM_LEFT * n + (r * c + x) * w] = 1.0;
-            msgs[FROM_RIGHT * n + (r * c + x) * w + w - 1] = 1.0;
+            msgs[FROM_LEFT * n + (r * c + x) * w] = M::ONE;
+            msgs[FROM_RIGHT * n + (r * c + x) * w + w - 1] = M::ONE;
         }
     }
-    msgs[FROM_UP * n..FROM_UP * n + c * w].fill(1.0);
-    msgs[FROM_DOWN * n + (h - 1) * c * w..FROM_DOWN * n + h * c * w].fill(1.0);
+    msgs[FROM_UP * n..FROM_UP * n + c * w].fill(M::ONE);
+    msgs[FROM_DOWN * n + (h - 1) * c * w..FROM_DOWN * n + h * c * w].fill(M::ONE);
     let msgs = &*msgs;
     // Logs of the messages into each node (0 where there is no neighbour), the node
     // beliefs (node-major), ln Z_v and the node terms; one grid row per task.
@@ -75,9 +92,9 @@ pub fn bp_beliefs(
         .enumerate()
         .all(|(r, ((((ml, mr), (mu, md)), b), (lzr, tr)))| {
             if p.single() {
-                node_row::<f32>(p, msgs, r, [ml, mr, mu, md], b, lzr, tr)
+                node_row::<f32, M>(p, msgs, r, [ml, mr, mu, md], b, lzr, tr)
             } else {
-                node_row::<f64>(p, msgs, r, [ml, mr, mu, md], b, lzr, tr)
+                node_row::<f64, M>(p, msgs, r, [ml, mr, mu, md], b, lzr, tr)
             }
         });
     if !ok {
@@ -98,7 +115,7 @@ pub fn bp_beliefs(
     let log_z = match direct {
         Some(DirectRows::F32(out)) => edge_pass(&view, Some(out), edge_sink, log_z),
         Some(DirectRows::F64(out)) => edge_pass(&view, Some(out), edge_sink, log_z),
-        None => edge_pass::<f64>(&view, None, edge_sink, log_z),
+        None => edge_pass::<f64, M>(&view, None, edge_sink, log_z),
     };
     Some(log_z)
 }
@@ -108,8 +125,8 @@ pub fn bp_beliefs(
 /// row) its w vertical edges to row r + 1. With `out` (the output rows, edges in graph
 /// order) each task writes its edges' rows itself; otherwise `edge_sink` takes them in
 /// order.
-fn edge_pass<U: Real>(
-    view: &View<'_>,
+fn edge_pass<U: Real, M: Real>(
+    view: &View<'_, M>,
     out: Option<&mut [U]>,
     edge_sink: &mut dyn FnMut(usize, &[f64]),
     mut log_z: f64,
@@ -164,8 +181,8 @@ fn edge_pass<U: Real>(
                 };
                 match (scratch, &direct) {
                     (Some(pr), _) => match single {
-                        true => edge_row::<f32, f64>(view, r, vertical, pr, tr),
-                        false => edge_row::<f64, f64>(view, r, vertical, pr, tr),
+                        true => edge_row::<f32, f64, M>(view, r, vertical, pr, tr),
+                        false => edge_row::<f64, f64, M>(view, r, vertical, pr, tr),
                     },
                     (None, Some((oh, ov))) => {
                         // SAFETY: row r's horizontal (vertical) edges are written by this
@@ -178,8 +195,8 @@ fn edge_pass<U: Real>(
                             }
                         };
                         match single {
-                            true => edge_row::<f32, U>(view, r, vertical, o, tr),
-                            false => edge_row::<f64, U>(view, r, vertical, o, tr),
+                            true => edge_row::<f32, U, M>(view, r, vertical, o, tr),
+                            false => edge_row::<f64, U, M>(view, r, vertical, o, tr),
                         }
                     }
                     (None, None) => unreachable!("pairs go to the output rows or the buffer"),
@@ -241,9 +258,9 @@ simd_dispatch! {
     /// right, up, down; 0 where there is no neighbour), the beliefs (node-major), `ln Z_v`
     /// and the node terms. False when a node has no allowed label. `msgs` holds 1 for the
     /// messages from outside the grid.
-    fn node_row<F: Real>(
+    fn node_row<F: Real, M: Real>(
         p: &GridPotentials,
-        msgs: &[f64],
+        msgs: &[M],
         r: usize,
         m: [&mut [f64]; 4],
         b: &mut [f64],
@@ -254,9 +271,9 @@ simd_dispatch! {
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn node_row_body<F: Real>(
+fn node_row_body<F: Real, M: Real>(
     p: &GridPotentials,
-    msgs: &[f64],
+    msgs: &[M],
     r: usize,
     mut m: [&mut [f64]; 4],
     b: &mut [f64],
@@ -272,7 +289,7 @@ fn node_row_body<F: Real>(
         .zip(m.iter_mut())
     {
         for (o, &m) in out.iter_mut().zip(src(dir)) {
-            *o = ln0_at::<F>(m);
+            *o = ln0_at::<F>(m.to_f64());
         }
     }
     // Beliefs in the probability domain: φ · L · R · U · D (φ >= e^-120 and messages
@@ -285,7 +302,7 @@ fn node_row_body<F: Real>(
         src(FROM_DOWN),
     );
     for (k, q) in a.iter_mut().enumerate() {
-        *q = p.phi[row.start + k] * l[k] * rt[k] * u[k] * d[k];
+        *q = p.phi[row.start + k] * l[k].to_f64() * rt[k].to_f64() * u[k].to_f64() * d[k].to_f64();
     }
     let mut s = vec![0.0; w];
     for x in 0..c {
@@ -337,8 +354,8 @@ simd_dispatch! {
     /// Pair marginals (edge-major `[col][s][d]`) and terms of the horizontal edges of row
     /// `r` (`vertical` false: `(r, col)–(r, col + 1)`) or of its vertical edges
     /// (`(r, col)–(r + 1, col)`).
-    fn edge_row<F: Real, U: Real>(
-        view: &View<'_>,
+    fn edge_row<F: Real, U: Real, M: Real>(
+        view: &View<'_, M>,
         r: usize,
         vertical: bool,
         pairs: &mut [U],
@@ -347,8 +364,8 @@ simd_dispatch! {
 }
 
 #[inline(always)]
-fn edge_row_body<F: Real, U: Real>(
-    view: &View<'_>,
+fn edge_row_body<F: Real, U: Real, M: Real>(
+    view: &View<'_, M>,
     r: usize,
     vertical: bool,
     pairs: &mut [U],
@@ -370,16 +387,16 @@ fn mapped(src: &[f64], f: impl Fn(f64) -> f64) -> Vec<f64> {
 }
 
 /// What the edge pass reads.
-struct View<'a> {
+struct View<'a, M> {
     p: &'a GridPotentials,
     lnm: &'a [f64],
     /// Messages, probability domain (1 from outside the grid).
-    msgs: &'a [f64],
+    msgs: &'a [M],
     lz: &'a [f64],
     n: usize,
 }
 
-impl View<'_> {
+impl<M: Real> View<'_, M> {
     /// Log cavity of the nodes of row `r` (`[x][col]`), leaving out direction `skip`.
     fn cavity(&self, r: usize, skip: usize, out: &mut [f64]) {
         let (c, w) = (self.p.c, self.p.w);
@@ -407,7 +424,7 @@ impl View<'_> {
         for dir in [FROM_LEFT, FROM_RIGHT, FROM_UP, FROM_DOWN] {
             if dir != skip {
                 let m = &self.msgs[dir * self.n + row.start..dir * self.n + row.end];
-                out.iter_mut().zip(m).for_each(|(o, &v)| *o *= v);
+                out.iter_mut().zip(m).for_each(|(o, &v)| *o *= v.to_f64());
             }
         }
         let mut mx = vec![0.0f64; w];
