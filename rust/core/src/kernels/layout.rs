@@ -59,10 +59,16 @@ pub(crate) fn untranspose<S: Copy, D: Copy>(
     let full = n - n % LANES;
     for (b, blk) in dst[..full * m].chunks_exact_mut(LANES * m).enumerate() {
         let col0 = b * LANES;
-        for k in 0..m {
-            let s = &src[k * stride + col0..k * stride + col0 + LANES];
-            for (j, &x) in s.iter().enumerate() {
-                blk[j * m + k] = f(col0 + j, x);
+        // The block's eight output columns, each `m` long: stores without index checks.
+        let mut it = blk.chunks_exact_mut(m);
+        let mut cols: [&mut [D]; LANES] = std::array::from_fn(|_| it.next().expect("8 columns"));
+        for (k, row) in src.chunks(stride).take(m).enumerate() {
+            let s: &[S; LANES] = row[col0..col0 + LANES].try_into().expect("a block row");
+            for (j, col) in cols.iter_mut().enumerate() {
+                // SAFETY: every `col` is a chunk of exactly `m` entries (`chunks_exact_mut`)
+                // and `k < m` (`take(m)`). (Checked indexing here costs a compare per
+                // store against eight lengths the compiler cannot prove equal.)
+                unsafe { *col.get_unchecked_mut(k) = f(col0 + j, s[j]) };
             }
         }
     }

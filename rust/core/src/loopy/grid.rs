@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::interrupt::Stop;
+use crate::kernels::alloc::par_filled;
 use crate::kernels::layout::transpose;
 use crate::kernels::logspace::{exp, exp_nonpos_f32, finite_range, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
@@ -495,8 +496,8 @@ fn per_edge<T: Real, P: Real>(
     hshift: &mut [f64],
     vshift: &mut [f64],
 ) -> Option<Option<(bool, Vec<P>, Vec<P>, f64)>> {
-    let mut horiz = vec![P::ZERO; h * cc * w];
-    let mut vert = vec![P::ZERO; h * cc * w];
+    let mut horiz = par_filled(h * cc * w, P::ZERO);
+    let mut vert = par_filled(h * cc * w, P::ZERO);
     let rows: Vec<(bool, bool, f64)> = horiz
         .par_chunks_mut(cc * w)
         .zip(vert.par_chunks_mut(cc * w))
@@ -563,7 +564,7 @@ impl GridPotentials {
             return None;
         }
         // Node potentials, one grid row per task.
-        let mut phi = vec![0.0; h * w * c];
+        let mut phi = par_filled(h * w * c, 0.0);
         let mut phi_shift = vec![0.0; h * w];
         let rows_ok = phi
             .par_chunks_mut(c * w)
@@ -1447,8 +1448,8 @@ fn iterate_in<M: Real, A: Real>(
 ) -> Result<(u32, bool, f64, Vec<M>)> {
     let (h, w, c) = (p.h, p.w, p.c);
     let n = h * w * c;
-    let mut cur = vec![M::from_f64(1.0 / c as f64); 4 * n];
-    let mut nxt = cur.clone();
+    let mut cur = par_filled(4 * n, M::from_f64(1.0 / c as f64));
+    let mut nxt = par_filled(4 * n, M::from_f64(1.0 / c as f64));
     let mut result = (max_iter as u32, false, f64::INFINITY);
     for it in 1..=max_iter {
         stop.check()?;

@@ -19,6 +19,7 @@
 use rayon::prelude::*;
 
 use crate::inference::DirectRows;
+use crate::kernels::alloc::par_filled;
 use crate::kernels::batch::Rows;
 use crate::kernels::layout::untranspose;
 use crate::kernels::logspace::{exp, ln_pos, ln_pos_f32};
@@ -76,8 +77,8 @@ fn beliefs_in<M: Real>(
     let msgs = &*msgs;
     // Logs of the messages into each node (0 where there is no neighbour), the node
     // beliefs (node-major), ln Z_v and the node terms; one grid row per task.
-    let mut lnm = vec![0.0; 4 * n];
-    let mut bel = vec![0.0; h * w * c];
+    let mut lnm = par_filled(4 * n, 0.0);
+    let mut bel = par_filled(h * w * c, 0.0);
     let mut lz = vec![0.0; h * w];
     let mut terms = vec![0.0; h * w];
     let (l0, rest) = lnm.split_at_mut(n);
