@@ -81,6 +81,20 @@ pub fn filled<T: Copy + Send + Sync>(what: &str, dims: &[usize], value: T) -> Re
     Ok(par_filled(len, value))
 }
 
+/// A vector of `len` copies of `value`, written by the pool's threads: `vec![value; len]`
+/// fills a large buffer at one core's memory bandwidth before the parallel work that
+/// overwrites it starts. (Below 256 KiB, where splitting the fill costs more than it
+/// saves, it is `vec!`.)
+pub fn par_filled<T: Copy + Send + Sync>(len: usize, value: T) -> Vec<T> {
+    use rayon::prelude::*;
+    if len.saturating_mul(std::mem::size_of::<T>()) < 1 << 18 {
+        return vec![value; len];
+    }
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(value, len));
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,18 +116,4 @@ mod tests {
             assert!(v.iter().all(|&x| x == 0.25));
         }
     }
-}
-
-/// A vector of `len` copies of `value`, written by the pool's threads: `vec![value; len]`
-/// fills a large buffer at one core's memory bandwidth before the parallel work that
-/// overwrites it starts. (Below 256 KiB, where splitting the fill costs more than it
-/// saves, it is `vec!`.)
-pub fn par_filled<T: Copy + Send + Sync>(len: usize, value: T) -> Vec<T> {
-    use rayon::prelude::*;
-    if len.saturating_mul(std::mem::size_of::<T>()) < 1 << 18 {
-        return vec![value; len];
-    }
-    let mut v = Vec::with_capacity(len);
-    v.par_extend(rayon::iter::repeat_n(value, len));
-    v
 }
