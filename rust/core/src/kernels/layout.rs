@@ -30,7 +30,12 @@ pub(crate) fn transpose<S: Copy, D: Copy>(
     for (b, blk) in src[..full * m].chunks_exact(LANES * m).enumerate() {
         let col0 = b * LANES;
         for k in 0..m {
-            let v: [D; LANES] = std::array::from_fn(|j| f(blk[j * m + k]));
+            // (A loop, not `array::from_fn`, which is not always inlined into the
+            // caller's SIMD copy.)
+            let mut v = [f(blk[k]); LANES];
+            for (j, x) in v.iter_mut().enumerate().skip(1) {
+                *x = f(blk[j * m + k]);
+            }
             dst[k * stride + col0..k * stride + col0 + LANES].copy_from_slice(&v);
         }
     }
@@ -59,13 +64,19 @@ pub(crate) fn untranspose<S: Copy, D: Copy>(
     let full = n - n % LANES;
     for (b, blk) in dst[..full * m].chunks_exact_mut(LANES * m).enumerate() {
         let col0 = b * LANES;
-        // The block's eight output columns, each `m` long: stores without index checks.
-        let mut it = blk.chunks_exact_mut(m);
-        let mut cols: [&mut [D]; LANES] = std::array::from_fn(|_| it.next().expect("8 columns"));
+        // The block's eight output columns, each `m` long.
+        let (c0, rest) = blk.split_at_mut(m);
+        let (c1, rest) = rest.split_at_mut(m);
+        let (c2, rest) = rest.split_at_mut(m);
+        let (c3, rest) = rest.split_at_mut(m);
+        let (c4, rest) = rest.split_at_mut(m);
+        let (c5, rest) = rest.split_at_mut(m);
+        let (c6, c7) = rest.split_at_mut(m);
+        let mut cols: [&mut [D]; LANES] = [c0, c1, c2, c3, c4, c5, c6, c7];
         for (k, row) in src.chunks(stride).take(m).enumerate() {
             let s: &[S; LANES] = row[col0..col0 + LANES].try_into().expect("a block row");
             for (j, col) in cols.iter_mut().enumerate() {
-                // SAFETY: every `col` is a chunk of exactly `m` entries (`chunks_exact_mut`)
+                // SAFETY: every `col` is exactly `m` entries long (`blk` is `8 m` long)
                 // and `k < m` (`take(m)`). (Checked indexing here costs a compare per
                 // store against eight lengths the compiler cannot prove equal.)
                 unsafe { *col.get_unchecked_mut(k) = f(col0 + j, s[j]) };

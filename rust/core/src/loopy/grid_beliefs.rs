@@ -121,8 +121,8 @@ fn beliefs_in<M: Real>(
     Some(log_z)
 }
 
-/// The edge pass: pair marginals and the edge terms of log Z (added to `log_z`), in blocks
-/// of rows, one row per task: row r carries its w − 1 horizontal edges and (above the last
+/// The edge pass: pair marginals and the edge terms of log Z (added to `log_z`, row by
+/// row), in blocks of rows, one row per task: row r carries its w − 1 horizontal edges and (above the last
 /// row) its w vertical edges to row r + 1. With `out` (the output rows, edges in graph
 /// order) each task writes its edges' rows itself; otherwise `edge_sink` takes them in
 /// order.
@@ -136,11 +136,17 @@ fn edge_pass<U: Real, M: Real>(
     let (h, w, c) = (p.h, p.w, p.c);
     let cc = c * c;
     let per_row = (2 * w - 1) * cc;
-    // (At least two rows per thread: wide rows of large tables would otherwise leave the
-    // pass one row, one thread, at a time.)
-    let rows_per_block = (BLOCK_ENTRIES / per_row.max(1))
-        .max(2 * rayon::current_num_threads())
-        .clamp(1, h);
+    // The blocks bound the buffer through which pairs reach `edge_sink`; pairs written
+    // straight into the output rows need none, and the pass is one parallel loop (each
+    // block is a barrier, with its tail's idle thread). (At least two rows per thread:
+    // wide rows of large tables would otherwise leave the pass one row, one thread, at a
+    // time.)
+    let rows_per_block = match out {
+        Some(_) => h,
+        None => (BLOCK_ENTRIES / per_row.max(1))
+            .max(2 * rayon::current_num_threads())
+            .clamp(1, h),
+    };
     let n_h = h * (w - 1);
     let direct = out.map(|o| {
         let (oh, ov) = o.split_at_mut(n_h * cc);
