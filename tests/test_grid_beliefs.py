@@ -96,15 +96,34 @@ def test_grid_beliefs_with_forbidden_entries_and_both_dtypes(dtype, tol, forbid)
         assert np.all(a.edge_marginals[:, 0, 0, 1] == 0)
 
 
-def test_loss_and_gradients_through_the_grid_belief_pass():
-    g, sh, perm, s_n, s_e = _pair(4, 5, 3, False, np.float64, seed=5)
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("weights", [None, "per_item"])
+def test_loss_and_gradients_through_the_grid_belief_pass(dtype, tol, weights):
+    # The grid pass writes each item's edge-gradient rows itself, gold indicators and the
+    # item's weight applied as it stores them; the general pass (the same grid with its
+    # edges shuffled) goes through the generic accumulation. Same gradients.
+    from expsoftmax.api import _loss_and_grad
+
+    g, sh, perm, s_n, s_e = _pair(4, 5, 3, False, dtype, seed=5)
     y = np.random.default_rng(0).integers(0, 3, (2, 20))
-    opts = dict(method="bp", max_iter=50, tol=1e-9, damping=0.5)
-    la, gna, gea = es.loss_and_grad(g, s_n, s_e, y, **opts)
-    lb, gnb, geb = es.loss_and_grad(sh, s_n, s_e[:, perm], y, **opts)
-    np.testing.assert_allclose(la, lb, atol=1e-10)
-    np.testing.assert_allclose(gna, gnb, atol=1e-12)
-    np.testing.assert_allclose(gea[:, perm], geb, atol=1e-12)
+    y[1, 7] = 2
+    s_n[1, 7, 2] = -np.inf  # a gold label the scores forbid: its pairs' marginals are 0
+    w = None if weights is None else np.array([0.5, -1.75])
+    opts = dict(max_iter=100, tol=1e-9 if dtype == np.float64 else 1e-6, damping=0.5)
+    la, gna, gea = _loss_and_grad(g, s_n, s_e, y, "bp", None, opts, w)
+    lb, gnb, geb = _loss_and_grad(sh, s_n, s_e[:, perm], y, "bp", None, opts, w)
+    assert gea.dtype == dtype and np.isinf(la[1]) and np.isfinite(la[0])
+    np.testing.assert_allclose(la, lb, atol=1e-10 if dtype == np.float64 else 1e-4)
+    np.testing.assert_allclose(gna, gnb, atol=tol)
+    np.testing.assert_allclose(gea[:, perm], geb, atol=tol)
+    # Gold indicators: each edge's row sums to (1 − 1) · weight = 0, and the gold entry
+    # of an edge into the forbidden gold label is (0 − 1) · weight.
+    scale = np.ones(2) if w is None else w
+    np.testing.assert_allclose(gea.sum(axis=(-2, -1)), 0, atol=tol * 10)
+    edges = g.edges
+    gold = gea[1, np.arange(g.num_edges), y[1, edges[:, 0]], y[1, edges[:, 1]]]
+    into = (edges == 7).any(axis=1)
+    np.testing.assert_allclose(gold[into], -scale[1], atol=tol)
 
 
 @pytest.mark.parametrize("damping", [0.0, 0.3, 0.5])

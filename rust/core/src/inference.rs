@@ -56,9 +56,10 @@ pub trait EdgeSink {
         }
         self.commit(e);
     }
-    /// The output rows `(E, C, C)` themselves, when this sink only stores pair marginals
-    /// in the caller's precision: a method may then write them from parallel tasks, each
-    /// edge's row by the one task that computed it, instead of through [`Self::put`].
+    /// The output rows `(E, C, C)` themselves, when this sink only stores each pair
+    /// marginal in the caller's precision (or the gradient made from it, see
+    /// [`DirectRows::gold`]): a method may then write them from parallel tasks, each edge's
+    /// row by the one task that computed it, instead of through [`Self::put`].
     #[inline(always)]
     fn direct_rows(&mut self) -> Option<DirectRows<'_>> {
         None
@@ -71,10 +72,58 @@ pub trait EdgeSink {
     }
 }
 
-/// Pair-marginal output rows in the caller's precision (see [`EdgeSink::direct_rows`]).
-pub enum DirectRows<'a> {
+/// Output rows `(E, C, C)` in the caller's precision (see [`EdgeSink::direct_rows`]).
+pub struct DirectRows<'a> {
+    pub rows: RowsOf<'a>,
+    /// For gradient rows: edge `e = (i, j)`'s row is `(p − [k = y_i C + y_j]) · scale`
+    /// (computed in f64, then stored), not the pair marginal `p` itself.
+    pub gold: Option<Gold<'a>>,
+}
+
+/// Rows of either float type.
+pub enum RowsOf<'a> {
     F32(&'a mut [f32]),
     F64(&'a mut [f64]),
+}
+
+/// The gold labelling `(I,)` whose indicators a gradient row subtracts, and the factor
+/// (the item's weight, 1 without) applied after.
+#[derive(Clone, Copy)]
+pub struct Gold<'a> {
+    pub labels: &'a [i64],
+    pub scale: f64,
+}
+
+impl Gold<'_> {
+    /// Entry `k` of a gradient row from its pair marginal `p`, `gold` being the row's gold
+    /// entry: `(p − [k = gold]) · scale`, exactly as the gradient is made entry by entry.
+    #[inline(always)]
+    pub fn entry(&self, k: usize, gold: usize, p: f64) -> f64 {
+        (if k == gold { p - 1.0 } else { p }) * self.scale
+    }
+}
+
+/// `rows` as [`RowsOf`] when `T` is f32 or f64.
+fn rows_of<T: Real>(rows: &mut [T]) -> Option<RowsOf<'_>> {
+    let (ptr, len) = (rows.as_mut_ptr(), rows.len());
+    let id = std::any::TypeId::of::<T>();
+    // SAFETY: `T` is the type named by the `TypeId` just compared, so the slice is
+    // reinterpreted as itself; it keeps the borrow of `rows`.
+    unsafe {
+        if id == std::any::TypeId::of::<f32>() {
+            Some(RowsOf::F32(std::slice::from_raw_parts_mut(
+                ptr as *mut f32,
+                len,
+            )))
+        } else if id == std::any::TypeId::of::<f64>() {
+            Some(RowsOf::F64(std::slice::from_raw_parts_mut(
+                ptr as *mut f64,
+                len,
+            )))
+        } else {
+            None
+        }
+    }
 }
 
 /// An inference method, as the drivers see it.
@@ -220,26 +269,64 @@ impl<T: Real> EdgeSink for ToRows<'_, T> {
     }
     #[inline(always)]
     fn direct_rows(&mut self) -> Option<DirectRows<'_>> {
-        let rows = self.rows.as_deref_mut()?;
-        let (ptr, len) = (rows.as_mut_ptr(), rows.len());
-        let id = std::any::TypeId::of::<T>();
-        // SAFETY: `T` is the type named by the `TypeId` just compared, so the slice is
-        // reinterpreted as itself; it keeps the borrow of `self.rows`.
-        unsafe {
-            if id == std::any::TypeId::of::<f32>() {
-                Some(DirectRows::F32(std::slice::from_raw_parts_mut(
-                    ptr as *mut f32,
-                    len,
-                )))
-            } else if id == std::any::TypeId::of::<f64>() {
-                Some(DirectRows::F64(std::slice::from_raw_parts_mut(
-                    ptr as *mut f64,
-                    len,
-                )))
-            } else {
-                None
-            }
+        Some(DirectRows {
+            rows: rows_of(self.rows.as_deref_mut()?)?,
+            gold: None,
+        })
+    }
+}
+
+/// One item's edge-score gradient rows (per-edge tables, not summed over items), each
+/// active edge's row written once in the caller's precision: `(p − [gold]) · scale`, the
+/// gold indicator and the item's weight applied as the row is stored (no f64 copy of the
+/// item's gradient to clear, adjust and convert afterwards).
+struct GradRows<'a, T> {
+    scratch: &'a mut [f64],
+    rows: &'a mut [T],
+    edges: &'a [[u32; 2]],
+    gold: Gold<'a>,
+    c: usize,
+}
+
+impl<T: Real> GradRows<'_, T> {
+    #[inline(always)]
+    fn store(&mut self, e: usize, pair: &[f64]) {
+        let cc = pair.len();
+        let [i, j] = self.edges[e];
+        let labels = self.gold.labels;
+        let gold = labels[i as usize] as usize * self.c + labels[j as usize] as usize;
+        for (k, (o, &p)) in self.rows[e * cc..(e + 1) * cc]
+            .iter_mut()
+            .zip(pair)
+            .enumerate()
+        {
+            *o = T::from_f64(self.gold.entry(k, gold, p));
         }
+    }
+}
+
+impl<T: Real> EdgeSink for GradRows<'_, T> {
+    const ACCUMULATE: bool = false;
+    #[inline(always)]
+    fn slot(&mut self, _e: usize) -> &mut [f64] {
+        self.scratch
+    }
+    #[inline(always)]
+    fn commit(&mut self, e: usize) {
+        let pair = std::mem::take(&mut self.scratch);
+        self.store(e, pair);
+        self.scratch = pair;
+    }
+    #[inline(always)]
+    fn put(&mut self, e: usize, pair: &[f64]) {
+        self.store(e, pair);
+    }
+    #[inline(always)]
+    fn direct_rows(&mut self) -> Option<DirectRows<'_>> {
+        Some(DirectRows {
+            rows: rows_of(self.rows)?,
+            gold: Some(self.gold),
+        })
     }
 }
 
@@ -486,6 +573,9 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
     let acc_e = if edge_shared { ge_len } else { 0 };
     let acc_w = if weight_shared { gw_len } else { 0 };
     let chunk = chunk_size(bsz, acc_n + acc_e + acc_w);
+    // Per-edge tables of each item's own: the method writes the item's gradient rows
+    // itself (`GradRows`), gold indicators and weight included.
+    let grad_rows = !weighted && pb.edge.edges != 1 && !edge_shared;
 
     let mut loss = vec![T::from_f64(0.0); bsz];
     let mut gn = filled(
@@ -520,7 +610,7 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
                 (
                     method.workspace(pb),
                     vec![0.0; n * c],
-                    vec![0.0; ge_len],
+                    vec![0.0; if grad_rows { 0 } else { ge_len }],
                     vec![0.0; gw_len],
                     vec![0.0; cc],
                     vec![0.0; cc],
@@ -560,6 +650,19 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
                             grad_table: gedge,
                         };
                         method.item(pb, ws, b, &mut node_sink, &mut sink)
+                    } else if grad_rows {
+                        let mut sink = GradRows {
+                            scratch,
+                            // SAFETY: item b is handled by this task only.
+                            rows: unsafe { er.get(b) },
+                            edges,
+                            gold: Gold {
+                                labels: yb,
+                                scale: weights.map_or(1.0, |w| w[b]),
+                            },
+                            c,
+                        };
+                        method.item(pb, ws, b, &mut node_sink, &mut sink)
                     } else {
                         let mut sink = Accumulate {
                             buf: gedge,
@@ -569,8 +672,8 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
                         method.item(pb, ws, b, &mut node_sink, &mut sink)
                     }
                     .map_err(|er| item_error(er, b, bsz))?;
-                    // Gold indicators of the edges.
-                    for (k, &[i, j]) in edges.iter().enumerate() {
+                    // Gold indicators of the edges (`GradRows` applied them as it stored).
+                    for (k, &[i, j]) in edges.iter().enumerate().filter(|_| !grad_rows) {
                         if !edge_active(act, i, j) {
                             continue;
                         }
@@ -605,7 +708,9 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
                     // SAFETY: item b is handled by this task only.
                     unsafe {
                         emit(gnode, (!node_shared).then(|| nr.get(b)), an);
-                        emit(gedge, (!edge_shared).then(|| er.get(b)), ae);
+                        if !grad_rows {
+                            emit(gedge, (!edge_shared).then(|| er.get(b)), ae);
+                        }
                         if weighted {
                             emit(gweight, (!weight_shared).then(|| wr.get(b)), aw);
                         }

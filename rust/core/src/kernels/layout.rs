@@ -46,7 +46,7 @@ pub(crate) fn transpose<S: Copy, D: Copy>(
     }
 }
 
-/// The inverse of [`transpose`]: `dst[col * m + k] = f(src[k * n + col])`, with `n`
+/// The inverse of [`transpose`]: `dst[col * m + k] = f(col, k, src[k * n + col])`, with `n`
 /// columns read from rows of stride `stride ≥ n` (`src[k * stride + col]`).
 ///
 /// Eight columns at a time: every load is a whole vector of consecutive entries, and the
@@ -58,7 +58,7 @@ pub(crate) fn untranspose<S: Copy, D: Copy>(
     n: usize,
     m: usize,
     dst: &mut [D],
-    f: impl Fn(usize, S) -> D,
+    f: impl Fn(usize, usize, S) -> D,
 ) {
     debug_assert!(stride >= n && dst.len() >= n * m);
     let full = n - n % LANES;
@@ -79,13 +79,13 @@ pub(crate) fn untranspose<S: Copy, D: Copy>(
                 // SAFETY: every `col` is exactly `m` entries long (`blk` is `8 m` long)
                 // and `k < m` (`take(m)`). (Checked indexing here costs a compare per
                 // store against eight lengths the compiler cannot prove equal.)
-                unsafe { *col.get_unchecked_mut(k) = f(col0 + j, s[j]) };
+                unsafe { *col.get_unchecked_mut(k) = f(col0 + j, k, s[j]) };
             }
         }
     }
     for col in full..n {
         for (k, d) in dst[col * m..(col + 1) * m].iter_mut().enumerate() {
-            *d = f(col, src[k * stride + col]);
+            *d = f(col, k, src[k * stride + col]);
         }
     }
 }
@@ -114,12 +114,12 @@ mod tests {
                     }
                 }
                 let mut back = vec![0.0f32; n * m];
-                untranspose(&wide, stride, n, m, &mut back, |col, x| {
-                    (x / 2.0) as f32 + col as f32
+                untranspose(&wide, stride, n, m, &mut back, |col, k, x| {
+                    (x / 2.0) as f32 + (col + 10 * k) as f32
                 });
                 for col in 0..n {
                     for k in 0..m {
-                        assert_eq!(back[col * m + k], src[col * m + k] + col as f32);
+                        assert_eq!(back[col * m + k], src[col * m + k] + (col + 10 * k) as f32);
                     }
                 }
             }

@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use crate::inference::DirectRows;
+use crate::inference::{DirectRows, Gold, RowsOf};
 use crate::kernels::alloc::par_filled;
 use crate::kernels::batch::Rows;
 use crate::kernels::layout::untranspose;
@@ -112,10 +112,17 @@ fn beliefs_in<M: Real>(
         msgs,
         lz: &lz,
         n,
+        gold: None,
     };
     let log_z = match direct {
-        Some(DirectRows::F32(out)) => edge_pass(&view, Some(out), edge_sink, log_z),
-        Some(DirectRows::F64(out)) => edge_pass(&view, Some(out), edge_sink, log_z),
+        Some(DirectRows {
+            rows: RowsOf::F32(out),
+            gold,
+        }) => edge_pass(&View { gold, ..view }, Some(out), edge_sink, log_z),
+        Some(DirectRows {
+            rows: RowsOf::F64(out),
+            gold,
+        }) => edge_pass(&View { gold, ..view }, Some(out), edge_sink, log_z),
         None => edge_pass::<f64, M>(&view, None, edge_sink, log_z),
     };
     Some(log_z)
@@ -401,6 +408,8 @@ struct View<'a, M> {
     msgs: &'a [M],
     lz: &'a [f64],
     n: usize,
+    /// Gradient rows instead of pair marginals (see [`DirectRows::gold`]).
+    gold: Option<Gold<'a>>,
 }
 
 impl<M: Real> View<'_, M> {
@@ -649,11 +658,41 @@ impl<M: Real> View<'_, M> {
                 shift_row[col] + mv[col] + mu[col + off] + lnz[col] - lz_v[col] - lz_u[col]
                     + acc[col] * inv[col];
         }
+        // Gradient rows: each edge's gold entry `y_v C + y_u`.
+        let gold_at: Vec<usize> = match self.gold {
+            Some(g) => (0..len)
+                .map(|col| {
+                    let (v, u) = (r * w + col, ru * w + col + off);
+                    g.labels[v] as usize * c + g.labels[u] as usize
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        // Entry `k` of edge `col`'s row from its pair marginal `p`.
+        let fin = |col: usize, k: usize, p: f64| -> U {
+            match self.gold {
+                Some(g) => U::from_f64(g.entry(k, gold_at[col], p)),
+                None => U::from_f64(p),
+            }
+        };
         match (&joint, potts) {
             // The class-pair-major joint into the edge-major output, normalised.
-            (Some(joint), _) => untranspose(joint, len, len, cc, pairs, |col, x| {
-                U::from_f64(x * inv[col])
-            }),
+            (Some(joint), _) => match self.gold {
+                None => untranspose(joint, len, len, cc, pairs, |col, _, x| {
+                    U::from_f64(x * inv[col])
+                }),
+                Some(g) => {
+                    // Every entry times the scale, then each row's gold entry redone from
+                    // the same pair marginal (a compare per entry costs the loop its
+                    // speed): the values `Gold::entry` gives.
+                    untranspose(joint, len, len, cc, pairs, |col, _, x| {
+                        U::from_f64(x * inv[col] * g.scale)
+                    });
+                    for (col, &k) in gold_at.iter().enumerate() {
+                        pairs[col * cc + k] = fin(col, k, joint[k * len + col] * inv[col]);
+                    }
+                }
+            },
             (None, Some((a, b))) => {
                 let mut quc = vec![0.0; c];
                 for (col, pc) in pairs.chunks_exact_mut(cc).take(len).enumerate() {
@@ -664,7 +703,7 @@ impl<M: Real> View<'_, M> {
                         let f = xv[s * w + col] * inv[col];
                         for (d, (o, &q)) in prow.iter_mut().zip(&quc).enumerate() {
                             let diag = if d == s { b[col] } else { 0.0 };
-                            *o = U::from_f64(f * q * a[col] + f * q * diag);
+                            *o = fin(col, s * c + d, f * q * a[col] + f * q * diag);
                         }
                     }
                 }
@@ -700,8 +739,8 @@ impl<M: Real> View<'_, M> {
                 sum += *v;
             }
             pc.iter_mut().for_each(|v| *v /= sum);
-            for (o, &v) in out.iter_mut().zip(pc.iter()) {
-                *o = U::from_f64(v);
+            for (k, (o, &v)) in out.iter_mut().zip(pc.iter()).enumerate() {
+                *o = fin(col, k, v);
             }
             let lze = m + ln_pos(sum);
             let (v, u) = (r * w + col, ru * w + col + off);
