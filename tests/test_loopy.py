@@ -206,6 +206,17 @@ def test_same_answer_whatever_the_thread_count():
         "    for sch in ('parallel', 'checkerboard'):\n"
         "        r = es.infer(g, s_n, s_e, method=m, schedule=sch, max_iter=15, tol=0)\n"
         "        out += r.log_z.tobytes() + r.node_marginals.tobytes()\n"
+        "        out += r.edge_marginals.tobytes()\n"
+        # The training step: per-edge gradient rows and weighted-edge gradients (the
+        # table's is summed over the rows of the grid, whatever the threads).
+        "y = rng.integers(0, 3, 6400)\n"
+        "w = es.WeightedEdges(rng.uniform(0, 1, g.num_edges), rng.normal(size=(3, 3)))\n"
+        "potts = es.WeightedEdges(w.weight, 2 * np.eye(3))\n"
+        "for edges in (s_e, s_e.astype(np.float32), w, potts):\n"
+        "    sn = s_n.astype(np.float32) if edges is not s_e else s_n\n"
+        "    l, gn, ge = es.loss_and_grad(g, sn, edges, y, method='bp', max_iter=15, tol=0)\n"
+        "    parts = (ge.weight, ge.table) if isinstance(ge, es.WeightedEdges) else (ge,)\n"
+        "    out += l.tobytes() + gn.tobytes() + b''.join(p.tobytes() for p in parts)\n"
         "sys.stdout.write(hashlib.sha256(out).hexdigest())\n"
     )
     assert len(outputs_per_thread_count(code)) == 1

@@ -70,6 +70,36 @@ pub trait EdgeSink {
     fn shared_slot(&self) -> bool {
         false
     }
+    /// The gradients of weighted edge scores `w_e · table` themselves, when this sink only
+    /// makes those from the pair marginals: a method may then compute `∂/∂w_e = ⟨table,
+    /// p_e⟩` ([`weighted_dot`]) and partial sums of `∂/∂table = Σ_e w_e p_e` in parallel
+    /// tasks, adding the partial sums in an order fixed by the shapes.
+    #[inline(always)]
+    fn weighted_grad(&mut self) -> Option<WeightedParts<'_>> {
+        None
+    }
+}
+
+/// Where weighted-edge gradients go (see [`EdgeSink::weighted_grad`]); both hold 0 before.
+pub struct WeightedParts<'a> {
+    /// The stored `(C, C)` table, without weights.
+    pub table: &'a [f64],
+    /// `(E,)`: edge `e`'s entry is `⟨table, p_e⟩`.
+    pub grad_weight: &'a mut [f64],
+    /// `(C, C)`: `Σ_e w_e p_e`.
+    pub grad_table: &'a mut [f64],
+}
+
+/// `⟨table, p⟩` over the pairs with `p ≠ 0` (a forbidden pair, whose table entry is −inf,
+/// has marginal 0 and adds nothing), in four partial sums (so that it need not run one
+/// entry at a time), combined as `(s0 + s1) + (s2 + s3)`.
+#[inline(always)]
+pub fn weighted_dot(pair: &[f64], table: &[f64]) -> f64 {
+    let mut dot = [0.0f64; 4];
+    for (i, (&p, &t)) in pair.iter().zip(table).enumerate() {
+        dot[i % 4] += if p != 0.0 { p * t } else { 0.0 };
+    }
+    (dot[0] + dot[1]) + (dot[2] + dot[3])
 }
 
 /// Output rows `(E, C, C)` in the caller's precision (see [`EdgeSink::direct_rows`]).
@@ -371,14 +401,10 @@ impl<T: Real> WeightedGrad<'_, '_, T> {
         e: usize,
         pair: &[f64],
     ) {
-        // Four partial sums, so the dot product need not run one entry at a time.
-        let mut dot = [0.0f64; 4];
-        for (i, ((g, &p), &t)) in grad_table.iter_mut().zip(pair).zip(table).enumerate() {
+        for (g, &p) in grad_table.iter_mut().zip(pair) {
             *g += w * p;
-            // A forbidden pair has marginal 0: it adds nothing to the weight's gradient.
-            dot[i % 4] += if p != 0.0 { p * t } else { 0.0 };
         }
-        grad_weight[e] += (dot[0] + dot[1]) + (dot[2] + dot[3]);
+        grad_weight[e] += weighted_dot(pair, table);
     }
 }
 
@@ -405,6 +431,14 @@ impl<T: Real> EdgeSink for WeightedGrad<'_, '_, T> {
     fn put(&mut self, e: usize, pair: &[f64]) {
         let w = self.edges.weight(e);
         Self::add(self.grad_table, self.grad_weight, self.table, w, e, pair);
+    }
+    #[inline(always)]
+    fn weighted_grad(&mut self) -> Option<WeightedParts<'_>> {
+        Some(WeightedParts {
+            table: self.table,
+            grad_weight: self.grad_weight,
+            grad_table: self.grad_table,
+        })
     }
 }
 

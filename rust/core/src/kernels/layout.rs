@@ -46,11 +46,11 @@ pub(crate) fn transpose<S: Copy, D: Copy>(
     }
 }
 
-/// The inverse of [`transpose`]: `dst[col * m + k] = f(col, k, src[k * n + col])`, with `n`
-/// columns read from rows of stride `stride ≥ n` (`src[k * stride + col]`).
+/// The inverse of [`transpose`]: `dst[col * m + k] = f(col, k, src[k * stride + col])` for
+/// `col < n` and `k < m` (`stride ≥ n`).
 ///
-/// Eight columns at a time: every load is a whole vector of consecutive entries, and the
-/// strided stores of a block stay within `8 m` entries of `dst`.
+/// Eight columns at a time: each source row is read eight consecutive entries at a time,
+/// and the strided stores of a block stay within its `8 m` entries of `dst`.
 #[inline(always)]
 pub(crate) fn untranspose<S: Copy, D: Copy>(
     src: &[S],
@@ -99,7 +99,8 @@ mod tests {
         for n in [0, 1, 7, 8, 9, 17, 33] {
             for m in [1, 3, 9, 49] {
                 let src: Vec<f32> = (0..n * m).map(|i| i as f32).collect();
-                // Into rows of a wider stride (padding left alone), and back, scaled per column.
+                // Into rows of a wider stride (padding left alone), and back, each entry
+                // offset by its column and row.
                 let stride = n + 3;
                 let mut wide = vec![-1.0f64; m * stride];
                 transpose(&src, m, &mut wide, stride, |x| x as f64 * 2.0);

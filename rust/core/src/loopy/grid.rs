@@ -201,6 +201,13 @@ impl Weighted {
         out
     }
 
+    /// The weights of edge row `r` (`[col]`, horizontal or vertical).
+    #[inline(always)]
+    pub(crate) fn weights(&self, vertical: bool, r: usize, w: usize) -> &[f64] {
+        let ws = if vertical { &self.wv } else { &self.wh };
+        &ws[r * w..(r + 1) * w]
+    }
+
     /// For a Potts table: edge row `r`'s coefficients `(α, β)`, with which its potentials
     /// are `ψ(a, b) = α + β [a = b]` exactly (relative to the shifts of
     /// [`Self::row_shifts`]): no exponentials.

@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use crate::inference::{DirectRows, Gold, RowsOf};
+use crate::inference::{weighted_dot, DirectRows, Gold, RowsOf, WeightedParts};
 use crate::kernels::alloc::par_filled;
 use crate::kernels::batch::Rows;
 use crate::kernels::layout::untranspose;
@@ -34,16 +34,27 @@ const TINY: f64 = 1e-280;
 /// Pair entries per block of rows in the edge pass (bounds the pair buffers).
 const BLOCK_ENTRIES: usize = 1 << 16;
 
-/// Node beliefs and pair marginals handed to the sinks (nodes in order; edges in graph
-/// order within each block of rows, horizontal then vertical per row) and the Bethe
-/// log Z, or `None` when this pass does not apply or a node has no allowed label (the
-/// general pass then runs and reports it). `msgs`: grid layout, probability domain.
+/// Where the edge pass's results go.
+pub enum EdgeOut<'a> {
+    /// Each pair marginal to `edge_sink`, in edge order within each block of rows
+    /// (horizontal then vertical per row).
+    Sink,
+    /// Straight into output rows, from the parallel tasks (see [`DirectRows`]).
+    Rows(DirectRows<'a>),
+    /// Weighted-edge gradients, made in the parallel tasks (see [`WeightedParts`]).
+    Weighted(WeightedParts<'a>),
+}
+
+/// Node beliefs handed to `node_sink` (nodes in order), the edges' results to `out`, and
+/// the Bethe log Z; or `None` when this pass does not apply or a node has no allowed
+/// label (the general pass then runs and reports it; nothing was handed out). `msgs`:
+/// grid layout, probability domain.
 pub fn bp_beliefs(
     p: &GridPotentials,
     msgs: &mut Messages,
     node_sink: &mut dyn FnMut(usize, &[f64]),
     edge_sink: &mut dyn FnMut(usize, &[f64]),
-    direct: Option<DirectRows<'_>>,
+    direct: EdgeOut<'_>,
 ) -> Option<f64> {
     // The messages are read in the precision the sweeps stored them in (each value
     // widened to f64 where it is used): no f64 copy of the whole grid.
@@ -58,7 +69,7 @@ fn beliefs_in<M: Real>(
     msgs: &mut [M],
     node_sink: &mut dyn FnMut(usize, &[f64]),
     edge_sink: &mut dyn FnMut(usize, &[f64]),
-    direct: Option<DirectRows<'_>>,
+    direct: EdgeOut<'_>,
 ) -> Option<f64> {
     if p.rho.is_some() {
         return None;
@@ -115,27 +126,31 @@ fn beliefs_in<M: Real>(
         gold: None,
     };
     let log_z = match direct {
-        Some(DirectRows {
+        EdgeOut::Rows(DirectRows {
             rows: RowsOf::F32(out),
             gold,
-        }) => edge_pass(&View { gold, ..view }, Some(out), edge_sink, log_z),
-        Some(DirectRows {
+        }) => edge_pass(&View { gold, ..view }, Some(out), None, edge_sink, log_z),
+        EdgeOut::Rows(DirectRows {
             rows: RowsOf::F64(out),
             gold,
-        }) => edge_pass(&View { gold, ..view }, Some(out), edge_sink, log_z),
-        None => edge_pass::<f64, M>(&view, None, edge_sink, log_z),
+        }) => edge_pass(&View { gold, ..view }, Some(out), None, edge_sink, log_z),
+        EdgeOut::Weighted(parts) => edge_pass::<f64, M>(&view, None, Some(parts), edge_sink, log_z),
+        EdgeOut::Sink => edge_pass::<f64, M>(&view, None, None, edge_sink, log_z),
     };
     Some(log_z)
 }
 
 /// The edge pass: pair marginals and the edge terms of log Z (added to `log_z`, row by
-/// row), in blocks of rows, one row per task: row r carries its w − 1 horizontal edges and (above the last
-/// row) its w vertical edges to row r + 1. With `out` (the output rows, edges in graph
-/// order) each task writes its edges' rows itself; otherwise `edge_sink` takes them in
-/// order.
+/// row), in blocks of rows, one row per task: row r carries its w − 1 horizontal edges
+/// and (above the last row) its w vertical edges to row r + 1. With `out` (the output
+/// rows, edges in graph order) each task writes its edges' rows itself; with `wgrad` each
+/// task writes its edges' weight gradients and sums `w_e p_e` over its row, the rows'
+/// sums added into the table's gradient in row order; otherwise `edge_sink` takes the
+/// pairs in order.
 fn edge_pass<U: Real, M: Real>(
     view: &View<'_, M>,
     out: Option<&mut [U]>,
+    wgrad: Option<WeightedParts<'_>>,
     edge_sink: &mut dyn FnMut(usize, &[f64]),
     mut log_z: f64,
 ) -> f64 {
@@ -159,14 +174,27 @@ fn edge_pass<U: Real, M: Real>(
         let (oh, ov) = o.split_at_mut(n_h * cc);
         (Rows::new(oh, (w - 1) * cc), Rows::new(ov, w * cc))
     });
+    let (wgrad, mut grad_table) = match wgrad {
+        Some(wp) => {
+            let wt = p
+                .weighted
+                .as_ref()
+                .expect("weighted gradients of weighted edges");
+            let (gh, gv) = wp.grad_weight.split_at_mut(n_h);
+            let rows = (Rows::new(gh, w - 1), Rows::new(gv, w));
+            (Some((wp.table, rows.0, rows.1, wt)), Some(wp.grad_table))
+        }
+        None => (None, None),
+    };
     // With direct output rows the pairs go straight there; otherwise through this block
-    // buffer to `edge_sink`, in edge order.
+    // buffer (each row's pairs, then with weighted gradients its sum of `w_e p_e`).
+    let row_len = per_row + if wgrad.is_some() { cc } else { 0 };
     let mut pairs = vec![
         0.0;
         if direct.is_some() {
             0
         } else {
-            rows_per_block * per_row
+            rows_per_block * row_len
         }
     ];
     let mut eterms = vec![0.0; rows_per_block * (2 * w - 1)];
@@ -176,6 +204,14 @@ fn edge_pass<U: Real, M: Real>(
         let run = |i: usize, tr: &mut [f64], pr: Option<&mut [f64]>| {
             let r = r0 + i;
             let (th, tv) = tr.split_at_mut(w - 1);
+            let (pr, mut partial) = match pr {
+                Some(pr) => {
+                    let (a, b) = pr.split_at_mut(per_row);
+                    b.fill(0.0);
+                    (Some(a), Some(b))
+                }
+                None => (None, None),
+            };
             let (mut ph, mut pv) = match pr {
                 Some(pr) => {
                     let (a, b) = pr.split_at_mut((w - 1) * cc);
@@ -215,6 +251,25 @@ fn edge_pass<U: Real, M: Real>(
                     }
                     (None, None) => unreachable!("pairs go to the output rows or the buffer"),
                 }
+                if let (Some((table, gh, gv, wt)), Some(sum), Some(pr)) = (
+                    &wgrad,
+                    partial.as_deref_mut(),
+                    if vertical {
+                        pv.as_deref()
+                    } else {
+                        ph.as_deref()
+                    },
+                ) {
+                    // SAFETY: row r's horizontal (vertical) edges are this task's only.
+                    let gw = unsafe {
+                        if vertical {
+                            gv.get(r)
+                        } else {
+                            gh.get(r)
+                        }
+                    };
+                    weighted_row(pr, table, wt.weights(vertical, r, w), gw, sum);
+                }
             }
         };
         let terms = eterms[..k * (2 * w - 1)].par_chunks_mut(2 * w - 1);
@@ -222,7 +277,7 @@ fn edge_pass<U: Real, M: Real>(
             terms.enumerate().for_each(|(i, tr)| run(i, tr, None));
         } else {
             terms
-                .zip(pairs[..k * per_row].par_chunks_mut(per_row))
+                .zip(pairs[..k * row_len].par_chunks_mut(row_len))
                 .enumerate()
                 .for_each(|(i, (tr, pr))| run(i, tr, Some(pr)));
         }
@@ -236,7 +291,13 @@ fn edge_pass<U: Real, M: Real>(
             if direct.is_some() {
                 continue;
             }
-            let pr = &pairs[i * per_row..];
+            let pr = &pairs[i * row_len..(i + 1) * row_len];
+            if let Some(gt) = grad_table.as_deref_mut() {
+                for (g, &x) in gt.iter_mut().zip(&pr[per_row..]) {
+                    *g += x;
+                }
+                continue;
+            }
             for col in 0..w - 1 {
                 edge_sink(r * (w - 1) + col, &pr[col * cc..(col + 1) * cc]);
             }
@@ -362,6 +423,29 @@ fn node_row_body<F: Real, M: Real>(
         }
     }
     true
+}
+
+simd_dispatch! {
+    /// Weighted-edge gradients of one edge row from its pairs (edge-major, `C × C` each):
+    /// `gw[col] = ⟨table, p_col⟩` and `sum += Σ_col ws[col] p_col`.
+    fn weighted_row<>(
+        pairs: &[f64],
+        table: &[f64],
+        ws: &[f64],
+        gw: &mut [f64],
+        sum: &mut [f64],
+    ) -> () => weighted_row_body
+}
+
+#[inline(always)]
+fn weighted_row_body(pairs: &[f64], table: &[f64], ws: &[f64], gw: &mut [f64], sum: &mut [f64]) {
+    let cc = table.len();
+    for ((g, pc), &we) in gw.iter_mut().zip(pairs.chunks_exact(cc)).zip(ws) {
+        *g = weighted_dot(pc, table);
+        for (s, &x) in sum.iter_mut().zip(pc) {
+            *s += we * x;
+        }
+    }
 }
 
 simd_dispatch! {

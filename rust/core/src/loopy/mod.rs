@@ -1211,20 +1211,29 @@ impl<T: Real> Inference<T> for Loopy<'_> {
                 pb.stop,
             )?;
             pb.stop.check()?;
+            use crate::loopy::grid_beliefs::{bp_beliefs as grid_beliefs, EdgeOut};
+            let msgs = &mut grid_msgs;
             let fast = match edges.direct_rows() {
-                // Pair marginals written into the output rows by the parallel tasks.
-                Some(rows) => crate::loopy::grid_beliefs::bp_beliefs(
-                    &gp,
-                    &mut grid_msgs,
-                    node_sink,
-                    &mut |_, _| {},
-                    Some(rows),
-                ),
-                None => {
-                    let mut emit = |e: usize, p: &[f64]| edges.put(e, p);
-                    let msgs = &mut grid_msgs;
-                    crate::loopy::grid_beliefs::bp_beliefs(&gp, msgs, node_sink, &mut emit, None)
+                // Pair marginals (or gradient rows) written into the output rows by the
+                // parallel tasks.
+                Some(rows) => {
+                    grid_beliefs(&gp, msgs, node_sink, &mut |_, _| {}, EdgeOut::Rows(rows))
                 }
+                // (Weighted edges folded into per-edge potentials go through the sink.)
+                None => match gp.weighted.as_ref().and(edges.weighted_grad()) {
+                    // Weighted-edge gradients made by the parallel tasks.
+                    Some(parts) => grid_beliefs(
+                        &gp,
+                        msgs,
+                        node_sink,
+                        &mut |_, _| {},
+                        EdgeOut::Weighted(parts),
+                    ),
+                    None => {
+                        let mut emit = |e: usize, p: &[f64]| edges.put(e, p);
+                        grid_beliefs(&gp, msgs, node_sink, &mut emit, EdgeOut::Sink)
+                    }
+                },
             };
             let log_z = match fast {
                 Some(z) => z,
