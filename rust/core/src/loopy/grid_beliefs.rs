@@ -25,7 +25,7 @@ use crate::kernels::layout::untranspose;
 use crate::kernels::logspace::{exp, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
 use crate::loopy::grid::{
-    ln0, GridPotentials, Messages, Pots, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP,
+    ln0, GridPotentials, Messages, Pots, Weighted, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP,
 };
 use crate::simd_dispatch;
 
@@ -229,10 +229,32 @@ fn edge_pass<U: Real, M: Real>(
                 } else {
                     ph.as_deref_mut()
                 };
+                // Weighted gradients with a Potts table: made by the row from its cavities.
+                if let (Some((table, gh, gv, wt)), Some(acc), true) = (
+                    &wgrad,
+                    partial.as_deref_mut(),
+                    wt_potts(&wgrad, vertical, r, w),
+                ) {
+                    // SAFETY: row r's horizontal (vertical) edges are this task's only.
+                    let gw = unsafe {
+                        if vertical {
+                            gv.get(r)
+                        } else {
+                            gh.get(r)
+                        }
+                    };
+                    let ws = wt.weights(vertical, r, w);
+                    let grads = Some(RowGrads { table, ws, gw, acc });
+                    match single {
+                        true => edge_row::<f32, f64, M>(view, r, vertical, &mut [], tr, grads),
+                        false => edge_row::<f64, f64, M>(view, r, vertical, &mut [], tr, grads),
+                    }
+                    continue;
+                }
                 match (scratch, &direct) {
                     (Some(pr), _) => match single {
-                        true => edge_row::<f32, f64, M>(view, r, vertical, pr, tr),
-                        false => edge_row::<f64, f64, M>(view, r, vertical, pr, tr),
+                        true => edge_row::<f32, f64, M>(view, r, vertical, pr, tr, None),
+                        false => edge_row::<f64, f64, M>(view, r, vertical, pr, tr, None),
                     },
                     (None, Some((oh, ov))) => {
                         // SAFETY: row r's horizontal (vertical) edges are written by this
@@ -245,8 +267,8 @@ fn edge_pass<U: Real, M: Real>(
                             }
                         };
                         match single {
-                            true => edge_row::<f32, U, M>(view, r, vertical, o, tr),
-                            false => edge_row::<f64, U, M>(view, r, vertical, o, tr),
+                            true => edge_row::<f32, U, M>(view, r, vertical, o, tr, None),
+                            false => edge_row::<f64, U, M>(view, r, vertical, o, tr, None),
                         }
                     }
                     (None, None) => unreachable!("pairs go to the output rows or the buffer"),
@@ -458,6 +480,7 @@ simd_dispatch! {
         vertical: bool,
         pairs: &mut [U],
         terms: &mut [f64],
+        grads: Option<RowGrads<'_>>,
     ) -> () => edge_row_body
 }
 
@@ -468,8 +491,57 @@ fn edge_row_body<F: Real, U: Real, M: Real>(
     vertical: bool,
     pairs: &mut [U],
     terms: &mut [f64],
+    grads: Option<RowGrads<'_>>,
 ) {
-    view.edge_row::<F, U>(r, vertical, pairs, terms)
+    view.edge_row::<F, U>(r, vertical, pairs, terms, grads)
+}
+
+/// Whether edge row `r` (horizontal or vertical) makes its weighted gradients itself: a
+/// weighted Potts table (see [`RowGrads`]).
+#[inline(always)]
+fn wt_potts<T, G, V>(
+    wgrad: &Option<(T, G, V, &Weighted)>,
+    vertical: bool,
+    r: usize,
+    w: usize,
+) -> bool {
+    wgrad
+        .as_ref()
+        .is_some_and(|(_, _, _, wt)| wt.potts_row(vertical, r, w).is_some())
+}
+
+/// Weighted-edge gradients that an edge row with a Potts table makes itself from the
+/// cavities, without its pairs (`pairs` is then left alone): `gw[col] = ⟨table, p_col⟩`
+/// and `acc += Σ_col ws[col] p_col`.
+struct RowGrads<'a> {
+    table: &'a [f64],
+    ws: &'a [f64],
+    gw: &'a mut [f64],
+    acc: &'a mut [f64],
+}
+
+/// `Σ_i a_i b_i c_i` in eight partial sums (a loop the compiler vectorises).
+#[inline(always)]
+fn dot3(a: &[f64], b: &[f64], c: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let n = a.len().min(b.len()).min(c.len());
+    let full = n - n % 8;
+    for ((x, y), z) in a[..full]
+        .chunks_exact(8)
+        .zip(b[..full].chunks_exact(8))
+        .zip(c[..full].chunks_exact(8))
+    {
+        for j in 0..8 {
+            lanes[j] += x[j] * y[j] * z[j];
+        }
+    }
+    let mut tail = 0.0;
+    for i in full..n {
+        tail += a[i] * b[i] * c[i];
+    }
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+        + tail
 }
 
 /// `f` of every entry of `src`, in a loop that inlines into the caller's vectorised code
@@ -550,6 +622,7 @@ impl<M: Real> View<'_, M> {
         vertical: bool,
         pairs: &mut [U],
         terms: &mut [f64],
+        mut grads: Option<RowGrads<'_>>,
     ) {
         let p = self.p;
         let (c, w) = (p.c, p.w);
@@ -608,6 +681,8 @@ impl<M: Real> View<'_, M> {
         // unnormalised; the joint itself, class-pair-major, unless the table is Potts.
         let mut z = vec![0.0; len];
         let (mut rows, mut cols) = (vec![0.0; c * len], vec![0.0; c * len]);
+        // (Potts tables: Σ_s qv(s) qu(s) per edge.)
+        let mut potts_dot = Vec::new();
         let joint = if let Some((a, b)) = potts {
             // p(s, d) ∝ qv(s) qu(d) (α + β [s = d]): every sum in O(C) per edge.
             let (mut sv, mut su, mut dot) = (vec![0.0; len], vec![0.0; len], vec![0.0; len]);
@@ -633,6 +708,7 @@ impl<M: Real> View<'_, M> {
                     cs[col] = qu[col] * (a[col] * sv[col] + b[col] * qv[col]);
                 }
             }
+            potts_dot = dot;
             None
         } else {
             let mut joint = vec![0.0; cc * len];
@@ -777,6 +853,33 @@ impl<M: Real> View<'_, M> {
                     }
                 }
             },
+            (None, Some((a, b))) if grads.is_some() => {
+                let g = grads.as_mut().expect("checked");
+                // θ = off + (diag − off) I: ⟨θ, p⟩ = off Σp + (diag − off) Σ_s p(s, s).
+                let diag = g.table[0];
+                let offd = if c > 1 { g.table[1] } else { diag };
+                for col in (0..len).filter(|&col| inv[col] != 0.0) {
+                    let same = (a[col] + b[col]) * potts_dot[col] * inv[col];
+                    g.gw[col] = offd * (z[col] * inv[col]) + (diag - offd) * same;
+                }
+                // Σ_col w p_col: rank-one terms u α qv qu^T, plus u β qv(s) qu(s) on the
+                // diagonal, with u = w / z (0 for the columns the exact path redoes).
+                let (mut ua, mut ub) = (vec![0.0; len], vec![0.0; len]);
+                for col in 0..len {
+                    let u = g.ws[col] * inv[col];
+                    ua[col] = u * a[col];
+                    ub[col] = u * b[col];
+                }
+                for s in 0..c {
+                    let qv = &xv[s * w..s * w + len];
+                    for d in 0..c {
+                        let qu = &xu[d * w + off..d * w + off + len];
+                        g.acc[s * c + d] += dot3(&ua, qv, qu);
+                    }
+                    let qu = &xu[s * w + off..s * w + off + len];
+                    g.acc[s * c + s] += dot3(&ub, qv, qu);
+                }
+            }
             (None, Some((a, b))) => {
                 let mut quc = vec![0.0; c];
                 for (col, pc) in pairs.chunks_exact_mut(cc).take(len).enumerate() {
@@ -811,9 +914,11 @@ impl<M: Real> View<'_, M> {
                 }
             }
             let m = pc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let out = &mut pairs[col * cc..(col + 1) * cc];
             if m == f64::NEG_INFINITY {
-                out.fill(U::ZERO);
+                match grads.as_mut() {
+                    Some(g) => g.gw[col] = 0.0,
+                    None => pairs[col * cc..(col + 1) * cc].fill(U::ZERO),
+                }
                 terms[col] = f64::NEG_INFINITY;
                 continue;
             }
@@ -823,8 +928,19 @@ impl<M: Real> View<'_, M> {
                 sum += *v;
             }
             pc.iter_mut().for_each(|v| *v /= sum);
-            for (k, (o, &v)) in out.iter_mut().zip(pc.iter()).enumerate() {
-                *o = fin(col, k, v);
+            match grads.as_mut() {
+                Some(g) => {
+                    g.gw[col] = weighted_dot(pc, g.table);
+                    for (a, &v) in g.acc.iter_mut().zip(pc.iter()) {
+                        *a += g.ws[col] * v;
+                    }
+                }
+                None => {
+                    let out = &mut pairs[col * cc..(col + 1) * cc];
+                    for (k, (o, &v)) in out.iter_mut().zip(pc.iter()).enumerate() {
+                        *o = fin(col, k, v);
+                    }
+                }
             }
             let lze = m + ln_pos(sum);
             let (v, u) = (r * w + col, ru * w + col + off);
