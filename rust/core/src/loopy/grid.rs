@@ -201,6 +201,12 @@ impl Weighted {
         out
     }
 
+    /// Whether `θ` is a Potts table (messages and gradients in O(C) per edge).
+    #[inline(always)]
+    pub(crate) fn is_potts(&self) -> bool {
+        self.coef.is_some()
+    }
+
     /// The weights of edge row `r` (`[col]`, horizontal or vertical).
     #[inline(always)]
     pub(crate) fn weights(&self, vertical: bool, r: usize, w: usize) -> &[f64] {

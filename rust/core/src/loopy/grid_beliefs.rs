@@ -25,7 +25,7 @@ use crate::kernels::layout::untranspose;
 use crate::kernels::logspace::{exp, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
 use crate::loopy::grid::{
-    ln0, GridPotentials, Messages, Pots, Weighted, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP,
+    ln0, GridPotentials, Messages, Pots, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP,
 };
 use crate::simd_dispatch;
 
@@ -158,6 +158,9 @@ fn edge_pass<U: Real, M: Real>(
     let (h, w, c) = (p.h, p.w, p.c);
     let cc = c * c;
     let per_row = (2 * w - 1) * cc;
+    // Weighted gradients with a Potts table come from the cavities: no row forms pairs.
+    let potts_grads = wgrad.is_some() && p.weighted.as_ref().is_some_and(|wt| wt.is_potts());
+    let pair_len = if potts_grads { 0 } else { per_row };
     // The blocks bound the buffer through which pairs reach `edge_sink`; pairs written
     // straight into the output rows need none, and the pass is one parallel loop (each
     // block is a barrier, with its tail's idle thread). (At least two rows per thread:
@@ -165,6 +168,7 @@ fn edge_pass<U: Real, M: Real>(
     // time.)
     let rows_per_block = match out {
         Some(_) => h,
+        None if potts_grads => h,
         None => (BLOCK_ENTRIES / per_row.max(1))
             .max(2 * rayon::current_num_threads())
             .clamp(1, h),
@@ -188,7 +192,7 @@ fn edge_pass<U: Real, M: Real>(
     };
     // With direct output rows the pairs go straight there; otherwise through this block
     // buffer (each row's pairs, then with weighted gradients its sum of `w_e p_e`).
-    let row_len = per_row + if wgrad.is_some() { cc } else { 0 };
+    let row_len = pair_len + if wgrad.is_some() { cc } else { 0 };
     let mut pairs = vec![
         0.0;
         if direct.is_some() {
@@ -206,18 +210,18 @@ fn edge_pass<U: Real, M: Real>(
             let (th, tv) = tr.split_at_mut(w - 1);
             let (pr, mut partial) = match pr {
                 Some(pr) => {
-                    let (a, b) = pr.split_at_mut(per_row);
+                    let (a, b) = pr.split_at_mut(pair_len);
                     b.fill(0.0);
                     (Some(a), Some(b))
                 }
                 None => (None, None),
             };
             let (mut ph, mut pv) = match pr {
-                Some(pr) => {
+                Some(pr) if !pr.is_empty() => {
                     let (a, b) = pr.split_at_mut((w - 1) * cc);
                     (Some(a), Some(b))
                 }
-                None => (None, None),
+                _ => (None, None),
             };
             let single = p.single();
             for (vertical, tr) in [(false, &mut *th), (true, &mut *tv)] {
@@ -230,11 +234,9 @@ fn edge_pass<U: Real, M: Real>(
                     ph.as_deref_mut()
                 };
                 // Weighted gradients with a Potts table: made by the row from its cavities.
-                if let (Some((table, gh, gv, wt)), Some(acc), true) = (
-                    &wgrad,
-                    partial.as_deref_mut(),
-                    wt_potts(&wgrad, vertical, r, w),
-                ) {
+                if let (Some((table, gh, gv, wt)), Some(acc), true) =
+                    (&wgrad, partial.as_deref_mut(), potts_grads)
+                {
                     // SAFETY: row r's horizontal (vertical) edges are this task's only.
                     let gw = unsafe {
                         if vertical {
@@ -315,7 +317,7 @@ fn edge_pass<U: Real, M: Real>(
             }
             let pr = &pairs[i * row_len..(i + 1) * row_len];
             if let Some(gt) = grad_table.as_deref_mut() {
-                for (g, &x) in gt.iter_mut().zip(&pr[per_row..]) {
+                for (g, &x) in gt.iter_mut().zip(&pr[pair_len..]) {
                     *g += x;
                 }
                 continue;
@@ -494,20 +496,6 @@ fn edge_row_body<F: Real, U: Real, M: Real>(
     grads: Option<RowGrads<'_>>,
 ) {
     view.edge_row::<F, U>(r, vertical, pairs, terms, grads)
-}
-
-/// Whether edge row `r` (horizontal or vertical) makes its weighted gradients itself: a
-/// weighted Potts table (see [`RowGrads`]).
-#[inline(always)]
-fn wt_potts<T, G, V>(
-    wgrad: &Option<(T, G, V, &Weighted)>,
-    vertical: bool,
-    r: usize,
-    w: usize,
-) -> bool {
-    wgrad
-        .as_ref()
-        .is_some_and(|(_, _, _, wt)| wt.potts_row(vertical, r, w).is_some())
 }
 
 /// Weighted-edge gradients that an edge row with a Potts table makes itself from the
