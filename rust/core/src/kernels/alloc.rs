@@ -90,8 +90,19 @@ pub fn par_filled<T: Copy + Send + Sync>(len: usize, value: T) -> Vec<T> {
     if len.saturating_mul(std::mem::size_of::<T>()) < 1 << 18 {
         return vec![value; len];
     }
+    // Whole chunks stored by plain loops (which compile to vector stores), not a
+    // parallel `collect` of repeated items (one scalar store and a bounds check each).
+    let chunk = (64 << 10) / std::mem::size_of::<T>().max(1);
     let mut v = Vec::with_capacity(len);
-    v.par_extend(rayon::iter::repeat_n(value, len));
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .for_each(|part| {
+            for x in part {
+                x.write(value);
+            }
+        });
+    // SAFETY: the loop above wrote each of the first `len` elements.
+    unsafe { v.set_len(len) };
     v
 }
 

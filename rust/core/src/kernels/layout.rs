@@ -90,6 +90,136 @@ pub(crate) fn untranspose<S: Copy, D: Copy>(
     }
 }
 
+/// [`transpose`] of f32 entries as they are: `dst[k * stride + col] = src[col * m + k]`,
+/// in 8 x 8 blocks transposed in AVX registers where the CPU has them (eight vector loads,
+/// eight vector stores and 24 shuffles per 64 entries, against 64 scalar loads or inserts).
+#[inline(always)]
+pub(crate) fn transpose_f32(src: &[f32], m: usize, dst: &mut [f32], stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if m >= LANES && src.len() / m >= LANES && crate::kernels::batch::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        unsafe { avx::transpose(src, m, dst, stride) };
+        return;
+    }
+    transpose(src, m, dst, stride, |x| x)
+}
+
+/// [`untranspose`] of f32 entries, each column scaled: `dst[col * m + k] =
+/// src[k * stride + col] · scale[col]` for `col < n`, `k < m`; 8 x 8 blocks in AVX
+/// registers where the CPU has them.
+#[inline(always)]
+pub(crate) fn untranspose_scaled_f32(
+    src: &[f32],
+    stride: usize,
+    n: usize,
+    m: usize,
+    dst: &mut [f32],
+    scale: &[f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if m >= LANES && n >= LANES && crate::kernels::batch::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        unsafe { avx::untranspose_scaled(src, stride, n, m, dst, scale) };
+        return;
+    }
+    untranspose(src, stride, n, m, dst, |col, _, x| x * scale[col])
+}
+
+/// The block starts `0, 8, 16, …` along an axis of `len ≥ 8` entries, the last one moved
+/// back to `len − 8` so that it is whole: blocks overlap rather than leave a scalar tail
+/// (an overlapped entry is written twice with the same value).
+#[cfg(target_arch = "x86_64")]
+fn block_starts(len: usize) -> impl Iterator<Item = usize> {
+    (0..len.div_ceil(LANES)).map(move |b| (b * LANES).min(len - LANES))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use super::{block_starts, LANES};
+    use std::arch::x86_64::*;
+
+    /// The transpose of the 8 x 8 block whose rows are `r`.
+    #[inline(always)]
+    unsafe fn t8(r: [__m256; LANES]) -> [__m256; LANES] {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ]
+    }
+
+    /// See [`super::transpose_f32`]; needs `m ≥ 8` and at least 8 columns.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose(src: &[f32], m: usize, dst: &mut [f32], stride: usize) {
+        let n = src.len() / m;
+        assert!(m >= LANES && n >= LANES && stride >= n && dst.len() >= (m - 1) * stride + n);
+        for c0 in block_starts(n) {
+            for k0 in block_starts(m) {
+                let mut r = [_mm256_setzero_ps(); LANES];
+                for (j, v) in r.iter_mut().enumerate() {
+                    // SAFETY: (c0 + j) m + k0 + 7 ≤ (n − 1) m + m − 1 < src.len().
+                    *v = unsafe { _mm256_loadu_ps(src.as_ptr().add((c0 + j) * m + k0)) };
+                }
+                for (i, v) in t8(r).into_iter().enumerate() {
+                    // SAFETY: (k0 + i) stride + c0 + 7 ≤ (m − 1) stride + n − 1 < dst.len().
+                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add((k0 + i) * stride + c0), v) };
+                }
+            }
+        }
+    }
+
+    /// See [`super::untranspose_scaled_f32`]; needs `m ≥ 8` and `n ≥ 8`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn untranspose_scaled(
+        src: &[f32],
+        stride: usize,
+        n: usize,
+        m: usize,
+        dst: &mut [f32],
+        scale: &[f32],
+    ) {
+        assert!(m >= LANES && n >= LANES && stride >= n);
+        assert!(src.len() >= (m - 1) * stride + n && dst.len() >= n * m && scale.len() >= n);
+        for c0 in block_starts(n) {
+            // SAFETY: c0 + 7 ≤ n − 1 < scale.len().
+            let sc = unsafe { _mm256_loadu_ps(scale.as_ptr().add(c0)) };
+            for k0 in block_starts(m) {
+                let mut r = [_mm256_setzero_ps(); LANES];
+                for (i, v) in r.iter_mut().enumerate() {
+                    // SAFETY: (k0 + i) stride + c0 + 7 ≤ (m − 1) stride + n − 1 < src.len().
+                    let x = unsafe { _mm256_loadu_ps(src.as_ptr().add((k0 + i) * stride + c0)) };
+                    *v = _mm256_mul_ps(x, sc);
+                }
+                for (j, v) in t8(r).into_iter().enumerate() {
+                    // SAFETY: (c0 + j) m + k0 + 7 ≤ (n − 1) m + m − 1 < dst.len().
+                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add((c0 + j) * m + k0), v) };
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +251,31 @@ mod tests {
                 for col in 0..n {
                     for k in 0..m {
                         assert_eq!(back[col * m + k], src[col * m + k] + (col + 10 * k) as f32);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn register_transposes_match_the_plain_ones() {
+        // Both sides of the 8 x 8 threshold, tails of every length, padded strides.
+        for n in [1, 7, 8, 9, 15, 16, 17, 95, 96] {
+            for m in [4, 8, 9, 15, 49] {
+                let src: Vec<f32> = (0..n * m).map(|i| i as f32 * 0.5 - 3.0).collect();
+                let stride = n + 5;
+                let (mut a, mut b) = (vec![-1.0f32; m * stride], vec![-1.0f32; m * stride]);
+                transpose_f32(&src, m, &mut a, stride);
+                transpose(&src, m, &mut b, stride, |x| x);
+                assert_eq!(a, b, "transpose n = {n}, m = {m}");
+                let scale: Vec<f32> = (0..n).map(|col| 1.0 + col as f32 * 0.25).collect();
+                let (mut x, mut y) = (vec![0.0f32; n * m], vec![0.0f32; n * m]);
+                untranspose_scaled_f32(&a, stride, n, m, &mut x, &scale);
+                untranspose(&a, stride, n, m, &mut y, |col, _, v| v * scale[col]);
+                assert_eq!(x, y, "untranspose n = {n}, m = {m}");
+                for col in 0..n {
+                    for k in 0..m {
+                        assert_eq!(x[col * m + k], src[col * m + k] * scale[col]);
                     }
                 }
             }

@@ -38,6 +38,10 @@ pub trait Real:
     fn recip_pow2(self) -> Self;
     /// This precision's copy among two copies of the same values.
     fn pick<'a>(wide: &'a [f64], narrow: &'a [f32]) -> &'a [Self];
+    /// The slice itself when `Self` is f32 (for kernels written for f32 alone).
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    /// The slice itself when `Self` is f32.
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Real for f32 {
@@ -80,6 +84,14 @@ impl Real for f32 {
     fn pick<'a>(_: &'a [f64], narrow: &'a [f32]) -> &'a [f32] {
         narrow
     }
+    #[inline(always)]
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+    #[inline(always)]
+    fn as_f32_mut(s: &mut [f32]) -> Option<&mut [f32]> {
+        Some(s)
+    }
 }
 
 impl Real for f64 {
@@ -121,5 +133,13 @@ impl Real for f64 {
     #[inline(always)]
     fn pick<'a>(wide: &'a [f64], _: &'a [f32]) -> &'a [f64] {
         wide
+    }
+    #[inline(always)]
+    fn as_f32(_: &[f64]) -> Option<&[f32]> {
+        None
+    }
+    #[inline(always)]
+    fn as_f32_mut(_: &mut [f64]) -> Option<&mut [f32]> {
+        None
     }
 }

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use crate::error::Result;
 use crate::interrupt::Stop;
 use crate::kernels::alloc::par_filled;
-use crate::kernels::layout::transpose;
+use crate::kernels::layout::{transpose, transpose_f32};
 use crate::kernels::logspace::{exp, exp_nonpos_f32, finite_range, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
 use crate::loopy::options::Schedule;
@@ -399,7 +399,10 @@ fn row_f32<T: Real, P: Real>(
     // identity on f32 scores.)
     let cs = count.next_multiple_of(8);
     let mut t = vec![0.0f32; cc * cs];
-    transpose(src, cc, &mut t, cs, |x| x.to_f64() as f32);
+    match T::as_f32(src) {
+        Some(src) => transpose_f32(src, cc, &mut t, cs),
+        None => transpose(src, cc, &mut t, cs, |x| x.to_f64() as f32),
+    }
     let (mut hi, mut lo) = (vec![f32::NEG_INFINITY; cs], vec![f32::INFINITY; cs]);
     let mut forbidden = vec![false; cs];
     for row in t.chunks_exact(cs) {

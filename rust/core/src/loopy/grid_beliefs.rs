@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::inference::{weighted_dot, DirectRows, Gold, RowsOf, WeightedParts};
 use crate::kernels::alloc::par_filled;
 use crate::kernels::batch::Rows;
-use crate::kernels::layout::untranspose;
+use crate::kernels::layout::{untranspose, untranspose_scaled_f32};
 use crate::kernels::logspace::{exp, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
 use crate::loopy::grid::{
@@ -508,6 +508,22 @@ struct RowGrads<'a> {
     acc: &'a mut [f64],
 }
 
+/// The class-pair-major joint of an edge row, in the precision it was formed in.
+enum Joint {
+    F64(Vec<f64>),
+    F32(Vec<f32>),
+}
+
+/// `src` rounded to f32, in a loop that vectorises in the caller's SIMD copy.
+#[inline(always)]
+fn narrowed(src: &[f64]) -> Vec<f32> {
+    let mut out = vec![0.0f32; src.len()];
+    for (o, &v) in out.iter_mut().zip(src) {
+        *o = v as f32;
+    }
+    out
+}
+
 /// `Σ_i a_i b_i c_i` in eight partial sums (a loop the compiler vectorises).
 #[inline(always)]
 fn dot3(a: &[f64], b: &[f64], c: &[f64]) -> f64 {
@@ -698,6 +714,45 @@ impl<M: Real> View<'_, M> {
             }
             potts_dot = dot;
             None
+        } else if let (true, Pots::F32(v), None) = (
+            std::mem::size_of::<F>() == 4 && std::mem::size_of::<U>() == 4 && !p.shared,
+            tabs,
+            &wrow,
+        ) {
+            // A float32 model's per-edge tables: the joint in f32 (eight lanes; what is
+            // stored is f32), the sums from f32 accumulators (49 terms at most for C = 7:
+            // relative error ~1e-7 each, far inside the output's rounding budget).
+            let (qv32, qu32) = (narrowed(&xv), narrowed(&xu));
+            let mut joint = vec![0.0f32; cc * len];
+            let (mut rows32, mut cols32) = (vec![0.0f32; c * len], vec![0.0f32; c * len]);
+            for (s, rs) in rows32.chunks_exact_mut(len).enumerate() {
+                let qv = &qv32[s * w..s * w + len];
+                for (d, cs) in cols32.chunks_exact_mut(len).enumerate() {
+                    let k = s * c + d;
+                    let qu = &qu32[d * w + off..d * w + off + len];
+                    let t = &v[(r * cc + k) * w..(r * cc + k) * w + len];
+                    let out = &mut joint[k * len..(k + 1) * len];
+                    for ((o, (rs, cs)), ((&a, &t), &b)) in out
+                        .iter_mut()
+                        .zip(rs.iter_mut().zip(cs.iter_mut()))
+                        .zip(qv.iter().zip(t).zip(qu))
+                    {
+                        *o = a * t * b;
+                        *rs += *o;
+                        *cs += *o;
+                    }
+                }
+            }
+            for (x, rs) in rows32.chunks_exact(len).enumerate() {
+                for ((zz, r64), &v) in z.iter_mut().zip(&mut rows[x * len..]).zip(rs) {
+                    *zz += v as f64;
+                    *r64 = v as f64;
+                }
+            }
+            for (c64, &v) in cols.iter_mut().zip(&cols32) {
+                *c64 = v as f64;
+            }
+            Some(Joint::F32(joint))
         } else {
             let mut joint = vec![0.0; cc * len];
             for s in 0..c {
@@ -749,7 +804,7 @@ impl<M: Real> View<'_, M> {
                     }
                 }
             }
-            Some(joint)
+            Some(Joint::F64(joint))
         };
         let (lm_v, lm_u) = (
             &self.lnm[skip_v * self.n + r * c * w..],
@@ -824,8 +879,19 @@ impl<M: Real> View<'_, M> {
             }
         };
         match (&joint, potts) {
+            (Some(Joint::F32(joint)), _) => {
+                // Normalised (and scaled by the item's weight for gradient rows) as it
+                // is transposed into the edge-major output, then the gold entries redone.
+                let scale = self.gold.map_or(1.0, |g| g.scale);
+                let inv32: Vec<f32> = inv.iter().map(|&v| (v * scale) as f32).collect();
+                let out = U::as_f32_mut(pairs).expect("f32 rows");
+                untranspose_scaled_f32(joint, len, len, cc, out, &inv32);
+                for (col, &k) in gold_at.iter().enumerate() {
+                    pairs[col * cc + k] = fin(col, k, joint[k * len + col] as f64 * inv[col]);
+                }
+            }
             // The class-pair-major joint into the edge-major output, normalised.
-            (Some(joint), _) => match self.gold {
+            (Some(Joint::F64(joint)), _) => match self.gold {
                 None => untranspose(joint, len, len, cc, pairs, |col, _, x| {
                     U::from_f64(x * inv[col])
                 }),

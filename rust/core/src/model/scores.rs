@@ -12,6 +12,7 @@ use crate::interrupt::{Stop, NEVER};
 use crate::kernels::message::{oriented, scaled, Table};
 use crate::kernels::real::Real;
 use crate::model::graph::Graph;
+use crate::simd_dispatch;
 
 /// Node scores, shape `(batch, nodes, classes)` with `batch` 1 or B.
 #[derive(Clone, Copy, Debug)]
@@ -344,6 +345,27 @@ impl<'a, T: Real> Problem<'a, T> {
     }
 }
 
+/// NaN, +inf, or −inf where it is not allowed; no branches.
+#[inline(always)]
+#[allow(clippy::eq_op)]
+fn is_bad<T: Real>(x: T, neg_inf: bool) -> bool {
+    (x != x) | (x == T::INFINITY) | (!neg_inf & (x == T::NEG_INFINITY))
+}
+
+simd_dispatch! {
+    /// Whether any entry of `chunk` [`is_bad`].
+    fn any_bad<T: Real>(chunk: &[T], neg_inf: bool) -> bool => any_bad_body
+}
+
+#[inline(always)]
+fn any_bad_body<T: Real>(chunk: &[T], neg_inf: bool) -> bool {
+    let mut bad = 0u8;
+    for &x in chunk {
+        bad |= is_bad(x, neg_inf) as u8;
+    }
+    bad != 0
+}
+
 /// NaN or +inf scores have no meaning (−inf forbids a label; +inf would force it with an
 /// infinite Z); weights must be finite (`neg_inf` false). The error names the first bad
 /// flat index.
@@ -353,12 +375,13 @@ fn check_scores<T: Real>(name: &str, data: &[T], neg_inf: bool) -> Result<()> {
         .par_chunks(CHUNK)
         .enumerate()
         .find_map_first(|(k, chunk)| {
+            // A branch-free sweep (vectorised) first; the position only where it found one.
+            if !any_bad(chunk, neg_inf) {
+                return None;
+            }
             chunk
                 .iter()
-                .position(|x| {
-                    let x = x.to_f64();
-                    x.is_nan() || x == f64::INFINITY || (!neg_inf && x == f64::NEG_INFINITY)
-                })
+                .position(|&x| is_bad(x, neg_inf))
                 .map(|p| k * CHUNK + p)
         });
     match bad {
