@@ -104,25 +104,38 @@ pub(crate) fn transpose_f32(src: &[f32], m: usize, dst: &mut [f32], stride: usiz
     transpose(src, m, dst, stride, |x| x)
 }
 
-/// [`untranspose`] of f32 entries, each column scaled: `dst[col * m + k] =
-/// src[k * stride + col] · scale[col]` for `col < n`, `k < m`; 8 x 8 blocks in AVX
-/// registers where the CPU has them.
+/// An edge row's pair products, normalised, into edge-major rows: `dst[col * c² + s c + d]
+/// = a[s sa + col] · t[(s c + d) st + col] · b[d sb + col] · scale[col]` for `col < n` (the
+/// class-pair-major table rows `t` and the two endpoints' class-major cavities `a`, `b`,
+/// each with its row stride), without forming the class-pair-major products first; 8 x 8
+/// blocks in AVX registers where the CPU has them.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) fn untranspose_scaled_f32(
-    src: &[f32],
-    stride: usize,
+pub(crate) fn pair_rows_f32(
+    t: &[f32],
+    st: usize,
+    a: &[f32],
+    sa: usize,
+    b: &[f32],
+    sb: usize,
+    c: usize,
     n: usize,
-    m: usize,
-    dst: &mut [f32],
     scale: &[f32],
+    dst: &mut [f32],
 ) {
+    let cc = c * c;
     #[cfg(target_arch = "x86_64")]
-    if m >= LANES && n >= LANES && crate::kernels::batch::has_avx2() {
+    if cc >= LANES && n >= LANES && crate::kernels::batch::has_avx2() {
         // SAFETY: the CPU has AVX2, checked just above.
-        unsafe { avx::untranspose_scaled(src, stride, n, m, dst, scale) };
+        unsafe { avx::pair_rows(t, st, a, sa, b, sb, c, n, scale, dst) };
         return;
     }
-    untranspose(src, stride, n, m, dst, |col, _, x| x * scale[col])
+    for (col, row) in dst.chunks_exact_mut(cc).take(n).enumerate() {
+        for (k, o) in row.iter_mut().enumerate() {
+            let (s, d) = (k / c, k % c);
+            *o = a[s * sa + col] * t[k * st + col] * b[d * sb + col] * scale[col];
+        }
+    }
 }
 
 /// The block starts `0, 8, 16, …` along an axis of `len ≥ 8` entries, the last one moved
@@ -189,31 +202,47 @@ mod avx {
         }
     }
 
-    /// See [`super::untranspose_scaled_f32`]; needs `m ≥ 8` and `n ≥ 8`.
+    /// See [`super::pair_rows_f32`]; needs `c² ≥ 8` and `n ≥ 8`.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn untranspose_scaled(
-        src: &[f32],
-        stride: usize,
+    pub(super) unsafe fn pair_rows(
+        t: &[f32],
+        st: usize,
+        a: &[f32],
+        sa: usize,
+        b: &[f32],
+        sb: usize,
+        c: usize,
         n: usize,
-        m: usize,
-        dst: &mut [f32],
         scale: &[f32],
+        dst: &mut [f32],
     ) {
-        assert!(m >= LANES && n >= LANES && stride >= n);
-        assert!(src.len() >= (m - 1) * stride + n && dst.len() >= n * m && scale.len() >= n);
+        let cc = c * c;
+        assert!(cc >= LANES && n >= LANES && st >= n && sa >= n && sb >= n);
+        assert!(t.len() >= (cc - 1) * st + n && a.len() >= (c - 1) * sa + n);
+        assert!(b.len() >= (c - 1) * sb + n && scale.len() >= n && dst.len() >= n * cc);
         for c0 in block_starts(n) {
-            // SAFETY: c0 + 7 ≤ n − 1 < scale.len().
+            // SAFETY (every load below): the column block c0..c0 + 8 lies within the first
+            // n ≤ stride entries of a row, and the row indices are below c² (for t) or c
+            // (for a and b), whose last rows the asserts above cover.
             let sc = unsafe { _mm256_loadu_ps(scale.as_ptr().add(c0)) };
-            for k0 in block_starts(m) {
+            for k0 in block_starts(cc) {
                 let mut r = [_mm256_setzero_ps(); LANES];
                 for (i, v) in r.iter_mut().enumerate() {
-                    // SAFETY: (k0 + i) stride + c0 + 7 ≤ (m − 1) stride + n − 1 < src.len().
-                    let x = unsafe { _mm256_loadu_ps(src.as_ptr().add((k0 + i) * stride + c0)) };
-                    *v = _mm256_mul_ps(x, sc);
+                    let k = k0 + i;
+                    let (s, d) = (k / c, k % c);
+                    let (x, y, z) = unsafe {
+                        (
+                            _mm256_loadu_ps(a.as_ptr().add(s * sa + c0)),
+                            _mm256_loadu_ps(t.as_ptr().add(k * st + c0)),
+                            _mm256_loadu_ps(b.as_ptr().add(d * sb + c0)),
+                        )
+                    };
+                    *v = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(x, y), z), sc);
                 }
                 for (j, v) in t8(r).into_iter().enumerate() {
-                    // SAFETY: (c0 + j) m + k0 + 7 ≤ (n − 1) m + m − 1 < dst.len().
-                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add((c0 + j) * m + k0), v) };
+                    // SAFETY: (c0 + j) c² + k0 + 7 ≤ (n − 1) c² + c² − 1 < dst.len().
+                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add((c0 + j) * cc + k0), v) };
                 }
             }
         }
@@ -261,7 +290,7 @@ mod tests {
     fn register_transposes_match_the_plain_ones() {
         // Both sides of the 8 x 8 threshold, tails of every length, padded strides.
         for n in [1, 7, 8, 9, 15, 16, 17, 95, 96] {
-            for m in [4, 8, 9, 15, 49] {
+            for m in [4, 8, 9, 15, 16, 49] {
                 let src: Vec<f32> = (0..n * m).map(|i| i as f32 * 0.5 - 3.0).collect();
                 let stride = n + 5;
                 let (mut a, mut b) = (vec![-1.0f32; m * stride], vec![-1.0f32; m * stride]);
@@ -269,13 +298,30 @@ mod tests {
                 transpose(&src, m, &mut b, stride, |x| x);
                 assert_eq!(a, b, "transpose n = {n}, m = {m}");
                 let scale: Vec<f32> = (0..n).map(|col| 1.0 + col as f32 * 0.25).collect();
-                let (mut x, mut y) = (vec![0.0f32; n * m], vec![0.0f32; n * m]);
-                untranspose_scaled_f32(&a, stride, n, m, &mut x, &scale);
-                untranspose(&a, stride, n, m, &mut y, |col, _, v| v * scale[col]);
-                assert_eq!(x, y, "untranspose n = {n}, m = {m}");
+                let mut x = vec![0.0f32; n * m];
+                untranspose(&a, stride, n, m, &mut x, |col, _, v| v * scale[col]);
                 for col in 0..n {
                     for k in 0..m {
                         assert_eq!(x[col * m + k], src[col * m + k] * scale[col]);
+                    }
+                }
+                // Pair products of c classes (c² = m where m is a square).
+                let c = (m as f64).sqrt() as usize;
+                if c * c == m {
+                    let (sa, sb) = (n + 2, n + 1);
+                    let pa: Vec<f32> = (0..c * sa).map(|i| 1.0 + i as f32 * 0.125).collect();
+                    let pb: Vec<f32> = (0..c * sb).map(|i| 2.0 - i as f32 * 0.0625).collect();
+                    let mut got = vec![0.0f32; n * m];
+                    pair_rows_f32(&a, stride, &pa, sa, &pb, sb, c, n, &scale, &mut got);
+                    for col in 0..n {
+                        for k in 0..m {
+                            let (s, d) = (k / c, k % c);
+                            let want = pa[s * sa + col]
+                                * a[k * stride + col]
+                                * pb[d * sb + col]
+                                * scale[col];
+                            assert_eq!(got[col * m + k], want, "pairs n = {n}, c = {c}");
+                        }
                     }
                 }
             }

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::inference::{weighted_dot, DirectRows, Gold, RowsOf, WeightedParts};
 use crate::kernels::alloc::par_filled;
 use crate::kernels::batch::Rows;
-use crate::kernels::layout::{untranspose, untranspose_scaled_f32};
+use crate::kernels::layout::{pair_rows_f32, untranspose};
 use crate::kernels::logspace::{exp, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
 use crate::loopy::grid::{
@@ -508,10 +508,15 @@ struct RowGrads<'a> {
     acc: &'a mut [f64],
 }
 
-/// The class-pair-major joint of an edge row, in the precision it was formed in.
-enum Joint {
+/// The joint of an edge row: class-pair-major products in f64, or in f32 what forms
+/// them (the endpoints' cavities `[x][col]` and the row's tables `[k][col]`, stride w).
+enum Joint<'a> {
     F64(Vec<f64>),
-    F32(Vec<f32>),
+    F32 {
+        qv: Vec<f32>,
+        qu: Vec<f32>,
+        t: &'a [f32],
+    },
 }
 
 /// `src` rounded to f32, in a loop that vectorises in the caller's SIMD copy.
@@ -719,11 +724,12 @@ impl<M: Real> View<'_, M> {
             tabs,
             &wrow,
         ) {
-            // A float32 model's per-edge tables: the joint in f32 (eight lanes; what is
-            // stored is f32), the sums from f32 accumulators (49 terms at most for C = 7:
-            // relative error ~1e-7 each, far inside the output's rounding budget).
+            // A float32 model's per-edge tables, in f32 (eight lanes; what is stored is
+            // f32): the joint's row and column sums here from f32 accumulators (c terms
+            // each: relative error ~1e-7, far inside the output's rounding budget), its
+            // entries formed again, normalised, as they are written (no class-pair-major
+            // buffer).
             let (qv32, qu32) = (narrowed(&xv), narrowed(&xu));
-            let mut joint = vec![0.0f32; cc * len];
             let (mut rows32, mut cols32) = (vec![0.0f32; c * len], vec![0.0f32; c * len]);
             for (s, rs) in rows32.chunks_exact_mut(len).enumerate() {
                 let qv = &qv32[s * w..s * w + len];
@@ -731,15 +737,14 @@ impl<M: Real> View<'_, M> {
                     let k = s * c + d;
                     let qu = &qu32[d * w + off..d * w + off + len];
                     let t = &v[(r * cc + k) * w..(r * cc + k) * w + len];
-                    let out = &mut joint[k * len..(k + 1) * len];
-                    for ((o, (rs, cs)), ((&a, &t), &b)) in out
+                    for ((rs, cs), ((&a, &t), &b)) in rs
                         .iter_mut()
-                        .zip(rs.iter_mut().zip(cs.iter_mut()))
+                        .zip(cs.iter_mut())
                         .zip(qv.iter().zip(t).zip(qu))
                     {
-                        *o = a * t * b;
-                        *rs += *o;
-                        *cs += *o;
+                        let o = a * t * b;
+                        *rs += o;
+                        *cs += o;
                     }
                 }
             }
@@ -752,7 +757,11 @@ impl<M: Real> View<'_, M> {
             for (c64, &v) in cols.iter_mut().zip(&cols32) {
                 *c64 = v as f64;
             }
-            Some(Joint::F32(joint))
+            Some(Joint::F32 {
+                qv: qv32,
+                qu: qu32,
+                t: &v[r * cc * w..],
+            })
         } else {
             let mut joint = vec![0.0; cc * len];
             for s in 0..c {
@@ -879,15 +888,17 @@ impl<M: Real> View<'_, M> {
             }
         };
         match (&joint, potts) {
-            (Some(Joint::F32(joint)), _) => {
-                // Normalised (and scaled by the item's weight for gradient rows) as it
-                // is transposed into the edge-major output, then the gold entries redone.
+            (Some(Joint::F32 { qv, qu, t }), _) => {
+                // Normalised (and scaled by the item's weight for gradient rows) as they
+                // are written into the edge-major output, then the gold entries redone.
                 let scale = self.gold.map_or(1.0, |g| g.scale);
                 let inv32: Vec<f32> = inv.iter().map(|&v| (v * scale) as f32).collect();
                 let out = U::as_f32_mut(pairs).expect("f32 rows");
-                untranspose_scaled_f32(joint, len, len, cc, out, &inv32);
+                pair_rows_f32(t, w, qv, w, &qu[off..], w, c, len, &inv32, out);
                 for (col, &k) in gold_at.iter().enumerate() {
-                    pairs[col * cc + k] = fin(col, k, joint[k * len + col] as f64 * inv[col]);
+                    let (s, d) = (k / c, k % c);
+                    let joint = qv[s * w + col] * t[k * w + col] * qu[d * w + off + col];
+                    pairs[col * cc + k] = fin(col, k, joint as f64 * inv[col]);
                 }
             }
             // The class-pair-major joint into the edge-major output, normalised.
