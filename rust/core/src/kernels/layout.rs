@@ -222,15 +222,16 @@ mod avx {
         assert!(t.len() >= (cc - 1) * st + n && a.len() >= (c - 1) * sa + n);
         assert!(b.len() >= (c - 1) * sb + n && scale.len() >= n && dst.len() >= n * cc);
         for c0 in block_starts(n) {
-            // SAFETY (every load below): the column block c0..c0 + 8 lies within the first
-            // n ≤ stride entries of a row, and the row indices are below c² (for t) or c
-            // (for a and b), whose last rows the asserts above cover.
+            // SAFETY: c0 + 7 ≤ n − 1 < scale.len().
             let sc = unsafe { _mm256_loadu_ps(scale.as_ptr().add(c0)) };
             for k0 in block_starts(cc) {
                 let mut r = [_mm256_setzero_ps(); LANES];
                 for (i, v) in r.iter_mut().enumerate() {
                     let k = k0 + i;
                     let (s, d) = (k / c, k % c);
+                    // SAFETY: the column block c0..c0 + 8 lies within the first n ≤ stride
+                    // entries of a row, and s, d < c and k < c², whose last rows the
+                    // asserts above cover.
                     let (x, y, z) = unsafe {
                         (
                             _mm256_loadu_ps(a.as_ptr().add(s * sa + c0)),
