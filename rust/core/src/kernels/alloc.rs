@@ -106,6 +106,21 @@ pub fn par_filled<T: Copy + Send + Sync>(len: usize, value: T) -> Vec<T> {
     v
 }
 
+/// A chunk of a vector's spare capacity, every element set to `value`, as a plain slice.
+/// A parallel task that fills its own chunk just before overwriting it writes the chunk
+/// while it is in cache, instead of a separate pass over the whole vector first (which
+/// costs a full memory write of large arrays that the task then overwrites entirely).
+/// The owner calls `set_len` only once every chunk has been through here.
+#[inline(always)]
+pub fn init_with<T: Copy>(chunk: &mut [std::mem::MaybeUninit<T>], value: T) -> &mut [T] {
+    for x in chunk.iter_mut() {
+        x.write(value);
+    }
+    // SAFETY: every element of `chunk` was written just above, and `MaybeUninit<T>` has
+    // `T`'s layout.
+    unsafe { &mut *(chunk as *mut [std::mem::MaybeUninit<T>] as *mut [T]) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

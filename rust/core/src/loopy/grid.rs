@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::interrupt::Stop;
-use crate::kernels::alloc::par_filled;
+use crate::kernels::alloc::{init_with, par_filled};
 use crate::kernels::layout::{transpose, transpose_f32};
 use crate::kernels::logspace::{exp, exp_nonpos_f32, finite_range, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
@@ -541,15 +541,27 @@ fn per_edge<T: Real, P: Real>(
     hshift: &mut [f64],
     vshift: &mut [f64],
 ) -> Option<Option<(bool, Vec<P>, Vec<P>, f64)>> {
-    let mut horiz = par_filled(h * cc * w, P::ZERO);
-    let mut vert = par_filled(h * cc * w, P::ZERO);
-    let rows: Vec<(bool, bool, f64)> = horiz
+    // (Each task fills its own rows, which it then overwrites: no separate pass first.)
+    let (mut horiz, mut vert) = (
+        Vec::with_capacity(h * cc * w),
+        Vec::with_capacity(h * cc * w),
+    );
+    let rows: Vec<(bool, bool, f64)> = horiz.spare_capacity_mut()[..h * cc * w]
         .par_chunks_mut(cc * w)
-        .zip(vert.par_chunks_mut(cc * w))
+        .zip(vert.spare_capacity_mut()[..h * cc * w].par_chunks_mut(cc * w))
         .zip(hshift.par_chunks_mut(w).zip(vshift.par_chunks_mut(w)))
         .enumerate()
-        .map(|(r, ((hr, vr), (hs, vs)))| potential_row(edges, rho, r, h, w, hr, vr, hs, vs))
+        .map(|(r, ((hr, vr), (hs, vs)))| {
+            let (hr, vr) = (init_with(hr, P::ZERO), init_with(vr, P::ZERO));
+            potential_row(edges, rho, r, h, w, hr, vr, hs, vs)
+        })
         .collect::<Option<_>>()?;
+    // SAFETY: a collected `Some` means every row's task ran (rayon stops early only at a
+    // `None`, returned above), and each initialised its chunks of both vectors.
+    unsafe {
+        horiz.set_len(h * cc * w);
+        vert.set_len(h * cc * w);
+    }
     if std::mem::size_of::<P>() == 4 && !rows.iter().all(|&(_, narrow, _)| narrow) {
         return Some(None);
     }

@@ -19,7 +19,7 @@
 use rayon::prelude::*;
 
 use crate::inference::{weighted_dot, DirectRows, Gold, RowsOf, WeightedParts};
-use crate::kernels::alloc::par_filled;
+use crate::kernels::alloc::init_with;
 use crate::kernels::batch::Rows;
 use crate::kernels::layout::{pair_rows_f32, untranspose};
 use crate::kernels::logspace::{exp, ln_pos, ln_pos_f32};
@@ -88,21 +88,23 @@ fn beliefs_in<M: Real>(
     let msgs = &*msgs;
     // Logs of the messages into each node (0 where there is no neighbour), the node
     // beliefs (node-major), ln Z_v and the node terms; one grid row per task.
-    let mut lnm = par_filled(4 * n, 0.0);
-    let mut bel = par_filled(h * w * c, 0.0);
+    // (Each task fills its own rows of `lnm` and `bel`, which it then overwrites: no
+    // separate pass over the whole arrays.)
+    let (mut lnm, mut bel) = (Vec::with_capacity(4 * n), Vec::with_capacity(n));
     let mut lz = vec![0.0; h * w];
     let mut terms = vec![0.0; h * w];
-    let (l0, rest) = lnm.split_at_mut(n);
+    let (l0, rest) = lnm.spare_capacity_mut()[..4 * n].split_at_mut(n);
     let (l1, rest) = rest.split_at_mut(n);
     let (l2, l3) = rest.split_at_mut(n);
     let ok = l0
         .par_chunks_mut(c * w)
         .zip(l1.par_chunks_mut(c * w))
         .zip(l2.par_chunks_mut(c * w).zip(l3.par_chunks_mut(c * w)))
-        .zip(bel.par_chunks_mut(c * w))
+        .zip(bel.spare_capacity_mut()[..n].par_chunks_mut(c * w))
         .zip(lz.par_chunks_mut(w).zip(terms.par_chunks_mut(w)))
         .enumerate()
         .all(|(r, ((((ml, mr), (mu, md)), b), (lzr, tr)))| {
+            let [ml, mr, mu, md, b] = [ml, mr, mu, md, b].map(|x| init_with(x, 0.0));
             if p.single() {
                 node_row::<f32, M>(p, msgs, r, [ml, mr, mu, md], b, lzr, tr)
             } else {
@@ -111,6 +113,12 @@ fn beliefs_in<M: Real>(
         });
     if !ok {
         return None;
+    }
+    // SAFETY: every row's task ran (`all` stops early only on a failed row, which
+    // returned above) and initialised its chunks of both arrays.
+    unsafe {
+        lnm.set_len(4 * n);
+        bel.set_len(n);
     }
     let mut log_z = 0.0;
     for (v, &t) in terms.iter().enumerate() {
