@@ -2,6 +2,7 @@
 
 Run: python benches/bench_bp.py [--shapes H,W,C ...] [--tools ours numpy pgmax]
      python benches/bench_bp.py --whole [--whole-shapes H,W,C ...]   (the lead table)
+     python benches/bench_bp.py --one-off [--whole-shapes H,W,C ...] (a call's fixed work)
 
 The lead table (--whole) is the form a segmentation network trains with: per-edge float32
 tables s_e (E, C, C) (N(0, 1), different for every edge), damping 0.5 (PGMax's default),
@@ -220,6 +221,46 @@ def whole_calls(shapes, tools, threads, iters=50, damping=0.5):
         )
 
 
+def one_off(shapes, threads, damping=0.5, repeats=200):
+    """The one-off work of a whole call, in flooding iterations: whole calls with 1 and 51
+    iterations (per-edge float32 tables, damping 0.5, flooding), best of `repeats` (a tenth
+    as many for 51), both `infer` and `loss_and_grad`. per iteration = (t51 - t1) / 50;
+    one-off = t1 - per iteration (potentials, beliefs, pair marginals or gradient rows,
+    Bethe energy, checks and outputs: everything but the sweeps)."""
+    print(
+        f"one-off work of a whole call (per-edge float32 tables, damping {damping}, flooding; "
+        f"{threads} threads; best of {repeats} 1-iteration and {repeats // 10} 51-iteration "
+        "calls)\n"
+    )
+    print("| (H, W, C) | call | 1 iteration | per iteration | one-off | one-off / iteration |")
+    print("|---|---|---|---|---|---|")
+    for h, w, c in shapes:
+        rng = np.random.default_rng(0)
+        g = es.Graph.grid(h, w)
+        s_n = rng.normal(size=(h * w, c)).astype(np.float32)
+        tables = rng.normal(size=(g.num_edges, c, c)).astype(np.float32)
+        y = rng.integers(0, c, h * w)
+        for name in ("infer", "loss_and_grad"):
+
+            def call(k, name=name, g=g, s_n=s_n, tables=tables, y=y):
+                opts = dict(method="bp", max_iter=k, tol=0, damping=damping, schedule="parallel")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", es.ConvergenceWarning)
+                    if name == "infer":
+                        es.infer(g, s_n, tables, **opts)
+                    else:
+                        es.loss_and_grad(g, s_n, tables, y, **opts)
+
+            t1 = best_of(lambda: call(1), repeats)
+            t51 = best_of(lambda: call(51), repeats // 10)
+            it = (t51 - t1) / 50
+            print(
+                f"| {(h, w, c)} | `{name}` | {t1:.2f} ms | {it * 1e3:.0f} µs | "
+                f"{(t1 - it):.2f} ms | {(t1 - it) / it:.1f} |",
+                flush=True,
+            )
+
+
 def weighted_training_step(h, w, c, iters=(1, 11)):
     """Segmentation-style BP loss + gradients: N(0,1) node scores, U(0,1) contrast weights
     per edge times one 2·I table (never materialised per edge), the default schedule.
@@ -255,9 +296,18 @@ def main() -> None:
     )
     ap.add_argument("--whole", action="store_true", help="the lead table only (see above)")
     ap.add_argument("--whole-shapes", nargs="*", default=None, help="H,W,C triples")
+    ap.add_argument(
+        "--one-off",
+        action="store_true",
+        help="the one-off work of whole calls, in iterations (--whole-shapes apply)",
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     es.set_num_threads(args.threads)
+    if args.one_off:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.whole_shapes or []]
+        one_off(shapes or WHOLE_SHAPES[:4], args.threads)
+        return
     if args.whole:
         shapes = [tuple(int(v) for v in s.split(",")) for s in args.whole_shapes or []]
         whole_calls(shapes or WHOLE_SHAPES, args.tools, args.threads)
