@@ -86,30 +86,40 @@ fn beliefs_in<M: Real>(
     msgs[FROM_UP * n..FROM_UP * n + c * w].fill(M::ONE);
     msgs[FROM_DOWN * n + (h - 1) * c * w..FROM_DOWN * n + h * c * w].fill(M::ONE);
     let msgs = &*msgs;
-    // The node beliefs (node-major), ln Z_v and the node terms; one grid row per task.
-    // (Each task fills its own rows of `bel`, which it then overwrites: no separate pass
-    // over the whole array.)
-    let mut bel = Vec::with_capacity(n);
+    // Logs of the messages into each node (0 where there is no neighbour), the node
+    // beliefs (node-major), ln Z_v and the node terms; one grid row per task.
+    // (Each task fills its own rows of `lnm` and `bel`, which it then overwrites: no
+    // separate pass over the whole arrays.)
+    let (mut lnm, mut bel) = (Vec::with_capacity(4 * n), Vec::with_capacity(n));
     let mut lz = vec![0.0; h * w];
     let mut terms = vec![0.0; h * w];
-    let ok = bel.spare_capacity_mut()[..n]
+    let (l0, rest) = lnm.spare_capacity_mut()[..4 * n].split_at_mut(n);
+    let (l1, rest) = rest.split_at_mut(n);
+    let (l2, l3) = rest.split_at_mut(n);
+    let ok = l0
         .par_chunks_mut(c * w)
+        .zip(l1.par_chunks_mut(c * w))
+        .zip(l2.par_chunks_mut(c * w).zip(l3.par_chunks_mut(c * w)))
+        .zip(bel.spare_capacity_mut()[..n].par_chunks_mut(c * w))
         .zip(lz.par_chunks_mut(w).zip(terms.par_chunks_mut(w)))
         .enumerate()
-        .all(|(r, (b, (lzr, tr)))| {
-            let b = init_with(b, 0.0);
+        .all(|(r, ((((ml, mr), (mu, md)), b), (lzr, tr)))| {
+            let [ml, mr, mu, md, b] = [ml, mr, mu, md, b].map(|x| init_with(x, 0.0));
             if p.single() {
-                node_row::<f32, M>(p, msgs, r, b, lzr, tr)
+                node_row::<f32, M>(p, msgs, r, [ml, mr, mu, md], b, lzr, tr)
             } else {
-                node_row::<f64, M>(p, msgs, r, b, lzr, tr)
+                node_row::<f64, M>(p, msgs, r, [ml, mr, mu, md], b, lzr, tr)
             }
         });
     if !ok {
         return None;
     }
     // SAFETY: every row's task ran (`all` stops early only on a failed row, which
-    // returned above) and initialised its chunk.
-    unsafe { bel.set_len(n) };
+    // returned above) and initialised its chunks of both arrays.
+    unsafe {
+        lnm.set_len(4 * n);
+        bel.set_len(n);
+    }
     let mut log_z = 0.0;
     for (v, &t) in terms.iter().enumerate() {
         log_z += t;
@@ -117,6 +127,7 @@ fn beliefs_in<M: Real>(
     }
     let view = View {
         p,
+        lnm: &lnm,
         msgs,
         lz: &lz,
         n,
@@ -358,6 +369,7 @@ simd_dispatch! {
         p: &GridPotentials,
         msgs: &[M],
         r: usize,
+        m: [&mut [f64]; 4],
         b: &mut [f64],
         lzr: &mut [f64],
         tr: &mut [f64],
@@ -370,6 +382,7 @@ fn node_row_body<F: Real, M: Real>(
     p: &GridPotentials,
     msgs: &[M],
     r: usize,
+    mut m: [&mut [f64]; 4],
     b: &mut [f64],
     lzr: &mut [f64],
     tr: &mut [f64],
@@ -378,12 +391,12 @@ fn node_row_body<F: Real, M: Real>(
     let n = h * w * c;
     let row = r * c * w..(r + 1) * c * w;
     let src = |dir: usize| &msgs[dir * n + row.start..dir * n + row.end];
-    // Σ_dir ln m_dir(x) of the row's nodes (0 from outside the grid), summed in the
-    // directions' order; the edge pass takes the logs it needs from the messages itself.
-    let mut lsum = vec![0.0; c * w];
-    for dir in [FROM_LEFT, FROM_RIGHT, FROM_UP, FROM_DOWN] {
-        for (o, &m) in lsum.iter_mut().zip(src(dir)) {
-            *o += ln0_at::<F>(m.to_f64());
+    for (dir, out) in [FROM_LEFT, FROM_RIGHT, FROM_UP, FROM_DOWN]
+        .into_iter()
+        .zip(m.iter_mut())
+    {
+        for (o, &m) in out.iter_mut().zip(src(dir)) {
+            *o = ln0_at::<F>(m.to_f64());
         }
     }
     // Beliefs in the probability domain: φ · L · R · U · D (φ >= e^-120 and messages
@@ -411,14 +424,28 @@ fn node_row_body<F: Real, M: Real>(
         *z = ln_pos(v);
     }
     // Beliefs and the terms `shift_v + ln Z_v − Σ_x b(x) Σ_dir ln m_dir(x)`.
+    let [ml, mr, mu, md] = m;
+    let (ml, mr, mu, md) = (&*ml, &*mr, &*mu, &*md);
     let inv = mapped(&s, |v| 1.0 / v);
     let mut acc = vec![0.0; w];
     for x in 0..c {
         let k = x * w..(x + 1) * w;
-        for (((t, &q), &iv), &l) in acc.iter_mut().zip(&a[k.clone()]).zip(&inv).zip(&lsum[k]) {
+        for (((t, &q), &iv), (((&a1, &a2), &a3), &a4)) in
+            acc.iter_mut().zip(&a[k.clone()]).zip(&inv).zip(
+                ml[k.clone()]
+                    .iter()
+                    .zip(&mr[k.clone()])
+                    .zip(&mu[k.clone()])
+                    .zip(&md[k]),
+            )
+        {
             let bx = q * iv;
             // A forbidden label (b = 0) adds nothing, whatever its log messages.
-            *t += if bx > 0.0 { bx * l } else { 0.0 };
+            *t += if bx > 0.0 {
+                bx * (a1 + a2 + a3 + a4)
+            } else {
+                0.0
+            };
         }
     }
     for col in 0..w {
@@ -549,6 +576,7 @@ fn mapped(src: &[f64], f: impl Fn(f64) -> f64) -> Vec<f64> {
 /// What the edge pass reads.
 struct View<'a, M> {
     p: &'a GridPotentials,
+    lnm: &'a [f64],
     /// Messages, probability domain (1 from outside the grid).
     msgs: &'a [M],
     lz: &'a [f64],
@@ -558,21 +586,8 @@ struct View<'a, M> {
 }
 
 impl<M: Real> View<'_, M> {
-    /// Logs of the messages from direction `dir` into the nodes of row `r` (`[x][col]`;
-    /// 0 from outside the grid), as the node pass takes them.
-    #[inline(always)]
-    fn log_messages<F: Real>(&self, dir: usize, r: usize) -> Vec<f64> {
-        let (c, w) = (self.p.c, self.p.w);
-        let m = &self.msgs[dir * self.n + r * c * w..dir * self.n + (r + 1) * c * w];
-        let mut out = vec![0.0; c * w];
-        for (o, &v) in out.iter_mut().zip(m) {
-            *o = ln0_at::<F>(v.to_f64());
-        }
-        out
-    }
-
     /// Log cavity of the nodes of row `r` (`[x][col]`), leaving out direction `skip`.
-    fn cavity<F: Real>(&self, r: usize, skip: usize, out: &mut [f64]) {
+    fn cavity(&self, r: usize, skip: usize, out: &mut [f64]) {
         let (c, w) = (self.p.c, self.p.w);
         let row = r * c * w..(r + 1) * c * w;
         for (o, &f) in out.iter_mut().zip(&self.p.phi[row.clone()]) {
@@ -580,10 +595,8 @@ impl<M: Real> View<'_, M> {
         }
         for dir in [FROM_LEFT, FROM_RIGHT, FROM_UP, FROM_DOWN] {
             if dir != skip {
-                let m = &self.msgs[dir * self.n + row.start..dir * self.n + row.end];
-                out.iter_mut()
-                    .zip(m)
-                    .for_each(|(o, &v)| *o += ln0_at::<F>(v.to_f64()));
+                let m = &self.lnm[dir * self.n + row.start..dir * self.n + row.end];
+                out.iter_mut().zip(m).for_each(|(o, &l)| *o += l);
             }
         }
     }
@@ -811,8 +824,8 @@ impl<M: Real> View<'_, M> {
             Some(Joint::F64(joint))
         };
         let (lm_v, lm_u) = (
-            &self.log_messages::<F>(skip_v, r)[..],
-            &self.log_messages::<F>(skip_u, ru)[..],
+            &self.lnm[skip_v * self.n + r * c * w..],
+            &self.lnm[skip_u * self.n + ru * c * w..],
         );
         // ln z in one vectorised loop; below `tiny` (rare) the exact fallback below runs.
         let tiny = if std::mem::size_of::<F>() == 8 {
@@ -963,8 +976,8 @@ impl<M: Real> View<'_, M> {
             let pc = &mut exact[..];
             let (lxv, lxu) = logs.get_or_insert_with(|| {
                 let (mut a, mut b) = (vec![0.0; c * w], vec![0.0; c * w]);
-                self.cavity::<F>(r, skip_v, &mut a);
-                self.cavity::<F>(ru, skip_u, &mut b);
+                self.cavity(r, skip_v, &mut a);
+                self.cavity(ru, skip_u, &mut b);
                 (a, b)
             });
             for s in 0..c {
