@@ -161,8 +161,9 @@ pub trait Inference<T: Real>: Sync {
     type Ws: Send;
     /// Per-thread scratch.
     fn workspace(&self, pb: &Problem<'_, T>) -> Self::Ws;
-    /// log Z of item `b`; node marginals go to `node_sink(node, marginal)` and pair
-    /// marginals to `edges` (only for the item's active nodes and edges).
+    /// log Z of item `b`; node marginals go to `node_sink(v, m)` (`m` holds the marginals
+    /// of nodes `v, v + 1, …`, `C` entries each: one node, or a block of consecutive nodes
+    /// at once) and pair marginals to `edges` (only for the item's active nodes and edges).
     fn item<S: EdgeSink>(
         &self,
         pb: &Problem<'_, T>,
@@ -489,7 +490,7 @@ pub fn marginals<T: Real, M: Inference<T>>(
                         rows: ed.as_ref().map(|r| unsafe { r.get(b) }),
                     };
                     let mut node_sink = |v: usize, m: &[f64]| {
-                        for (o, &x) in nrow[v * c..(v + 1) * c].iter_mut().zip(m) {
+                        for (o, &x) in nrow[v * c..v * c + m.len()].iter_mut().zip(m) {
                             *o = T::from_f64(x);
                         }
                     };
@@ -545,16 +546,42 @@ fn edge_active(pb_active: usize, i: u32, j: u32) -> bool {
 }
 
 /// Score `s(y)` of labelling `y` on the active part of item `b`.
+///
+/// Summed in fixed blocks of nodes and of edges by the pool's threads, the blocks' sums
+/// added in order: the same value for any thread count (a large grid's gold entries are
+/// scattered reads, a serial tail of the training step otherwise).
 fn gold_score<T: Real>(pb: &Problem<'_, T>, b: usize, y: &[i64]) -> f64 {
+    const BLOCK: usize = 1 << 12;
     let (c, act) = (pb.classes(), pb.active(b));
     let (ns, es) = (pb.node.item(b), pb.edge.item(b));
-    let mut s: f64 = (0..act).map(|v| ns[v * c + y[v] as usize].to_f64()).sum();
-    for (k, &[i, j]) in pb.graph.edges().iter().enumerate() {
-        if edge_active(act, i, j) {
-            s += es.value(k, y[i as usize] as usize, y[j as usize] as usize);
-        }
-    }
-    s
+    let nodes: Vec<f64> = y[..act]
+        .par_chunks(BLOCK)
+        .enumerate()
+        .map(|(blk, ys)| {
+            let v0 = blk * BLOCK;
+            ys.iter()
+                .enumerate()
+                .map(|(j, &l)| ns[(v0 + j) * c + l as usize].to_f64())
+                .sum()
+        })
+        .collect();
+    let edges: Vec<f64> = pb
+        .graph
+        .edges()
+        .par_chunks(BLOCK)
+        .enumerate()
+        .map(|(blk, ends)| {
+            let mut s = 0.0;
+            for (j, &[i, jj]) in ends.iter().enumerate() {
+                if edge_active(act, i, jj) {
+                    let (a, d) = (y[i as usize] as usize, y[jj as usize] as usize);
+                    s += es.value(blk * BLOCK + j, a, d);
+                }
+            }
+            s
+        })
+        .collect();
+    nodes.iter().chain(&edges).sum()
 }
 
 /// Adds `src` (f64) into `dst` as a per-item row, or into the chunk accumulator.
@@ -667,9 +694,11 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
                     gedge.fill(0.0);
                     gweight.fill(0.0);
                     let mut node_sink = |v: usize, m: &[f64]| {
-                        let g = &mut gnode[v * c..(v + 1) * c];
+                        let g = &mut gnode[v * c..v * c + m.len()];
                         g.copy_from_slice(m);
-                        g[yb[v] as usize] -= 1.0;
+                        for (g, &y) in g.chunks_exact_mut(c).zip(&yb[v..]) {
+                            g[y as usize] -= 1.0;
+                        }
                     };
                     let it = if weighted {
                         // The stored table without its weight.
