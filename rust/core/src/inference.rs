@@ -670,7 +670,7 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
             || {
                 (
                     method.workspace(pb),
-                    vec![0.0; n * c],
+                    vec![0.0; if node_shared { n * c } else { 0 }],
                     vec![0.0; if grad_rows { 0 } else { ge_len }],
                     vec![0.0; gw_len],
                     vec![0.0; cc],
@@ -693,11 +693,28 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
                     gnode.fill(0.0);
                     gedge.fill(0.0);
                     gweight.fill(0.0);
-                    let mut node_sink = |v: usize, m: &[f64]| {
-                        let g = &mut gnode[v * c..v * c + m.len()];
-                        g.copy_from_slice(m);
-                        for (g, &y) in g.chunks_exact_mut(c).zip(&yb[v..]) {
-                            g[y as usize] -= 1.0;
+                    // An item's own node scores: its gradient rows `(p − [gold]) · w_b`
+                    // written by the sink straight into the output (untouched rows, the
+                    // inactive nodes', stay 0); shared scores accumulate through `gnode`.
+                    // SAFETY: item b is handled by this task only.
+                    let mut own = (!node_shared).then(|| unsafe { nr.get(b) });
+                    let wb = weights.map(|w| w[b]);
+                    let mut node_sink = |v: usize, m: &[f64]| match own.as_deref_mut() {
+                        Some(row) => {
+                            let rows = row[v * c..v * c + m.len()].chunks_exact_mut(c);
+                            for ((out, p), &y) in rows.zip(m.chunks_exact(c)).zip(&yb[v..]) {
+                                for (k, (o, &p)) in out.iter_mut().zip(p).enumerate() {
+                                    let g = if k == y as usize { p - 1.0 } else { p };
+                                    *o = T::from_f64(wb.map_or(g, |w| g * w));
+                                }
+                            }
+                        }
+                        None => {
+                            let g = &mut gnode[v * c..v * c + m.len()];
+                            g.copy_from_slice(m);
+                            for (g, &y) in g.chunks_exact_mut(c).zip(&yb[v..]) {
+                                g[y as usize] -= 1.0;
+                            }
                         }
                     };
                     let it = if weighted {
@@ -770,7 +787,9 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
                     }
                     // SAFETY: item b is handled by this task only.
                     unsafe {
-                        emit(gnode, (!node_shared).then(|| nr.get(b)), an);
+                        if node_shared {
+                            emit::<T>(gnode, None, an);
+                        }
                         if !grad_rows {
                             emit(gedge, (!edge_shared).then(|| er.get(b)), ae);
                         }
