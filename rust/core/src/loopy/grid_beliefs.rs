@@ -872,23 +872,27 @@ impl<M: Real> View<'_, M> {
             }
         }
         let (lz_v, lz_u) = (&self.lz[r * w..r * w + len], &self.lz[ru * w + off..]);
-        // The shifts as one row first, so the terms' loop vectorises.
-        let shift_row: Vec<f64> = (0..len).map(shift_e).collect();
+        // The shifts as one row first, so the terms' loop vectorises (copied, not
+        // collected: an iterator's `collect` is compiled outside the SIMD copy).
+        let shift_row: Vec<f64> = match (&wrow, &wshift) {
+            (Some((_, sh)), _) | (_, Some(sh)) => sh[..len].to_vec(),
+            _ if p.shared => vec![shifts[0]; len],
+            _ => shifts[r * w..r * w + len].to_vec(),
+        };
         for col in 0..len {
             terms[col] =
                 shift_row[col] + mv[col] + mu[col + off] + lnz[col] - lz_v[col] - lz_u[col]
                     + acc[col] * inv[col];
         }
         // Gradient rows: each edge's gold entry `y_v C + y_u`.
-        let gold_at: Vec<usize> = match self.gold {
-            Some(g) => (0..len)
-                .map(|col| {
-                    let (v, u) = (r * w + col, ru * w + col + off);
-                    g.labels[v] as usize * c + g.labels[u] as usize
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        let mut gold_at = Vec::new();
+        if let Some(g) = self.gold {
+            gold_at.resize(len, 0);
+            let (yv, yu) = (&g.labels[r * w..r * w + len], &g.labels[ru * w + off..]);
+            for ((k, &a), &b) in gold_at.iter_mut().zip(yv).zip(yu) {
+                *k = a as usize * c + b as usize;
+            }
+        }
         // Entry `k` of edge `col`'s row from its pair marginal `p`.
         let fin = |col: usize, k: usize, p: f64| -> U {
             match self.gold {
@@ -901,7 +905,10 @@ impl<M: Real> View<'_, M> {
                 // Normalised (and scaled by the item's weight for gradient rows) as they
                 // are written into the edge-major output, then the gold entries redone.
                 let scale = self.gold.map_or(1.0, |g| g.scale);
-                let inv32: Vec<f32> = inv.iter().map(|&v| (v * scale) as f32).collect();
+                let mut inv32 = vec![0.0f32; len];
+                for (o, &v) in inv32.iter_mut().zip(&inv) {
+                    *o = (v * scale) as f32;
+                }
                 let out = U::as_f32_mut(pairs).expect("f32 rows");
                 pair_rows_f32(t, w, qv, w, &qu[off..], w, c, len, &inv32, out);
                 for (col, &k) in gold_at.iter().enumerate() {
