@@ -87,38 +87,19 @@ fn beliefs_in<M: Real>(
     msgs[FROM_DOWN * n + (h - 1) * c * w..FROM_DOWN * n + h * c * w].fill(M::ONE);
     let msgs = &*msgs;
     // Logs of the messages into each node (0 where there is no neighbour), the node
-    // beliefs (node-major), ln Z_v and the node terms; one grid row per task.
-    // (Each task fills its own rows of `lnm` and `bel`, which it then overwrites: no
-    // separate pass over the whole arrays.)
-    let (mut lnm, mut bel) = (Vec::with_capacity(4 * n), Vec::with_capacity(n));
+    // beliefs (node-major), ln Z_v and the node terms; one grid row per task. A model
+    // computed in f32 keeps the logs in f32 (they are f32 logarithms: no loss, half the
+    // memory traffic).
+    let (mut lnm64, mut lnm32) = (Vec::new(), Vec::new());
+    let mut bel = Vec::with_capacity(n);
     let mut lz = vec![0.0; h * w];
     let mut terms = vec![0.0; h * w];
-    let (l0, rest) = lnm.spare_capacity_mut()[..4 * n].split_at_mut(n);
-    let (l1, rest) = rest.split_at_mut(n);
-    let (l2, l3) = rest.split_at_mut(n);
-    let ok = l0
-        .par_chunks_mut(c * w)
-        .zip(l1.par_chunks_mut(c * w))
-        .zip(l2.par_chunks_mut(c * w).zip(l3.par_chunks_mut(c * w)))
-        .zip(bel.spare_capacity_mut()[..n].par_chunks_mut(c * w))
-        .zip(lz.par_chunks_mut(w).zip(terms.par_chunks_mut(w)))
-        .enumerate()
-        .all(|(r, ((((ml, mr), (mu, md)), b), (lzr, tr)))| {
-            let [ml, mr, mu, md, b] = [ml, mr, mu, md, b].map(|x| init_with(x, 0.0));
-            if p.single() {
-                node_row::<f32, M>(p, msgs, r, [ml, mr, mu, md], b, lzr, tr)
-            } else {
-                node_row::<f64, M>(p, msgs, r, [ml, mr, mu, md], b, lzr, tr)
-            }
-        });
+    let ok = match p.single() {
+        true => node_pass::<f32, M>(p, msgs, &mut lnm32, &mut bel, &mut lz, &mut terms),
+        false => node_pass::<f64, M>(p, msgs, &mut lnm64, &mut bel, &mut lz, &mut terms),
+    };
     if !ok {
         return None;
-    }
-    // SAFETY: every row's task ran (`all` stops early only on a failed row, which
-    // returned above) and initialised its chunks of both arrays.
-    unsafe {
-        lnm.set_len(4 * n);
-        bel.set_len(n);
     }
     let mut log_z = 0.0;
     for &t in &terms {
@@ -128,7 +109,8 @@ fn beliefs_in<M: Real>(
     node_sink(0, &bel);
     let view = View {
         p,
-        lnm: &lnm,
+        lnm64: &lnm64,
+        lnm32: &lnm32,
         msgs,
         lz: &lz,
         n,
@@ -147,6 +129,46 @@ fn beliefs_in<M: Real>(
         EdgeOut::Sink => edge_pass::<f64, M>(&view, None, None, edge_sink, log_z),
     };
     Some(log_z)
+}
+
+/// The node pass of [`beliefs_in`] into `lnm` (`4n`, logs stored as `F`), `bel`, `lz` and
+/// `terms`; false when a node has no allowed label left. Each task fills its own rows of
+/// `lnm` and `bel`, which it then overwrites: no separate pass over the whole arrays.
+fn node_pass<F: Real, M: Real>(
+    p: &GridPotentials,
+    msgs: &[M],
+    lnm: &mut Vec<F>,
+    bel: &mut Vec<f64>,
+    lz: &mut [f64],
+    terms: &mut [f64],
+) -> bool {
+    let (w, c) = (p.w, p.c);
+    let n = p.h * w * c;
+    lnm.reserve_exact(4 * n);
+    bel.reserve_exact(n);
+    let (l0, rest) = lnm.spare_capacity_mut()[..4 * n].split_at_mut(n);
+    let (l1, rest) = rest.split_at_mut(n);
+    let (l2, l3) = rest.split_at_mut(n);
+    let ok = l0
+        .par_chunks_mut(c * w)
+        .zip(l1.par_chunks_mut(c * w))
+        .zip(l2.par_chunks_mut(c * w).zip(l3.par_chunks_mut(c * w)))
+        .zip(bel.spare_capacity_mut()[..n].par_chunks_mut(c * w))
+        .zip(lz.par_chunks_mut(w).zip(terms.par_chunks_mut(w)))
+        .enumerate()
+        .all(|(r, ((((ml, mr), (mu, md)), b), (lzr, tr)))| {
+            let m = [ml, mr, mu, md].map(|x| init_with(x, F::ZERO));
+            node_row::<F, M>(p, msgs, r, m, init_with(b, 0.0), lzr, tr)
+        });
+    if ok {
+        // SAFETY: every row's task ran (`all` stops early only on a failed row) and
+        // initialised its chunks of both arrays.
+        unsafe {
+            lnm.set_len(4 * n);
+            bel.set_len(n);
+        }
+    }
+    ok
 }
 
 /// The edge pass: pair marginals and the edge terms of log Z (added to `log_z`, row by
@@ -370,7 +392,7 @@ simd_dispatch! {
         p: &GridPotentials,
         msgs: &[M],
         r: usize,
-        m: [&mut [f64]; 4],
+        m: [&mut [F]; 4],
         b: &mut [f64],
         lzr: &mut [f64],
         tr: &mut [f64],
@@ -383,7 +405,7 @@ fn node_row_body<F: Real, M: Real>(
     p: &GridPotentials,
     msgs: &[M],
     r: usize,
-    mut m: [&mut [f64]; 4],
+    mut m: [&mut [F]; 4],
     b: &mut [f64],
     lzr: &mut [f64],
     tr: &mut [f64],
@@ -397,7 +419,7 @@ fn node_row_body<F: Real, M: Real>(
         .zip(m.iter_mut())
     {
         for (o, &m) in out.iter_mut().zip(src(dir)) {
-            *o = ln0_at::<F>(m.to_f64());
+            *o = F::from_f64(ln0_at::<F>(m.to_f64()));
         }
     }
     // Beliefs in the probability domain: φ · L · R · U · D (φ >= e^-120 and messages
@@ -441,6 +463,7 @@ fn node_row_body<F: Real, M: Real>(
             )
         {
             let bx = q * iv;
+            let (a1, a2, a3, a4) = (a1.to_f64(), a2.to_f64(), a3.to_f64(), a4.to_f64());
             // A forbidden label (b = 0) adds nothing, whatever its log messages.
             *t += if bx > 0.0 {
                 bx * (a1 + a2 + a3 + a4)
@@ -577,7 +600,10 @@ fn mapped(src: &[f64], f: impl Fn(f64) -> f64) -> Vec<f64> {
 /// What the edge pass reads.
 struct View<'a, M> {
     p: &'a GridPotentials,
-    lnm: &'a [f64],
+    /// Logs of the messages (see [`node_pass`]): in f64, or in f32 for a model computed
+    /// in f32 (the other one empty).
+    lnm64: &'a [f64],
+    lnm32: &'a [f32],
     /// Messages, probability domain (1 from outside the grid).
     msgs: &'a [M],
     lz: &'a [f64],
@@ -587,8 +613,14 @@ struct View<'a, M> {
 }
 
 impl<M: Real> View<'_, M> {
+    /// The logs of the messages, in the precision the node pass stored them.
+    #[inline(always)]
+    fn lnm<F: Real>(&self) -> &[F] {
+        F::pick(self.lnm64, self.lnm32)
+    }
+
     /// Log cavity of the nodes of row `r` (`[x][col]`), leaving out direction `skip`.
-    fn cavity(&self, r: usize, skip: usize, out: &mut [f64]) {
+    fn cavity<F: Real>(&self, r: usize, skip: usize, out: &mut [f64]) {
         let (c, w) = (self.p.c, self.p.w);
         let row = r * c * w..(r + 1) * c * w;
         for (o, &f) in out.iter_mut().zip(&self.p.phi[row.clone()]) {
@@ -596,8 +628,8 @@ impl<M: Real> View<'_, M> {
         }
         for dir in [FROM_LEFT, FROM_RIGHT, FROM_UP, FROM_DOWN] {
             if dir != skip {
-                let m = &self.lnm[dir * self.n + row.start..dir * self.n + row.end];
-                out.iter_mut().zip(m).for_each(|(o, &l)| *o += l);
+                let m = &self.lnm::<F>()[dir * self.n + row.start..dir * self.n + row.end];
+                out.iter_mut().zip(m).for_each(|(o, &l)| *o += l.to_f64());
             }
         }
     }
@@ -825,8 +857,8 @@ impl<M: Real> View<'_, M> {
             Some(Joint::F64(joint))
         };
         let (lm_v, lm_u) = (
-            &self.lnm[skip_v * self.n + r * c * w..],
-            &self.lnm[skip_u * self.n + ru * c * w..],
+            &self.lnm::<F>()[skip_v * self.n + r * c * w..],
+            &self.lnm::<F>()[skip_u * self.n + ru * c * w..],
         );
         // ln z in one vectorised loop; below `tiny` (rare) the exact fallback below runs.
         let tiny = if std::mem::size_of::<F>() == 8 {
@@ -860,12 +892,12 @@ impl<M: Real> View<'_, M> {
             );
             for col in 0..len {
                 acc[col] += if rs[col] > 0.0 {
-                    rs[col] * lv[col]
+                    rs[col] * lv[col].to_f64()
                 } else {
                     0.0
                 };
                 acc[col] += if cs[col] > 0.0 {
-                    cs[col] * lu[col]
+                    cs[col] * lu[col].to_f64()
                 } else {
                     0.0
                 };
@@ -984,8 +1016,8 @@ impl<M: Real> View<'_, M> {
             let pc = &mut exact[..];
             let (lxv, lxu) = logs.get_or_insert_with(|| {
                 let (mut a, mut b) = (vec![0.0; c * w], vec![0.0; c * w]);
-                self.cavity(r, skip_v, &mut a);
-                self.cavity(ru, skip_u, &mut b);
+                self.cavity::<F>(r, skip_v, &mut a);
+                self.cavity::<F>(ru, skip_u, &mut b);
                 (a, b)
             });
             for s in 0..c {
@@ -1029,13 +1061,13 @@ impl<M: Real> View<'_, M> {
             for s in 0..c {
                 let ps: f64 = pc[s * c..(s + 1) * c].iter().sum();
                 if ps > 0.0 {
-                    t += ps * lm_v[s * w + col];
+                    t += ps * lm_v[s * w + col].to_f64();
                 }
             }
             for d in 0..c {
                 let pd: f64 = (0..c).map(|s| pc[s * c + d]).sum();
                 if pd > 0.0 {
-                    t += pd * lm_u[d * w + col + off];
+                    t += pd * lm_u[d * w + col + off].to_f64();
                 }
             }
             terms[col] = t;
