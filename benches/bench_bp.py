@@ -148,6 +148,18 @@ def pgmax_run(h, w, c, s_n, tables, damping, iters):
     return best_of(lambda: jax.block_until_ready(run(arrays)), repeats)
 
 
+def _warm_up(shape, seconds=1.0):
+    """Calls on `shape` for `seconds` before the first row: the process's first calls
+    (thread pool, allocator, CPU clocks) run slower than a training loop's steady state,
+    which `best_of`'s per-row warm-up alone does not reach for the first shape."""
+    h0, w0, c0 = shape
+    g0 = es.Graph.grid(h0, w0)
+    s0 = np.zeros((h0 * w0, c0), np.float32)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        es.infer(g0, s0, np.zeros((g0.num_edges, c0, c0), np.float32), method="bp", max_iter=5)
+
+
 def whole_calls(shapes, tools, threads, iters=50, damping=0.5):
     """The lead table (see the module doc)."""
     copy_rate, exp_rate = machine_rates()
@@ -164,15 +176,7 @@ def whole_calls(shapes, tools, threads, iters=50, damping=0.5):
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     nan = float("nan")
-    # One second of calls before the first row: the process's first calls (thread pool,
-    # allocator, CPU clocks) run slower than a training loop's steady state, which
-    # `best_of`'s per-row warm-up alone does not reach for the first shape.
-    h0, w0, c0 = shapes[0]
-    g0 = es.Graph.grid(h0, w0)
-    s0 = np.zeros((h0 * w0, c0), np.float32)
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < 1.0:
-        es.infer(g0, s0, np.zeros((g0.num_edges, c0, c0), np.float32), method="bp", max_iter=5)
+    _warm_up(shapes[0])
     for h, w, c in shapes:
         rng = np.random.default_rng(0)
         g = es.Graph.grid(h, w)
@@ -234,6 +238,7 @@ def one_off(shapes, threads, damping=0.5, repeats=200):
     )
     print("| (H, W, C) | call | 1 iteration | per iteration | one-off | one-off / iteration |")
     print("|---|---|---|---|---|---|")
+    _warm_up(shapes[0])
     for h, w, c in shapes:
         rng = np.random.default_rng(0)
         g = es.Graph.grid(h, w)
