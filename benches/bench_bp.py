@@ -148,6 +148,18 @@ def pgmax_run(h, w, c, s_n, tables, damping, iters):
     return best_of(lambda: jax.block_until_ready(run(arrays)), repeats)
 
 
+def _bp_call(g, s_n, s_e, y, iters, damping, schedule):
+    """One whole BP call with `iters` iterations and tol 0 (no early stop, the non-convergence
+    warning silenced): `loss_and_grad` with gold labels `y`, or `infer` when `y` is None."""
+    opts = dict(method="bp", max_iter=iters, tol=0, damping=damping, schedule=schedule)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", es.ConvergenceWarning)
+        if y is None:
+            es.infer(g, s_n, s_e, **opts)
+        else:
+            es.loss_and_grad(g, s_n, s_e, y, **opts)
+
+
 def _warm_up(shape, seconds=1.0):
     """Calls on `shape` for `seconds` before the first row: the process's first calls
     (thread pool, allocator, CPU clocks) run slower than a training loop's steady state,
@@ -191,17 +203,9 @@ def whole_calls(shapes, tools, threads, iters=50, damping=0.5):
         def ours(s_e, schedule="parallel", g=g, s_n=s_n, y=y, loss=False):
             # "parallel" is flooding, PGMax's schedule (the same work); the default
             # "checkerboard" sweeps each colour in turn (two sweeps per iteration).
-            opts = dict(method="bp", max_iter=iters, tol=0, damping=damping, schedule=schedule)
-
-            def call():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", es.ConvergenceWarning)
-                    if loss:
-                        es.loss_and_grad(g, s_n, s_e, y, **opts)
-                    else:
-                        es.infer(g, s_n, s_e, **opts)
-
-            return best_of(call, 5)
+            return best_of(
+                lambda: _bp_call(g, s_n, s_e, y if loss else None, iters, damping, schedule), 5
+            )
 
         t_edge = ours(tables)
         t_loss = ours(tables, loss=True)
@@ -246,15 +250,10 @@ def one_off(shapes, threads, damping=0.5, repeats=200):
         tables = rng.normal(size=(g.num_edges, c, c)).astype(np.float32)
         y = rng.integers(0, c, h * w)
         for name in ("infer", "loss_and_grad"):
+            gold = y if name == "loss_and_grad" else None
 
-            def call(k, name=name, g=g, s_n=s_n, tables=tables, y=y):
-                opts = dict(method="bp", max_iter=k, tol=0, damping=damping, schedule="parallel")
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", es.ConvergenceWarning)
-                    if name == "infer":
-                        es.infer(g, s_n, tables, **opts)
-                    else:
-                        es.loss_and_grad(g, s_n, tables, y, **opts)
+            def call(k, g=g, s_n=s_n, tables=tables, gold=gold):
+                _bp_call(g, s_n, tables, gold, k, damping, "parallel")
 
             t1 = best_of(lambda: call(1), repeats)
             t51 = best_of(lambda: call(51), repeats // 10)

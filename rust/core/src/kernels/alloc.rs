@@ -97,9 +97,7 @@ pub fn par_filled<T: Copy + Send + Sync>(len: usize, value: T) -> Vec<T> {
     v.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk)
         .for_each(|part| {
-            for x in part {
-                x.write(value);
-            }
+            init_with(part, value);
         });
     // SAFETY: the loop above wrote each of the first `len` elements.
     unsafe { v.set_len(len) };
