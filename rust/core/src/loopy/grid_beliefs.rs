@@ -156,10 +156,14 @@ fn node_pass<F: Real, M: Real>(
         .zip(bel.spare_capacity_mut()[..n].par_chunks_mut(c * w))
         .zip(lz.par_chunks_mut(w).zip(terms.par_chunks_mut(w)))
         .enumerate()
-        .all(|(r, ((((ml, mr), (mu, md)), b), (lzr, tr)))| {
-            let m = [ml, mr, mu, md].map(|x| init_with(x, F::ZERO));
-            node_row::<F, M>(p, msgs, r, m, init_with(b, 0.0), lzr, tr)
-        });
+        .map_init(
+            NodeScratch::default,
+            |scr, (r, ((((ml, mr), (mu, md)), b), (lzr, tr)))| {
+                let m = [ml, mr, mu, md].map(|x| init_with(x, F::ZERO));
+                node_row::<F, M>(p, msgs, r, m, init_with(b, 0.0), lzr, tr, scr)
+            },
+        )
+        .all(|ok| ok);
     if ok {
         // SAFETY: every row's task ran (`all` stops early only on a failed row) and
         // initialised its chunks of both arrays.
@@ -236,7 +240,7 @@ fn edge_pass<U: Real, M: Real>(
     for r0 in (0..h).step_by(rows_per_block) {
         let r1 = (r0 + rows_per_block).min(h);
         let k = r1 - r0;
-        let run = |i: usize, tr: &mut [f64], pr: Option<&mut [f64]>| {
+        let run = |scr: &mut EdgeScratch, i: usize, tr: &mut [f64], pr: Option<&mut [f64]>| {
             let r = r0 + i;
             let (th, tv) = tr.split_at_mut(w - 1);
             let (pr, mut partial) = match pr {
@@ -279,15 +283,17 @@ fn edge_pass<U: Real, M: Real>(
                     let ws = wt.weights(vertical, r, w);
                     let grads = Some(RowGrads { table, ws, gw, acc });
                     match single {
-                        true => edge_row::<f32, f64, M>(view, r, vertical, &mut [], tr, grads),
-                        false => edge_row::<f64, f64, M>(view, r, vertical, &mut [], tr, grads),
+                        true => edge_row::<f32, f64, M>(view, r, vertical, &mut [], tr, grads, scr),
+                        false => {
+                            edge_row::<f64, f64, M>(view, r, vertical, &mut [], tr, grads, scr)
+                        }
                     }
                     continue;
                 }
                 match (scratch, &direct) {
                     (Some(pr), _) => match single {
-                        true => edge_row::<f32, f64, M>(view, r, vertical, pr, tr, None),
-                        false => edge_row::<f64, f64, M>(view, r, vertical, pr, tr, None),
+                        true => edge_row::<f32, f64, M>(view, r, vertical, pr, tr, None, scr),
+                        false => edge_row::<f64, f64, M>(view, r, vertical, pr, tr, None, scr),
                     },
                     (None, Some((oh, ov))) => {
                         // SAFETY: row r's horizontal (vertical) edges are written by this
@@ -300,8 +306,8 @@ fn edge_pass<U: Real, M: Real>(
                             }
                         };
                         match single {
-                            true => edge_row::<f32, U, M>(view, r, vertical, o, tr, None),
-                            false => edge_row::<f64, U, M>(view, r, vertical, o, tr, None),
+                            true => edge_row::<f32, U, M>(view, r, vertical, o, tr, None, scr),
+                            false => edge_row::<f64, U, M>(view, r, vertical, o, tr, None, scr),
                         }
                     }
                     (None, None) => unreachable!("pairs go to the output rows or the buffer"),
@@ -329,12 +335,16 @@ fn edge_pass<U: Real, M: Real>(
         };
         let terms = eterms[..k * (2 * w - 1)].par_chunks_mut(2 * w - 1);
         if direct.is_some() {
-            terms.enumerate().for_each(|(i, tr)| run(i, tr, None));
+            terms
+                .enumerate()
+                .for_each_init(EdgeScratch::default, |s, (i, tr)| run(s, i, tr, None));
         } else {
             terms
                 .zip(pairs[..k * row_len].par_chunks_mut(row_len))
                 .enumerate()
-                .for_each(|(i, (tr, pr))| run(i, tr, Some(pr)));
+                .for_each_init(EdgeScratch::default, |s, (i, (tr, pr))| {
+                    run(s, i, tr, Some(pr))
+                });
         }
         for i in 0..k {
             let r = r0 + i;
@@ -383,6 +393,15 @@ fn ln0_at<F: Real>(m: f64) -> f64 {
     }
 }
 
+/// Working rows of the node pass, kept by each parallel task across its rows.
+#[derive(Default)]
+struct NodeScratch {
+    a: Vec<f64>,
+    s: Vec<f64>,
+    inv: Vec<f64>,
+    acc: Vec<f64>,
+}
+
 simd_dispatch! {
     /// Grid row `r` of the node pass: logs of the incoming messages (`m`: from the left,
     /// right, up, down; 0 where there is no neighbour), the beliefs (node-major), `ln Z_v`
@@ -396,6 +415,7 @@ simd_dispatch! {
         b: &mut [f64],
         lzr: &mut [f64],
         tr: &mut [f64],
+        scratch: &mut NodeScratch,
     ) -> bool => node_row_body
 }
 
@@ -409,8 +429,10 @@ fn node_row_body<F: Real, M: Real>(
     b: &mut [f64],
     lzr: &mut [f64],
     tr: &mut [f64],
+    scratch: &mut NodeScratch,
 ) -> bool {
     let (h, w, c) = (p.h, p.w, p.c);
+    let NodeScratch { a, s, inv, acc } = scratch;
     let n = h * w * c;
     let row = r * c * w..(r + 1) * c * w;
     let src = |dir: usize| &msgs[dir * n + row.start..dir * n + row.end];
@@ -424,7 +446,7 @@ fn node_row_body<F: Real, M: Real>(
     }
     // Beliefs in the probability domain: φ · L · R · U · D (φ >= e^-120 and messages
     // >= e^-121: at least e^-604, inside f64's range), no exponentials.
-    let mut a = vec![0.0; c * w];
+    let a = sized(a, c * w);
     let (l, rt, u, d) = (
         src(FROM_LEFT),
         src(FROM_RIGHT),
@@ -434,8 +456,9 @@ fn node_row_body<F: Real, M: Real>(
     for (k, q) in a.iter_mut().enumerate() {
         *q = p.phi[row.start + k] * l[k].to_f64() * rt[k].to_f64() * u[k].to_f64() * d[k].to_f64();
     }
-    let mut s = vec![0.0; w];
-    for x in 0..c {
+    let s = sized(s, w);
+    s.copy_from_slice(&a[..w]);
+    for x in 1..c {
         for (sx, &q) in s.iter_mut().zip(&a[x * w..(x + 1) * w]) {
             *sx += q;
         }
@@ -443,18 +466,22 @@ fn node_row_body<F: Real, M: Real>(
     if s.iter().any(|&v| v <= 0.0) {
         return false;
     }
-    for (z, &v) in lzr.iter_mut().zip(&s) {
+    for (z, &v) in lzr.iter_mut().zip(&*s) {
         *z = ln_pos(v);
     }
     // Beliefs and the terms `shift_v + ln Z_v − Σ_x b(x) Σ_dir ln m_dir(x)`.
     let [ml, mr, mu, md] = m;
     let (ml, mr, mu, md) = (&*ml, &*mr, &*mu, &*md);
-    let inv = mapped(&s, |v| 1.0 / v);
-    let mut acc = vec![0.0; w];
+    let inv = sized(inv, w);
+    for (o, &v) in inv.iter_mut().zip(&*s) {
+        *o = 1.0 / v;
+    }
+    let acc = sized(acc, w);
+    acc.fill(0.0);
     for x in 0..c {
         let k = x * w..(x + 1) * w;
         for (((t, &q), &iv), (((&a1, &a2), &a3), &a4)) in
-            acc.iter_mut().zip(&a[k.clone()]).zip(&inv).zip(
+            acc.iter_mut().zip(&a[k.clone()]).zip(&*inv).zip(
                 ml[k.clone()]
                     .iter()
                     .zip(&mr[k.clone()])
@@ -515,6 +542,7 @@ simd_dispatch! {
         pairs: &mut [U],
         terms: &mut [f64],
         grads: Option<RowGrads<'_>>,
+        scratch: &mut EdgeScratch,
     ) -> () => edge_row_body
 }
 
@@ -526,8 +554,9 @@ fn edge_row_body<F: Real, U: Real, M: Real>(
     pairs: &mut [U],
     terms: &mut [f64],
     grads: Option<RowGrads<'_>>,
+    scratch: &mut EdgeScratch,
 ) {
-    view.edge_row::<F, U>(r, vertical, pairs, terms, grads)
+    view.edge_row::<F, U>(r, vertical, pairs, terms, grads, scratch)
 }
 
 /// Weighted-edge gradients that an edge row with a Potts table makes itself from the
@@ -545,20 +574,44 @@ struct RowGrads<'a> {
 enum Joint<'a> {
     F64(Vec<f64>),
     F32 {
-        qv: Vec<f32>,
-        qu: Vec<f32>,
+        qv: &'a [f32],
+        qu: &'a [f32],
         t: &'a [f32],
     },
 }
 
-/// `src` rounded to f32, in a loop that vectorises in the caller's SIMD copy.
+/// Working rows of the edge pass, kept by each parallel task across the rows it runs: no
+/// allocation per row, and no zero fill of what each row overwrites (at C = 3 a row's
+/// dozen short vectors had cost as much as its arithmetic).
+#[derive(Default)]
+struct EdgeScratch {
+    xv: Vec<f64>,
+    xu: Vec<f64>,
+    mv: Vec<f64>,
+    mu: Vec<f64>,
+    z: Vec<f64>,
+    rows: Vec<f64>,
+    cols: Vec<f64>,
+    qv32: Vec<f32>,
+    qu32: Vec<f32>,
+    rows32: Vec<f32>,
+    cols32: Vec<f32>,
+    lnz: Vec<f64>,
+    inv: Vec<f64>,
+    acc: Vec<f64>,
+    shift: Vec<f64>,
+    inv32: Vec<f32>,
+    gold_at: Vec<usize>,
+}
+
+/// The first `n` entries of `v` (grown with defaults when shorter), holding whatever the
+/// last row left there: callers overwrite them or clear them first.
 #[inline(always)]
-fn narrowed(src: &[f64]) -> Vec<f32> {
-    let mut out = vec![0.0f32; src.len()];
-    for (o, &v) in out.iter_mut().zip(src) {
-        *o = v as f32;
+fn sized<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::default());
     }
-    out
+    &mut v[..n]
 }
 
 /// `Σ_i a_i b_i c_i` in eight partial sums (a loop the compiler vectorises).
@@ -585,16 +638,18 @@ fn dot3(a: &[f64], b: &[f64], c: &[f64]) -> f64 {
         + tail
 }
 
-/// `f` of every entry of `src`, in a loop that inlines into the caller's vectorised code
-/// (an iterator's `collect` is a function of its own, compiled without the caller's
-/// instruction set).
+/// `(2^-e, e ln 2)` for `m` in `[2^e, 2^(e+1))` (`e` clamped to f64's normal exponents,
+/// so the pair stays consistent: `m · 2^-e` in [1, 2) for every normal `m`); `(0, −inf)`
+/// for `m <= 0`. Bit operations only, so loops over it vectorise.
 #[inline(always)]
-fn mapped(src: &[f64], f: impl Fn(f64) -> f64) -> Vec<f64> {
-    let mut out = vec![0.0; src.len()];
-    for (o, &v) in out.iter_mut().zip(src) {
-        *o = f(v);
+fn pow2_scale(m: f64) -> (f64, f64) {
+    let e = ((m.to_bits() >> 52) & 0x7ff).clamp(1, 2045);
+    let inv = f64::from_bits((2046 - e) << 52);
+    if m > 0.0 {
+        (inv, (e as i64 - 1023) as f64 * std::f64::consts::LN_2)
+    } else {
+        (0.0, f64::NEG_INFINITY)
     }
-    out
 }
 
 /// What the edge pass reads.
@@ -635,11 +690,13 @@ impl<M: Real> View<'_, M> {
     }
 
     /// Cavity of the nodes of row `r` (`[x][col]`, leaving out direction `skip`) in the
-    /// probability domain, each column scaled to maximum 1; returns the log of each
-    /// column's scale (−inf for an all-zero column, left all zero). A product of `φ` and
-    /// three messages: no exponentials, and inside f64's range (see `node_row`).
+    /// probability domain, each column scaled by a power of two to a maximum in [1, 2);
+    /// the log of each column's scale into `ln_scale` (−inf for an all-zero column, left
+    /// all zero). A product of `φ` and three messages: no exponentials, and inside f64's
+    /// range (see `node_row`). (A power of two, not the maximum itself: the scaling is
+    /// exact and its log is the exponent times ln 2, no division and no logarithm.)
     #[inline(always)]
-    fn prob_cavity(&self, r: usize, skip: usize, out: &mut [f64]) -> Vec<f64> {
+    fn prob_cavity(&self, r: usize, skip: usize, out: &mut [f64], ln_scale: &mut [f64]) {
         let (c, w) = (self.p.c, self.p.w);
         let row = r * c * w..(r + 1) * c * w;
         out.copy_from_slice(&self.p.phi[row.clone()]);
@@ -649,19 +706,22 @@ impl<M: Real> View<'_, M> {
                 out.iter_mut().zip(m).for_each(|(o, &v)| *o *= v.to_f64());
             }
         }
-        let mut mx = vec![0.0f64; w];
-        for x in 0..c {
+        // Each column's maximum first (into `ln_scale`), then its biased exponent.
+        let mx = &mut ln_scale[..w];
+        mx.copy_from_slice(&out[..w]);
+        for x in 1..c {
             for (m, &v) in mx.iter_mut().zip(&out[x * w..(x + 1) * w]) {
                 *m = m.max(v);
             }
         }
-        let inv = mapped(&mx, |m| if m > 0.0 { 1.0 / m } else { 0.0 });
         for x in 0..c {
-            for (v, &s) in out[x * w..(x + 1) * w].iter_mut().zip(&inv) {
-                *v *= s;
+            for (v, &m) in out[x * w..(x + 1) * w].iter_mut().zip(mx.iter()) {
+                *v *= pow2_scale(m).0;
             }
         }
-        mapped(&mx, ln0)
+        for m in mx.iter_mut() {
+            *m = pow2_scale(*m).1;
+        }
     }
 
     /// See [`edge_row`]; the pairs are computed in f64 and stored as `U`.
@@ -673,6 +733,7 @@ impl<M: Real> View<'_, M> {
         pairs: &mut [U],
         terms: &mut [f64],
         mut grads: Option<RowGrads<'_>>,
+        scratch: &mut EdgeScratch,
     ) {
         let p = self.p;
         let (c, w) = (p.c, p.w);
@@ -688,11 +749,30 @@ impl<M: Real> View<'_, M> {
         } else {
             (FROM_RIGHT, FROM_LEFT)
         };
-        let (mut xv, mut xu) = (vec![0.0; c * w], vec![0.0; c * w]);
-        let (mv, mu) = (
-            self.prob_cavity(r, skip_v, &mut xv),
-            self.prob_cavity(ru, skip_u, &mut xu),
-        );
+        let EdgeScratch {
+            xv,
+            xu,
+            mv,
+            mu,
+            z,
+            rows,
+            cols,
+            qv32,
+            qu32,
+            rows32,
+            cols32,
+            lnz,
+            inv,
+            acc,
+            shift,
+            inv32,
+            gold_at,
+        } = scratch;
+        let (xv, xu) = (sized(xv, c * w), sized(xu, c * w));
+        let (mv, mu) = (sized(mv, w), sized(mu, w));
+        self.prob_cavity(r, skip_v, xv, mv);
+        self.prob_cavity(ru, skip_u, xu, mu);
+        let (xv, xu) = (&*xv, &*xu);
         // Log cavities, only if an edge needs the log-domain fallback.
         let mut logs: Option<(Vec<f64>, Vec<f64>)> = None;
         let (tabs, shifts) = if vertical {
@@ -729,8 +809,9 @@ impl<M: Real> View<'_, M> {
         };
         // The joint's normaliser z and its row and column sums (`[s][col]`, `[d][col]`),
         // unnormalised; the joint itself, class-pair-major, unless the table is Potts.
-        let mut z = vec![0.0; len];
-        let (mut rows, mut cols) = (vec![0.0; c * len], vec![0.0; c * len]);
+        let z = sized(z, len);
+        z.fill(0.0);
+        let (rows, cols) = (sized(rows, c * len), sized(cols, c * len));
         // (Potts tables: Σ_s qv(s) qu(s) per edge.)
         let mut potts_dot = Vec::new();
         let joint = if let Some((a, b)) = potts {
@@ -770,8 +851,16 @@ impl<M: Real> View<'_, M> {
             // each: relative error ~1e-7, far inside the output's rounding budget), its
             // entries formed again, normalised, as they are written (no class-pair-major
             // buffer).
-            let (qv32, qu32) = (narrowed(&xv), narrowed(&xu));
-            let (mut rows32, mut cols32) = (vec![0.0f32; c * len], vec![0.0f32; c * len]);
+            let (qv32, qu32) = (sized(qv32, c * w), sized(qu32, c * w));
+            for (o, &v) in qv32.iter_mut().zip(xv) {
+                *o = v as f32;
+            }
+            for (o, &v) in qu32.iter_mut().zip(xu) {
+                *o = v as f32;
+            }
+            let (rows32, cols32) = (sized(rows32, c * len), sized(cols32, c * len));
+            rows32.fill(0.0);
+            cols32.fill(0.0);
             for (s, rs) in rows32.chunks_exact_mut(len).enumerate() {
                 let qv = &qv32[s * w..s * w + len];
                 for (d, cs) in cols32.chunks_exact_mut(len).enumerate() {
@@ -795,15 +884,17 @@ impl<M: Real> View<'_, M> {
                     *r64 = v as f64;
                 }
             }
-            for (c64, &v) in cols.iter_mut().zip(&cols32) {
+            for (c64, &v) in cols.iter_mut().zip(&*cols32) {
                 *c64 = v as f64;
             }
             Some(Joint::F32 {
-                qv: qv32,
-                qu: qu32,
+                qv: &*qv32,
+                qu: &*qu32,
                 t: &v[r * cc * w..],
             })
         } else {
+            rows.fill(0.0);
+            cols.fill(0.0);
             let mut joint = vec![0.0; cc * len];
             for s in 0..c {
                 let qv = &xv[s * w..s * w + len];
@@ -866,24 +957,32 @@ impl<M: Real> View<'_, M> {
         } else {
             1e-30
         };
-        let lnz = if std::mem::size_of::<F>() == 8 {
-            mapped(&z, |v| ln_pos(v.max(TINY)))
+        let lnz = sized(lnz, len);
+        if std::mem::size_of::<F>() == 8 {
+            for (o, &v) in lnz.iter_mut().zip(&*z) {
+                *o = ln_pos(v.max(TINY));
+            }
         } else {
-            mapped(&z, |v| ln_pos_f32(v.max(1e-30) as f32) as f64)
-        };
+            for (o, &v) in lnz.iter_mut().zip(&*z) {
+                *o = ln_pos_f32(v.max(1e-30) as f32) as f64;
+            }
+        }
         // 1/z where the probability-domain joint holds the edge (0 elsewhere: those
         // columns are redone in the log domain below).
-        let inv = mapped(&z, |v| {
-            if v >= tiny && v.is_finite() {
+        let inv = sized(inv, len);
+        for (o, &v) in inv.iter_mut().zip(&*z) {
+            *o = if v >= tiny && v.is_finite() {
                 1.0 / v
             } else {
                 0.0
-            }
-        });
+            };
+        }
+        let inv = &*inv;
         // The terms across the columns: `Σ_s p_s· ln m_{w→v}(s) + Σ_d p_·d ln m_{v→w}(d)`
         // from the unnormalised joint's row and column sums (a forbidden label has sum 0
         // and adds nothing, whatever its log message).
-        let mut acc = vec![0.0; len];
+        let acc = sized(acc, len);
+        acc.fill(0.0);
         for x in 0..c {
             let (rs, cs) = (&rows[x * len..(x + 1) * len], &cols[x * len..(x + 1) * len]);
             let (lv, lu) = (
@@ -906,25 +1005,29 @@ impl<M: Real> View<'_, M> {
         let (lz_v, lz_u) = (&self.lz[r * w..r * w + len], &self.lz[ru * w + off..]);
         // The shifts as one row first, so the terms' loop vectorises (copied, not
         // collected: an iterator's `collect` is compiled outside the SIMD copy).
-        let shift_row: Vec<f64> = match (&wrow, &wshift) {
-            (Some((_, sh)), _) | (_, Some(sh)) => sh[..len].to_vec(),
-            _ if p.shared => vec![shifts[0]; len],
-            _ => shifts[r * w..r * w + len].to_vec(),
-        };
+        let shift_row = sized(shift, len);
+        match (&wrow, &wshift) {
+            (Some((_, sh)), _) | (_, Some(sh)) => shift_row.copy_from_slice(&sh[..len]),
+            _ if p.shared => shift_row.fill(shifts[0]),
+            _ => shift_row.copy_from_slice(&shifts[r * w..r * w + len]),
+        }
         for col in 0..len {
             terms[col] =
                 shift_row[col] + mv[col] + mu[col + off] + lnz[col] - lz_v[col] - lz_u[col]
                     + acc[col] * inv[col];
         }
         // Gradient rows: each edge's gold entry `y_v C + y_u`.
-        let mut gold_at = Vec::new();
-        if let Some(g) = self.gold {
-            gold_at.resize(len, 0);
-            let (yv, yu) = (&g.labels[r * w..r * w + len], &g.labels[ru * w + off..]);
-            for ((k, &a), &b) in gold_at.iter_mut().zip(yv).zip(yu) {
-                *k = a as usize * c + b as usize;
+        let gold_at: &[usize] = match self.gold {
+            Some(g) => {
+                let at = sized(gold_at, len);
+                let (yv, yu) = (&g.labels[r * w..r * w + len], &g.labels[ru * w + off..]);
+                for ((k, &a), &b) in at.iter_mut().zip(yv).zip(yu) {
+                    *k = a as usize * c + b as usize;
+                }
+                at
             }
-        }
+            None => &[],
+        };
         // Entry `k` of edge `col`'s row from its pair marginal `p`.
         let fin = |col: usize, k: usize, p: f64| -> U {
             match self.gold {
@@ -937,12 +1040,12 @@ impl<M: Real> View<'_, M> {
                 // Normalised (and scaled by the item's weight for gradient rows) as they
                 // are written into the edge-major output, then the gold entries redone.
                 let scale = self.gold.map_or(1.0, |g| g.scale);
-                let mut inv32 = vec![0.0f32; len];
-                for (o, &v) in inv32.iter_mut().zip(&inv) {
+                let inv32 = sized(inv32, len);
+                for (o, &v) in inv32.iter_mut().zip(inv) {
                     *o = (v * scale) as f32;
                 }
                 let out = U::as_f32_mut(pairs).expect("f32 rows");
-                pair_rows_f32(t, w, qv, w, &qu[off..], w, c, len, &inv32, out);
+                pair_rows_f32(t, w, qv, w, &qu[off..], w, c, len, inv32, out);
                 for (col, &k) in gold_at.iter().enumerate() {
                     let (s, d) = (k / c, k % c);
                     let joint = qv[s * w + col] * t[k * w + col] * qu[d * w + off + col];
@@ -1010,9 +1113,10 @@ impl<M: Real> View<'_, M> {
             }
             (None, None) => unreachable!("the joint is made unless the table is Potts"),
         }
-        let mut exact = vec![0.0; cc];
+        let mut exact = Vec::new();
         for col in (0..len).filter(|&col| inv[col] == 0.0) {
             // Exact log-domain joint for this edge (rare: a tiny normaliser), in f64.
+            exact.resize(cc, 0.0);
             let pc = &mut exact[..];
             let (lxv, lxu) = logs.get_or_insert_with(|| {
                 let (mut a, mut b) = (vec![0.0; c * w], vec![0.0; c * w]);
