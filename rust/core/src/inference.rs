@@ -443,6 +443,27 @@ impl<T: Real> EdgeSink for WeightedGrad<'_, '_, T> {
     }
 }
 
+/// `f(out, m, first)` over blocks of whole nodes of a node sink's rows (`first`: the
+/// block's first node, counted from the sink's `v`): on the pool's threads when the run is
+/// long (a grid hands over all its nodes in one call, which would otherwise be a serial
+/// tail of the call), in one piece otherwise. Elementwise, so the same for any thread count.
+fn node_blocks<T: Send>(
+    out: &mut [T],
+    m: &[f64],
+    c: usize,
+    f: impl Fn(&mut [T], &[f64], usize) + Sync,
+) {
+    const BLOCK_NODES: usize = 2048;
+    let block = BLOCK_NODES * c.max(1);
+    if m.len() <= block {
+        return f(out, m, 0);
+    }
+    out.par_chunks_mut(block)
+        .zip(m.par_chunks(block))
+        .enumerate()
+        .for_each(|(i, (o, m))| f(o, m, i * BLOCK_NODES));
+}
+
 fn item_error(e: Error, b: usize, batch: usize) -> Error {
     match e {
         Error::Infeasible(m) if batch > 1 => Error::Infeasible(format!("batch item {b}: {m}")),
@@ -490,9 +511,11 @@ pub fn marginals<T: Real, M: Inference<T>>(
                         rows: ed.as_ref().map(|r| unsafe { r.get(b) }),
                     };
                     let mut node_sink = |v: usize, m: &[f64]| {
-                        for (o, &x) in nrow[v * c..v * c + m.len()].iter_mut().zip(m) {
-                            *o = T::from_f64(x);
-                        }
+                        node_blocks(&mut nrow[v * c..v * c + m.len()], m, c, |out, m, _| {
+                            for (o, &x) in out.iter_mut().zip(m) {
+                                *o = T::from_f64(x);
+                            }
+                        })
                     };
                     let it = method
                         .item(pb, ws, b, &mut node_sink, &mut sink)
@@ -701,13 +724,16 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
                     let wb = weights.map(|w| w[b]);
                     let mut node_sink = |v: usize, m: &[f64]| match own.as_deref_mut() {
                         Some(row) => {
-                            let rows = row[v * c..v * c + m.len()].chunks_exact_mut(c);
-                            for ((out, p), &y) in rows.zip(m.chunks_exact(c)).zip(&yb[v..]) {
-                                for (k, (o, &p)) in out.iter_mut().zip(p).enumerate() {
-                                    let g = if k == y as usize { p - 1.0 } else { p };
-                                    *o = T::from_f64(wb.map_or(g, |w| g * w));
+                            let out = &mut row[v * c..v * c + m.len()];
+                            node_blocks(out, m, c, |out, m, first| {
+                                let rows = out.chunks_exact_mut(c).zip(m.chunks_exact(c));
+                                for ((out, p), &y) in rows.zip(&yb[v + first..]) {
+                                    for (k, (o, &p)) in out.iter_mut().zip(p).enumerate() {
+                                        let g = if k == y as usize { p - 1.0 } else { p };
+                                        *o = T::from_f64(wb.map_or(g, |w| g * w));
+                                    }
                                 }
-                            }
+                            })
                         }
                         None => {
                             let g = &mut gnode[v * c..v * c + m.len()];

@@ -459,14 +459,17 @@ fn row_f32<T: Real, P: Real>(
 /// `src` rounded to f32 by the pool's threads, in chunks (a parallel `collect` stores
 /// one item at a time).
 fn narrowed_par(src: &[f64]) -> Vec<f32> {
-    let mut out = par_filled(src.len(), 0.0f32);
-    out.par_chunks_mut(1 << 14)
+    let mut out = Vec::with_capacity(src.len());
+    out.spare_capacity_mut()[..src.len()]
+        .par_chunks_mut(1 << 14)
         .zip(src.par_chunks(1 << 14))
         .for_each(|(o, s)| {
             for (o, &v) in o.iter_mut().zip(s) {
-                *o = v as f32;
+                o.write(v as f32);
             }
         });
+    // SAFETY: the chunks cover the first `src.len()` elements, each written above.
+    unsafe { out.set_len(src.len()) };
     out
 }
 
@@ -620,19 +623,24 @@ impl GridPotentials {
         if !weighted && n_tables * cc * 8 > max_cache {
             return None;
         }
-        // Node potentials, one grid row per task.
-        let mut phi = par_filled(h * w * c, 0.0);
+        // Node potentials, one grid row per task (each fills its own rows, which it then
+        // overwrites: no separate pass first).
+        let mut phi = Vec::with_capacity(h * w * c);
         let mut phi_shift = vec![0.0; h * w];
-        let rows_ok = phi
+        let rows_ok = phi.spare_capacity_mut()[..h * w * c]
             .par_chunks_mut(c * w)
             .zip(phi_shift.par_chunks_mut(w))
             .enumerate()
             .all(|(r, (out, shift))| {
+                let out = init_with(out, 0.0);
                 node_potentials(&node[r * w * c..(r + 1) * w * c], out, shift)
             });
         if !rows_ok {
             return None;
         }
+        // SAFETY: every row's task ran (`all` stops early only on a failed row, returned
+        // above) and initialised its chunk.
+        unsafe { phi.set_len(h * w * c) };
         let mut t = vec![0.0; cc];
         let mut f32_ok = std::mem::size_of::<T>() == 4;
         // Edge e's potentials into `t`: `None` when its span leaves the probability domain,
