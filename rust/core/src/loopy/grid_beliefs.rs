@@ -1046,10 +1046,14 @@ impl<M: Real> View<'_, M> {
                 }
                 let out = U::as_f32_mut(pairs).expect("f32 rows");
                 pair_rows_f32(t, w, qv, w, &qu[off..], w, c, len, inv32, out);
-                for (col, &k) in gold_at.iter().enumerate() {
-                    let (s, d) = (k / c, k % c);
-                    let joint = qv[s * w + col] * t[k * w + col] * qu[d * w + off + col];
-                    pairs[col * cc + k] = fin(col, k, joint as f64 * inv[col]);
+                if let Some(g) = self.gold {
+                    // (The labels themselves, not `k / c` and `k % c`: no integer division.)
+                    let (yv, yu) = (&g.labels[r * w..r * w + len], &g.labels[ru * w + off..]);
+                    for (col, ((&k, &s), &d)) in gold_at.iter().zip(yv).zip(yu).enumerate() {
+                        let (s, d) = (s as usize, d as usize);
+                        let joint = qv[s * w + col] * t[k * w + col] * qu[d * w + off + col];
+                        pairs[col * cc + k] = fin(col, k, joint as f64 * inv[col]);
+                    }
                 }
             }
             // The class-pair-major joint into the edge-major output, normalised.
@@ -1113,8 +1117,11 @@ impl<M: Real> View<'_, M> {
             }
             (None, None) => unreachable!("the joint is made unless the table is Potts"),
         }
+        // (Counted first in a loop that vectorises: the scan below is scalar, and rarely
+        // finds anything.)
+        let redo = inv.iter().fold(0usize, |a, &v| a + (v == 0.0) as usize);
         let mut exact = Vec::new();
-        for col in (0..len).filter(|&col| inv[col] == 0.0) {
+        for col in (0..len).filter(|&col| redo > 0 && inv[col] == 0.0) {
             // Exact log-domain joint for this edge (rare: a tiny normaliser), in f64.
             exact.resize(cc, 0.0);
             let pc = &mut exact[..];
