@@ -119,6 +119,17 @@ pub fn init_with<T: Copy>(chunk: &mut [std::mem::MaybeUninit<T>], value: T) -> &
     unsafe { &mut *(chunk as *mut [std::mem::MaybeUninit<T>] as *mut [T]) }
 }
 
+/// The first `n` entries of a working vector that a parallel task keeps across the rows
+/// it runs (grown with defaults when shorter), holding whatever the last row left there:
+/// callers overwrite them or clear them first.
+#[inline(always)]
+pub fn sized<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+    &mut v[..n]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::interrupt::Stop;
-use crate::kernels::alloc::{init_with, par_filled};
+use crate::kernels::alloc::{init_with, par_filled, sized};
 use crate::kernels::layout::{transpose, transpose_f32};
 use crate::kernels::logspace::{exp, exp_nonpos_f32, finite_range, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
@@ -301,7 +301,23 @@ simd_dispatch! {
         vr: &mut [P],
         hs: &mut [f64],
         vs: &mut [f64],
+        scratch: &mut PotScratch,
     ) -> Option<(bool, bool, f64)> => potential_row_body
+}
+
+/// Working rows of the potentials pass, kept by each parallel task across its rows (no
+/// allocation or zero fill per row and direction).
+#[derive(Default)]
+struct PotScratch {
+    /// The float32 route: a row's tables transposed (`[k][col]`, padded columns), their
+    /// per-column maxima, minima and forbidden flags.
+    t32: Vec<f32>,
+    hi: Vec<f32>,
+    lo: Vec<f32>,
+    forbidden: Vec<bool>,
+    /// The general route: a row's tables end to end and each entry's shift.
+    t: Vec<f64>,
+    sh: Vec<f64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -316,14 +332,13 @@ fn potential_row_body<T: Real, P: Real>(
     vr: &mut [P],
     hs: &mut [f64],
     vs: &mut [f64],
+    scratch: &mut PotScratch,
 ) -> Option<(bool, bool, f64)> {
     let cc = hr.len() / w;
     let n_h = h * (w - 1);
     // The row's tables are laid end to end (`[col][k]`) and exponentiated in one long
     // loop (a 7 x 7 table alone is too short to fill vectors), then the block is
     // transposed into the row layout `[k][col]` with sequential writes.
-    // (Buffers of the general route, made only if a row takes it.)
-    let (mut t, mut sh) = (Vec::new(), Vec::new());
     let (mut low, mut narrow, mut widest) = (true, true, 0.0f64);
     // A float32 model's own per-edge tables, read in place and kept in f32 throughout.
     let tables32 = match edges.layout() {
@@ -345,15 +360,17 @@ fn potential_row_body<T: Real, P: Real>(
         if let Some(data) = tables32 {
             // The row's edges are consecutive in the edge order.
             let e0 = if vertical { n_h + r * w } else { r * (w - 1) };
-            if let Some((ok, span)) = row_f32(&data[e0 * cc..(e0 + count) * cc], cc, w, out, shifts)
-            {
+            let src = &data[e0 * cc..(e0 + count) * cc];
+            if let Some((ok, span)) = row_f32(src, cc, w, out, shifts, scratch) {
                 (low, widest) = (low & ok, widest.max(span));
                 continue;
             }
         }
         let mut single = std::mem::size_of::<T>() == 4;
-        t.resize(w * cc, 0.0);
-        sh.resize(w * cc, 0.0);
+        let (t, sh) = (
+            sized(&mut scratch.t, w * cc),
+            sized(&mut scratch.sh, w * cc),
+        );
         for col in 0..count {
             let e = if vertical {
                 n_h + r * w + col
@@ -391,6 +408,7 @@ fn row_f32<T: Real, P: Real>(
     w: usize,
     out: &mut [P],
     shifts: &mut [f64],
+    scratch: &mut PotScratch,
 ) -> Option<(bool, f64)> {
     let count = src.len() / cc;
     if count == 0 {
@@ -402,18 +420,33 @@ fn row_f32<T: Real, P: Real>(
     // scalar tail (padding is 0, exp(0 − 0) = 1, never read). (`to_f64() as f32` is the
     // identity on f32 scores.)
     let cs = count.next_multiple_of(8);
-    let mut t = vec![0.0f32; cc * cs];
+    let PotScratch {
+        t32,
+        hi,
+        lo,
+        forbidden,
+        ..
+    } = scratch;
+    let t = sized(t32, cc * cs);
     match T::as_f32(src) {
-        Some(src) => transpose_f32(src, cc, &mut t, cs),
-        None => transpose(src, cc, &mut t, cs, |x| x.to_f64() as f32),
+        Some(src) => transpose_f32(src, cc, t, cs),
+        None => transpose(src, cc, t, cs, |x| x.to_f64() as f32),
     }
-    let (mut hi, mut lo) = (vec![f32::NEG_INFINITY; cs], vec![f32::INFINITY; cs]);
-    let mut forbidden = vec![false; cs];
+    // The transpose wrote the first `count` columns; the padding (what the last row left
+    // there) set to 0.
+    for row in t.chunks_exact_mut(cs) {
+        row[count..].fill(0.0);
+    }
+    let (hi, lo) = (sized(hi, cs), sized(lo, cs));
+    hi.fill(f32::NEG_INFINITY);
+    lo.fill(f32::INFINITY);
+    let forbidden = sized(forbidden, cs);
+    forbidden.fill(false);
     for row in t.chunks_exact(cs) {
         for (((h, l), f), &x) in hi
             .iter_mut()
             .zip(lo.iter_mut())
-            .zip(&mut forbidden)
+            .zip(forbidden.iter_mut())
             .zip(row)
         {
             // `max`/`min` of values, not conditional stores (which become masked stores,
@@ -430,7 +463,7 @@ fn row_f32<T: Real, P: Real>(
     let (mut low, mut widest) = (true, 0.0f64);
     for ((h, &l), (&f, shift)) in hi[..count]
         .iter_mut()
-        .zip(&lo)
+        .zip(&*lo)
         .zip(forbidden.iter().zip(shifts.iter_mut()))
     {
         if *h == f32::NEG_INFINITY {
@@ -446,7 +479,7 @@ fn row_f32<T: Real, P: Real>(
         *shift = *h as f64;
     }
     for (k, row) in t.chunks_exact_mut(cs).enumerate() {
-        for (x, &m) in row.iter_mut().zip(&hi) {
+        for (x, &m) in row.iter_mut().zip(&*hi) {
             *x = exp_nonpos_f32(*x - m);
         }
         for (d, &x) in out[k * w..k * w + count].iter_mut().zip(row.iter()) {
@@ -554,9 +587,9 @@ fn per_edge<T: Real, P: Real>(
         .zip(vert.spare_capacity_mut()[..h * cc * w].par_chunks_mut(cc * w))
         .zip(hshift.par_chunks_mut(w).zip(vshift.par_chunks_mut(w)))
         .enumerate()
-        .map(|(r, ((hr, vr), (hs, vs)))| {
+        .map_init(PotScratch::default, |scratch, (r, ((hr, vr), (hs, vs)))| {
             let (hr, vr) = (init_with(hr, P::ZERO), init_with(vr, P::ZERO));
-            potential_row(edges, rho, r, h, w, hr, vr, hs, vs)
+            potential_row(edges, rho, r, h, w, hr, vr, hs, vs, scratch)
         })
         .collect::<Option<_>>()?;
     // SAFETY: a collected `Some` means every row's task ran (rayon stops early only at a

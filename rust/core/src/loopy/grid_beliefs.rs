@@ -19,7 +19,7 @@
 use rayon::prelude::*;
 
 use crate::inference::{weighted_dot, DirectRows, Gold, RowsOf, WeightedParts};
-use crate::kernels::alloc::init_with;
+use crate::kernels::alloc::{init_with, sized};
 use crate::kernels::batch::Rows;
 use crate::kernels::layout::{pair_rows_f32, untranspose};
 use crate::kernels::logspace::{exp, ln_pos, ln_pos_f32};
@@ -602,16 +602,6 @@ struct EdgeScratch {
     shift: Vec<f64>,
     inv32: Vec<f32>,
     gold_at: Vec<usize>,
-}
-
-/// The first `n` entries of `v` (grown with defaults when shorter), holding whatever the
-/// last row left there: callers overwrite them or clear them first.
-#[inline(always)]
-fn sized<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
-    if v.len() < n {
-        v.resize(n, T::default());
-    }
-    &mut v[..n]
 }
 
 /// `Σ_i a_i b_i c_i` in eight partial sums (a loop the compiler vectorises).
