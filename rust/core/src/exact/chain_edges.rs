@@ -17,17 +17,23 @@
 //!
 //! Exactness up to rounding follows the shared-table kernel's argument (see `chain`), per
 //! table: the path is taken when no table has a −inf entry and every table's finite span is
-//! at most `SPAN` (f64 products) or `SPAN_F32` (f32 products, for float32 models); otherwise
-//! the caller runs the log-domain kernel. Rows are element-wise loops over `C` that
-//! vectorise (AVX2 where the CPU has it); items run in parallel, each in a fixed order, so
-//! results do not depend on the thread count.
+//! at most `SPAN`; an item whose tables all span at most `SPAN_F32` runs its products in
+//! f32 (for float32 models), any other in f64; otherwise the caller runs the log-domain
+//! kernel. The spans are measured per item, just before its exponentials (the item's tables
+//! are then read from memory once, not in a separate pass over the batch first). Rows are
+//! element-wise loops over `C` that vectorise (AVX2 where the CPU has it); items run in
+//! parallel, each in a fixed order and precision, so results do not depend on the thread
+//! count. Pair rows are written once, straight into the output's spare capacity (no zero
+//! fill of the large output first).
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::exact::chain::{Gemm, SPAN, SPAN_F32};
 use crate::inference::{LossGrad, Marginals};
-use crate::kernels::alloc::filled;
+use crate::kernels::alloc::{assume_init, filled, reserved};
 use crate::kernels::batch::chunk_size;
 use crate::kernels::logspace::finite_range;
 use crate::kernels::real::Real;
@@ -53,42 +59,15 @@ fn applies<T: Real>(pb: &Problem<'_, T>) -> bool {
         && pb.edge.edges == n - 1
 }
 
-/// The product precision the tables allow: `Some(true)` for f32, `Some(false)` for f64,
-/// `None` when a table has a −inf entry or a span too wide for f64 products.
-fn precision<T: Real>(pb: &Problem<'_, T>) -> Option<bool> {
-    let cc = pb.classes() * pb.classes();
-    // Tables in runs of 256 per task: a task per table would cost more in scheduling
-    // than the scan itself.
-    let widest = pb
-        .edge
-        .data
-        .par_chunks(cc * 256)
-        .map(|run| widest_span(run, cc))
-        .reduce(|| 0.0, f64::max);
-    if widest > SPAN {
-        None
-    } else {
-        Some(std::mem::size_of::<T>() == 4 && widest <= SPAN_F32)
-    }
-}
-
-crate::simd_dispatch! {
-    /// The widest finite span of the `cc`-entry tables in `run`; infinite if an entry is
-    /// −inf (a forbidden pair leaves this path, and so does a table of −inf only).
-    fn widest_span<T: Real>(run: &[T], cc: usize) -> f64 => widest_span_body
-}
-
-#[inline(always)]
-fn widest_span_body<T: Real>(run: &[T], cc: usize) -> f64 {
-    let mut widest: f64 = 0.0;
-    for t in run.chunks(cc) {
-        let (hi, lo, forbidden) = finite_range(t);
-        if forbidden {
-            return f64::INFINITY;
-        }
-        widest = widest.max(hi.to_f64() - lo.to_f64());
-    }
-    widest
+/// How one item's forward–backward ended.
+enum Outcome {
+    /// Its log Z; marginals written.
+    Done(f64),
+    /// A table spans more than f32 products hold: run the item again in f64.
+    Wider,
+    /// A table has a −inf entry or spans more than f64 products hold (the log-domain kernel
+    /// must run), or every labelling of the item is forbidden (that kernel reports it).
+    Leave,
 }
 
 /// Per-worker buffers.
@@ -115,19 +94,80 @@ impl<F: Gemm> Ws<F> {
     }
 }
 
+/// A worker's buffers, in each product precision its items have needed so far.
+struct Work {
+    n: usize,
+    c: usize,
+    f32: Option<Ws<f32>>,
+    f64: Option<Ws<f64>>,
+}
+
+impl Work {
+    fn new(n: usize, c: usize) -> Work {
+        Work {
+            n,
+            c,
+            f32: None,
+            f64: None,
+        }
+    }
+
+    /// Forward–backward of item `b` (see [`item`]) in the precision its tables allow: f32
+    /// products first for float32 models, f64 when a table turns out too wide for them;
+    /// `None` when they allow neither (the log-domain kernel must run) or the item is
+    /// infeasible.
+    fn run<T: Real>(
+        &mut self,
+        pb: &Problem<'_, T>,
+        b: usize,
+        w: f64,
+        node_out: &mut [T],
+        edge_out: EdgeOut<'_, T>,
+    ) -> Option<f64> {
+        let (n, c) = (self.n, self.c);
+        let (node, tabs, len) = (pb.node.item(b), pb.edge.stored_item(b), pb.active(b));
+        let mut edge_out = edge_out;
+        if std::mem::size_of::<T>() == 4 {
+            let ws = self.f32.get_or_insert_with(|| Ws::new(n, c));
+            match item(node, tabs, len, c, w, ws, node_out, edge_out.reborrow()) {
+                Outcome::Done(z) => return Some(z),
+                Outcome::Leave => return None,
+                Outcome::Wider => {}
+            }
+        }
+        let ws = self.f64.get_or_insert_with(|| Ws::new(n, c));
+        match item(node, tabs, len, c, w, ws, node_out, edge_out) {
+            Outcome::Done(z) => Some(z),
+            _ => None,
+        }
+    }
+}
+
 /// Where an item's pair marginals go.
 enum EdgeOut<'x, T> {
-    /// `(E, C, C)` rows of the item (zero beyond its last edge).
-    Rows(&'x mut [T]),
+    /// `(E, C, C)` rows of the item, every entry written (zero beyond its last edge).
+    Rows(&'x mut [MaybeUninit<T>]),
     /// Added (times the item's weight) into a shared `(E, C, C)` accumulator.
     Sum(&'x mut [f64]),
     Skip,
 }
 
+impl<T> EdgeOut<'_, T> {
+    fn reborrow(&mut self) -> EdgeOut<'_, T> {
+        match self {
+            EdgeOut::Rows(r) => EdgeOut::Rows(r),
+            EdgeOut::Sum(a) => EdgeOut::Sum(a),
+            EdgeOut::Skip => EdgeOut::Skip,
+        }
+    }
+}
+
 crate::simd_dispatch! {
-    /// Forward–backward of one item of `len` active nodes: node marginals times `w` into
-    /// `node_out` (`(n, C)`, zero past `len`), pair marginals times `w` into `edge_out`;
-    /// returns log Z, or `None` if every labelling is forbidden.
+    /// Forward–backward of one item of `len` active nodes in products of type `F`: node
+    /// marginals times `w` into `node_out` (`(n, C)`, zero past `len`), pair marginals
+    /// times `w` into `edge_out`. Each table's span is measured as its exponentials are
+    /// taken (the table read from memory once); the outcome says when the tables need
+    /// wider products or the log domain (then the outputs are partly written).
     fn item<T: Real, F: Gemm>(
         node: &[T],
         tabs: &[T],
@@ -137,7 +177,7 @@ crate::simd_dispatch! {
         ws: &mut Ws<F>,
         node_out: &mut [T],
         edge_out: EdgeOut<'_, T>,
-    ) -> Option<f64> => item_body
+    ) -> Outcome => item_body
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -151,22 +191,25 @@ fn item_body<T: Real, F: Gemm>(
     ws: &mut Ws<F>,
     node_out: &mut [T],
     mut edge_out: EdgeOut<'_, T>,
-) -> Option<f64> {
+) -> Outcome {
     let cc = c * c;
     let zero = F::of(0.0);
     node_out.fill(T::from_f64(0.0));
     if let EdgeOut::Rows(r) = &mut edge_out {
-        r.fill(T::from_f64(0.0));
+        // Rows past the item's last edge; the others are written by the backward pass.
+        for x in &mut r[len.saturating_sub(1) * cc..] {
+            x.write(T::from_f64(0.0));
+        }
     }
     if len == 0 {
-        return Some(0.0);
+        return Outcome::Done(0.0);
     }
     let mut log_z = 0.0f64;
     for t in 0..len {
         let s = &node[t * c..(t + 1) * c];
         let m = s.iter().fold(T::NEG_INFINITY, |a, &x| a.max(x));
         if m == T::NEG_INFINITY {
-            return None;
+            return Outcome::Leave;
         }
         log_z += m.to_f64();
         for (p, &x) in ws.phi[t * c..(t + 1) * c].iter_mut().zip(s) {
@@ -178,7 +221,20 @@ fn item_body<T: Real, F: Gemm>(
     }
     for t in 0..len - 1 {
         let tab = &tabs[t * cc..(t + 1) * cc];
-        let m = tab.iter().fold(T::NEG_INFINITY, |a, &x| a.max(x));
+        // One vectorised pass for the span (the exponentials below then read the table
+        // from L1); a −inf entry reads as an infinite span.
+        let (m, lo, forbidden) = finite_range(tab);
+        let span = if forbidden {
+            f64::INFINITY
+        } else {
+            m.to_f64() - lo.to_f64()
+        };
+        if span > SPAN {
+            return Outcome::Leave;
+        }
+        if std::mem::size_of::<F>() == 4 && span > SPAN_F32 {
+            return Outcome::Wider;
+        }
         log_z += m.to_f64();
         for (e, &x) in ws.e[t * cc..(t + 1) * cc].iter_mut().zip(tab) {
             *e = F::exp_nonpos(diff::<T, F>(x, m));
@@ -197,7 +253,7 @@ fn item_body<T: Real, F: Gemm>(
     ws.alpha[..c].copy_from_slice(&ws.phi[..c]);
     let s = normalise(&mut ws.alpha[..c]);
     if s <= 0.0 {
-        return None;
+        return Outcome::Leave;
     }
     log_z += s.ln();
     for t in 1..len {
@@ -217,7 +273,7 @@ fn item_body<T: Real, F: Gemm>(
         }
         let s = normalise(cur);
         if s <= 0.0 {
-            return None;
+            return Outcome::Leave;
         }
         log_z += s.ln();
     }
@@ -260,7 +316,7 @@ fn item_body<T: Real, F: Gemm>(
                         .zip(&e[a * c..(a + 1) * c])
                         .zip(&ws.g)
                     {
-                        *o = T::from_f64((k * x * g).f());
+                        o.write(T::from_f64((k * x * g).f()));
                     }
                 }
             }
@@ -282,7 +338,7 @@ fn item_body<T: Real, F: Gemm>(
         ws.beta.copy_from_slice(&ws.bt);
         normalise(&mut ws.beta);
     }
-    Some(log_z)
+    Outcome::Done(log_z)
 }
 
 /// `x − m` as the exponential of product type `F` takes it. For f32 products the
@@ -322,35 +378,25 @@ pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Option<Resul
     if !applies(pb) {
         return None;
     }
-    match precision(pb)? {
-        true => marginals_in::<T, f32>(pb, want_edges),
-        false => marginals_in::<T, f64>(pb, want_edges),
-    }
-}
-
-fn marginals_in<T: Real, F: Gemm>(
-    pb: &Problem<'_, T>,
-    want_edges: bool,
-) -> Option<Result<Marginals<T>>> {
     let (n, c, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.batch);
     let ecc = (n - 1) * c * c;
-    let zero = T::from_f64(0.0);
-    let mut node = match filled("node marginals", &[bsz, n, c], zero) {
+    let mut node = match filled("node marginals", &[bsz, n, c], T::from_f64(0.0)) {
         Ok(v) => v,
         Err(e) => return Some(Err(e)),
     };
-    let mut edge = if want_edges {
-        match filled("edge marginals", &[bsz, n - 1, c, c], zero) {
-            Ok(v) => Some(v),
-            Err(e) => return Some(Err(e)),
-        }
-    } else {
-        None
+    // Written in full by the items (no fill first); its length is set once they all ran.
+    let mut edge = match reserved::<T>("edge marginals", &[bsz, n - 1, c, c]) {
+        Ok(v) => v,
+        Err(e) => return Some(Err(e)),
     };
     let mut log_z = vec![T::from_f64(0.0); bsz];
-    let mut edge_rows: Vec<Option<&mut [T]>> = match &mut edge {
-        Some(v) => v.chunks_mut(ecc).map(Some).collect(),
-        None => (0..bsz).map(|_| None).collect(),
+    let mut edge_rows: Vec<Option<&mut [MaybeUninit<T>]>> = if want_edges {
+        edge.spare_capacity_mut()[..bsz * ecc]
+            .chunks_mut(ecc)
+            .map(Some)
+            .collect()
+    } else {
+        (0..bsz).map(|_| None).collect()
     };
     let ok = log_z
         .par_iter_mut()
@@ -358,8 +404,8 @@ fn marginals_in<T: Real, F: Gemm>(
         .zip(edge_rows.par_iter_mut())
         .enumerate()
         .map_init(
-            || Ws::<F>::new(n, c),
-            |ws, (b, ((lz, nd), er))| {
+            || Work::new(n, c),
+            |work, (b, ((lz, nd), er))| {
                 if pb.stop.is_raised() {
                     return false;
                 }
@@ -367,8 +413,7 @@ fn marginals_in<T: Real, F: Gemm>(
                     Some(r) => EdgeOut::Rows(r),
                     None => EdgeOut::Skip,
                 };
-                let tabs = pb.edge.stored_item(b);
-                match item(pb.node.item(b), tabs, pb.active(b), c, 1.0, ws, nd, out) {
+                match work.run(pb, b, 1.0, nd, out) {
                     Some(z) => {
                         *lz = T::from_f64(z);
                         true
@@ -384,6 +429,11 @@ fn marginals_in<T: Real, F: Gemm>(
     if !ok {
         return None;
     }
+    let edge = want_edges.then(|| {
+        // SAFETY: every item ran and wrote all of its `ecc` entries (`EdgeOut::Rows`).
+        unsafe { edge.set_len(bsz * ecc) };
+        edge
+    });
     Some(Ok(Marginals {
         log_z,
         node,
@@ -404,17 +454,6 @@ pub fn loss_and_grad<T: Real>(
     if !applies(pb) {
         return None;
     }
-    match precision(pb)? {
-        true => loss_in::<T, f32>(pb, y, weights),
-        false => loss_in::<T, f64>(pb, y, weights),
-    }
-}
-
-fn loss_in<T: Real, F: Gemm>(
-    pb: &Problem<'_, T>,
-    y: &[i64],
-    weights: Option<&[f64]>,
-) -> Option<Result<LossGrad<T>>> {
     let (n, c, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.batch);
     let (cc, ecc) = (c * c, (n - 1) * c * c);
     let per_item = pb.edge.batch == bsz && bsz > 1;
@@ -451,27 +490,28 @@ fn loss_in<T: Real, F: Gemm>(
         s
     };
     if per_item {
-        let mut ge = match filled("edge gradient", &[bsz, n - 1, c, c], T::from_f64(0.0)) {
+        // Written in full by the items (no fill first); its length is set once they all ran.
+        let mut ge = match reserved::<T>("edge gradient", &[bsz, n - 1, c, c]) {
             Ok(v) => v,
             Err(e) => return Some(Err(e)),
         };
         let ok = loss
             .par_iter_mut()
             .zip(gn.par_chunks_mut(n * c))
-            .zip(ge.par_chunks_mut(ecc))
+            .zip(ge.spare_capacity_mut()[..bsz * ecc].par_chunks_mut(ecc))
             .enumerate()
             .map_init(
-                || Ws::<F>::new(n, c),
-                |ws, (b, ((l, gn), ge))| {
+                || Work::new(n, c),
+                |work, (b, ((l, gn), ge))| {
                     if pb.stop.is_raised() {
                         return false;
                     }
-                    let (w, tabs) = (weights.map_or(1.0, |w| w[b]), pb.edge.stored_item(b));
-                    let len = pb.active(b);
-                    let Some(z) = item(pb.node.item(b), tabs, len, c, w, ws, gn, EdgeOut::Rows(ge))
-                    else {
+                    let w = weights.map_or(1.0, |w| w[b]);
+                    let Some(z) = work.run(pb, b, w, gn, EdgeOut::Rows(&mut *ge)) else {
                         return false;
                     };
+                    // SAFETY: the item wrote every entry of its rows (`EdgeOut::Rows`).
+                    let ge = unsafe { assume_init(ge) };
                     *l = T::from_f64(z - gold(b, gn, Some(ge), None));
                     true
                 },
@@ -480,7 +520,12 @@ fn loss_in<T: Real, F: Gemm>(
         if let Err(e) = pb.stop.check() {
             return Some(Err(e));
         }
-        return ok.then(|| Ok(lossgrad(loss, gn, ge)));
+        if !ok {
+            return None;
+        }
+        // SAFETY: every item ran and wrote all of its `ecc` entries.
+        unsafe { ge.set_len(bsz * ecc) };
+        return Some(Ok(lossgrad(loss, gn, ge)));
     }
     // Tables broadcast over items: per-chunk f64 accumulators (chunks fixed by the batch
     // size, not the thread count), summed in chunk order.
@@ -490,18 +535,16 @@ fn loss_in<T: Real, F: Gemm>(
         .zip(gn.par_chunks_mut(chunk * n * c))
         .enumerate()
         .map_init(
-            || Ws::<F>::new(n, c),
-            |ws, (k, (loss, gn))| {
+            || Work::new(n, c),
+            |work, (k, (loss, gn))| {
                 let mut acc = vec![0.0f64; ecc];
                 for (i, (l, gn)) in loss.iter_mut().zip(gn.chunks_mut(n * c)).enumerate() {
                     let b = k * chunk + i;
                     if pb.stop.is_raised() {
                         return None;
                     }
-                    let (w, tabs) = (weights.map_or(1.0, |w| w[b]), pb.edge.stored_item(b));
-                    let len = pb.active(b);
-                    let out = EdgeOut::Sum(&mut acc);
-                    let z = item(pb.node.item(b), tabs, len, c, w, ws, gn, out)?;
+                    let w = weights.map_or(1.0, |w| w[b]);
+                    let z = work.run(pb, b, w, gn, EdgeOut::Sum(&mut acc))?;
                     *l = T::from_f64(z - gold(b, gn, None, Some(&mut acc)));
                 }
                 Some(acc)
@@ -543,15 +586,21 @@ mod tests {
     /// This kernel against the per-item log-domain kernel: per-item and broadcast tables,
     /// random lengths (incl. 0 and 1), forbidden node labels, item weights, f64 and f32;
     /// loss, gradients and marginals (node and pair).
-    fn check<T: Real>(edge_batch: usize, tol: f64) {
+    /// `wide`: one table of the last item spans 50 (beyond f32 products: that item runs in
+    /// f64, the others in f32 for float32 models).
+    fn check<T: Real>(edge_batch: usize, tol: f64, wide: bool) {
         let (b, n, c) = (13, 7, 5);
         let mut rng = Rng::stream(7, &[edge_batch as u64]);
         let mut u = |s: f64| (rng.uniform() * 2.0 - 1.0) * s;
         let mut sn: Vec<T> = (0..b * n * c).map(|_| T::from_f64(u(2.0))).collect();
         sn[3 * n * c + 2 * c] = T::from_f64(f64::NEG_INFINITY);
-        let se: Vec<T> = (0..edge_batch * (n - 1) * c * c)
+        let mut se: Vec<T> = (0..edge_batch * (n - 1) * c * c)
             .map(|_| T::from_f64(u(3.0)))
             .collect();
+        if wide {
+            let last = se.len() - 2 * c * c;
+            se[last + 3] = T::from_f64(50.0);
+        }
         let mut r2 = Rng::stream(8, &[]);
         let mut y: Vec<i64> = (0..b * n)
             .map(|_| (r2.uniform() * c as f64) as i64)
@@ -591,8 +640,10 @@ mod tests {
     #[test]
     fn matches_the_per_item_kernel() {
         for eb in [1, 13] {
-            check::<f64>(eb, 1e-12);
-            check::<f32>(eb, 3e-5);
+            for wide in [false, true] {
+                check::<f64>(eb, 1e-12, wide);
+                check::<f32>(eb, 3e-5, wide);
+            }
         }
     }
 
@@ -611,6 +662,12 @@ mod tests {
             };
             let pb = Problem::new(&g, node, EdgeScores::tables(&se, 1, 2, 2), 2, None).unwrap();
             assert!(marginals(&pb, true).is_none());
+            // Per-item tables where only the second item's last table is bad.
+            let mut se = vec![0.0f64; 2 * 2 * 2 * 2];
+            se[2 * 4 + 4 + 1] = bad;
+            let pb = Problem::new(&g, node, EdgeScores::tables(&se, 2, 2, 2), 2, None).unwrap();
+            assert!(marginals(&pb, true).is_none());
+            assert!(loss_and_grad(&pb, &[0; 6], None).is_none());
         }
     }
 }

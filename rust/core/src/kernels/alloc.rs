@@ -81,6 +81,25 @@ pub fn filled<T: Copy + Send + Sync>(what: &str, dims: &[usize], value: T) -> Re
     Ok(par_filled(len, value))
 }
 
+/// An empty vector with room for `dims`' product elements (checked as [`check`] does),
+/// for an output that parallel tasks write in full through its spare capacity, with no
+/// fill pass first; the owner calls `set_len` once every element has been written.
+pub fn reserved<T>(what: &str, dims: &[usize]) -> Result<Vec<T>> {
+    let len = check(what, dims, std::mem::size_of::<T>().max(1))?;
+    Ok(Vec::with_capacity(len))
+}
+
+/// `chunk` as a plain slice, once every element has been written.
+///
+/// # Safety
+/// Every element of `chunk` must have been initialised.
+#[inline(always)]
+pub unsafe fn assume_init<T>(chunk: &mut [std::mem::MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: the caller guarantees every element is initialised, and `MaybeUninit<T>`
+    // has `T`'s layout.
+    unsafe { &mut *(chunk as *mut [std::mem::MaybeUninit<T>] as *mut [T]) }
+}
+
 /// A vector of `len` copies of `value`, written by the pool's threads: `vec![value; len]`
 /// fills a large buffer at one core's memory bandwidth before the parallel work that
 /// overwrites it starts. (Below 256 KiB, where splitting the fill costs more than it
