@@ -35,7 +35,7 @@ use crate::exact::chain::{Gemm, SPAN, SPAN_F32};
 use crate::inference::{LossGrad, Marginals};
 use crate::kernels::alloc::{assume_init, filled, reserved};
 use crate::kernels::batch::chunk_size;
-use crate::kernels::logspace::finite_range;
+use crate::kernels::logspace::range;
 use crate::kernels::real::Real;
 use crate::model::scores::Problem;
 
@@ -222,9 +222,9 @@ fn item_body<T: Real, F: Gemm>(
     for t in 0..len - 1 {
         let tab = &tabs[t * cc..(t + 1) * cc];
         // One vectorised pass for the span (the exponentials below then read the table
-        // from L1); a −inf entry reads as an infinite span.
-        let (m, lo, forbidden) = finite_range(tab);
-        let span = if forbidden {
+        // from L1); a −inf entry makes it infinite.
+        let (m, lo) = range(tab);
+        let span = if lo == T::NEG_INFINITY {
             f64::INFINITY
         } else {
             m.to_f64() - lo.to_f64()
@@ -662,9 +662,14 @@ mod tests {
             };
             let pb = Problem::new(&g, node, EdgeScores::tables(&se, 1, 2, 2), 2, None).unwrap();
             assert!(marginals(&pb, true).is_none());
-            // Per-item tables where only the second item's last table is bad.
+            // Per-item tables where only the second item's last table is bad (for −inf:
+            // the whole table, whose span is then −inf − −inf).
             let mut se = vec![0.0f64; 2 * 2 * 2 * 2];
-            se[2 * 4 + 4 + 1] = bad;
+            if bad == f64::NEG_INFINITY {
+                se[2 * 4 + 4..].fill(bad);
+            } else {
+                se[2 * 4 + 4 + 1] = bad;
+            }
             let pb = Problem::new(&g, node, EdgeScores::tables(&se, 2, 2, 2), 2, None).unwrap();
             assert!(marginals(&pb, true).is_none());
             assert!(loss_and_grad(&pb, &[0; 6], None).is_none());

@@ -135,6 +135,61 @@ pub fn exp_shifted(xs: &mut [f64], shift: f64) {
     }
 }
 
+/// `(largest, smallest)` entry of `v` (−inf and +inf when it is empty), for scores already
+/// checked to hold no NaN. float32 runs in AVX max/min instructions where the CPU has them:
+/// compare-and-select lanes, which vectorise for `finite_range`'s three outputs, come out
+/// as mask shuffles for these two.
+#[inline(always)]
+pub fn range<T: crate::kernels::real::Real>(v: &[T]) -> (T, T) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(f) = T::as_f32(v) {
+        if crate::kernels::batch::has_avx2() {
+            // SAFETY: the CPU has AVX2, checked just above.
+            let (hi, lo) = unsafe { avx_range(f) };
+            return (T::from_f64(hi as f64), T::from_f64(lo as f64));
+        }
+    }
+    let (mut hi, mut lo) = (T::NEG_INFINITY, T::INFINITY);
+    for &x in v {
+        hi = if x > hi { x } else { hi };
+        lo = if x < lo { x } else { lo };
+    }
+    (hi, lo)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx_range(v: &[f32]) -> (f32, f32) {
+    use std::arch::x86_64::*;
+    let (mut hi, mut lo) = (
+        _mm256_set1_ps(f32::NEG_INFINITY),
+        _mm256_set1_ps(f32::INFINITY),
+    );
+    let lanes = v.chunks_exact(8);
+    let rest = lanes.remainder();
+    for ch in lanes {
+        // SAFETY: `ch` holds eight f32 (unaligned load).
+        let x = unsafe { _mm256_loadu_ps(ch.as_ptr()) };
+        hi = _mm256_max_ps(hi, x);
+        lo = _mm256_min_ps(lo, x);
+    }
+    let (mut h, mut l) = ([0.0f32; 8], [0.0f32; 8]);
+    // SAFETY: eight f32 each.
+    unsafe {
+        _mm256_storeu_ps(h.as_mut_ptr(), hi);
+        _mm256_storeu_ps(l.as_mut_ptr(), lo);
+    }
+    let hi = h
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+    let lo = l
+        .iter()
+        .chain(rest)
+        .fold(f32::INFINITY, |a, &x| if x < a { x } else { a });
+    (hi, lo)
+}
+
 /// `(largest entry, smallest finite entry, whether any entry is −inf)` of `v`: −inf and
 /// +inf for the first two when no entry is finite. Eight independent lanes of compares
 /// (not `max`/`min`, whose NaN rules block vector instructions), so it vectorises in the
@@ -221,6 +276,34 @@ pub fn softmax(xs: &[f64], out: &mut [f64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `range` (AVX for f32 where the CPU has it) against a plain fold, every length
+    /// around the eight-lane blocks, with ±inf entries in the vector part and the tail.
+    #[test]
+    fn range_matches_a_plain_fold() {
+        let mut state = 1u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f64 / (1u64 << 31) as f64) * 200.0 - 100.0
+        };
+        for n in [0usize, 1, 7, 8, 9, 15, 16, 17, 49, 2500] {
+            for special in [None, Some(f64::NEG_INFINITY), Some(f64::INFINITY)] {
+                for at in [0, n / 2, n.saturating_sub(1)] {
+                    let mut v: Vec<f64> = (0..n).map(|_| next()).collect();
+                    if let (Some(x), true) = (special, n > 0) {
+                        v[at] = x;
+                    }
+                    let hi = v.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x));
+                    let lo = v.iter().fold(f64::INFINITY, |a, &x| a.min(x));
+                    assert_eq!(range(&v), (hi, lo), "f64 n={n}");
+                    let w: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                    assert_eq!(range(&w), (hi as f32, lo as f32), "f32 n={n}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn exp_matches_std_to_a_few_ulp() {
