@@ -19,8 +19,8 @@
 //! table: the path is taken when no table has a −inf entry and every table's finite span is
 //! at most `SPAN`; an item whose tables all span at most `SPAN_F32` runs its products in
 //! f32 (for float32 models), any other in f64; otherwise the caller runs the log-domain
-//! kernel. The spans are measured per item, just before its exponentials (the item's tables
-//! are then read from memory once, not in a separate pass over the batch first). Rows are
+//! kernel. Each table's span is measured just before its exponentials are taken (the table
+//! is then read from memory once, not in a separate pass over the batch first). Rows are
 //! element-wise loops over `C` that vectorise (AVX2 where the CPU has it); items run in
 //! parallel, each in a fixed order and precision, so results do not depend on the thread
 //! count. Pair rows are written once, straight into the output's spare capacity (no zero
@@ -122,11 +122,10 @@ impl Work {
         b: usize,
         w: f64,
         node_out: &mut [T],
-        edge_out: EdgeOut<'_, T>,
+        mut edge_out: EdgeOut<'_, T>,
     ) -> Option<f64> {
         let (n, c) = (self.n, self.c);
         let (node, tabs, len) = (pb.node.item(b), pb.edge.stored_item(b), pb.active(b));
-        let mut edge_out = edge_out;
         if std::mem::size_of::<T>() == 4 {
             let ws = self.f32.get_or_insert_with(|| Ws::new(n, c));
             match item(node, tabs, len, c, w, ws, node_out, edge_out.reborrow()) {
