@@ -95,23 +95,13 @@ impl<F: Gemm> Ws<F> {
 }
 
 /// A worker's buffers, in each product precision its items have needed so far.
+#[derive(Default)]
 struct Work {
-    n: usize,
-    c: usize,
     f32: Option<Ws<f32>>,
     f64: Option<Ws<f64>>,
 }
 
 impl Work {
-    fn new(n: usize, c: usize) -> Work {
-        Work {
-            n,
-            c,
-            f32: None,
-            f64: None,
-        }
-    }
-
     /// Forward–backward of item `b` (see [`item`]) in the precision its tables allow: f32
     /// products first for float32 models, f64 when a table turns out too wide for them;
     /// `None` when they allow neither (the log-domain kernel must run) or the item is
@@ -124,7 +114,7 @@ impl Work {
         node_out: &mut [T],
         mut edge_out: EdgeOut<'_, T>,
     ) -> Option<f64> {
-        let (n, c) = (self.n, self.c);
+        let (n, c) = (pb.graph.num_nodes(), pb.classes());
         let (node, tabs, len) = (pb.node.item(b), pb.edge.stored_item(b), pb.active(b));
         if std::mem::size_of::<T>() == 4 {
             let ws = self.f32.get_or_insert_with(|| Ws::new(n, c));
@@ -402,25 +392,22 @@ pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Option<Resul
         .zip(node.par_chunks_mut(n * c))
         .zip(edge_rows.par_iter_mut())
         .enumerate()
-        .map_init(
-            || Work::new(n, c),
-            |work, (b, ((lz, nd), er))| {
-                if pb.stop.is_raised() {
-                    return false;
+        .map_init(Work::default, |work, (b, ((lz, nd), er))| {
+            if pb.stop.is_raised() {
+                return false;
+            }
+            let out = match er.take() {
+                Some(r) => EdgeOut::Rows(r),
+                None => EdgeOut::Skip,
+            };
+            match work.run(pb, b, 1.0, nd, out) {
+                Some(z) => {
+                    *lz = T::from_f64(z);
+                    true
                 }
-                let out = match er.take() {
-                    Some(r) => EdgeOut::Rows(r),
-                    None => EdgeOut::Skip,
-                };
-                match work.run(pb, b, 1.0, nd, out) {
-                    Some(z) => {
-                        *lz = T::from_f64(z);
-                        true
-                    }
-                    None => false,
-                }
-            },
-        )
+                None => false,
+            }
+        })
         .all(|x| x);
     if let Err(e) = pb.stop.check() {
         return Some(Err(e));
@@ -499,22 +486,19 @@ pub fn loss_and_grad<T: Real>(
             .zip(gn.par_chunks_mut(n * c))
             .zip(ge.spare_capacity_mut()[..bsz * ecc].par_chunks_mut(ecc))
             .enumerate()
-            .map_init(
-                || Work::new(n, c),
-                |work, (b, ((l, gn), ge))| {
-                    if pb.stop.is_raised() {
-                        return false;
-                    }
-                    let w = weights.map_or(1.0, |w| w[b]);
-                    let Some(z) = work.run(pb, b, w, gn, EdgeOut::Rows(&mut *ge)) else {
-                        return false;
-                    };
-                    // SAFETY: the item wrote every entry of its rows (`EdgeOut::Rows`).
-                    let ge = unsafe { assume_init(ge) };
-                    *l = T::from_f64(z - gold(b, gn, Some(ge), None));
-                    true
-                },
-            )
+            .map_init(Work::default, |work, (b, ((l, gn), ge))| {
+                if pb.stop.is_raised() {
+                    return false;
+                }
+                let w = weights.map_or(1.0, |w| w[b]);
+                let Some(z) = work.run(pb, b, w, gn, EdgeOut::Rows(&mut *ge)) else {
+                    return false;
+                };
+                // SAFETY: the item wrote every entry of its rows (`EdgeOut::Rows`).
+                let ge = unsafe { assume_init(ge) };
+                *l = T::from_f64(z - gold(b, gn, Some(ge), None));
+                true
+            })
             .all(|x| x);
         if let Err(e) = pb.stop.check() {
             return Some(Err(e));
@@ -533,22 +517,19 @@ pub fn loss_and_grad<T: Real>(
         .par_chunks_mut(chunk)
         .zip(gn.par_chunks_mut(chunk * n * c))
         .enumerate()
-        .map_init(
-            || Work::new(n, c),
-            |work, (k, (loss, gn))| {
-                let mut acc = vec![0.0f64; ecc];
-                for (i, (l, gn)) in loss.iter_mut().zip(gn.chunks_mut(n * c)).enumerate() {
-                    let b = k * chunk + i;
-                    if pb.stop.is_raised() {
-                        return None;
-                    }
-                    let w = weights.map_or(1.0, |w| w[b]);
-                    let z = work.run(pb, b, w, gn, EdgeOut::Sum(&mut acc))?;
-                    *l = T::from_f64(z - gold(b, gn, None, Some(&mut acc)));
+        .map_init(Work::default, |work, (k, (loss, gn))| {
+            let mut acc = vec![0.0f64; ecc];
+            for (i, (l, gn)) in loss.iter_mut().zip(gn.chunks_mut(n * c)).enumerate() {
+                let b = k * chunk + i;
+                if pb.stop.is_raised() {
+                    return None;
                 }
-                Some(acc)
-            },
-        )
+                let w = weights.map_or(1.0, |w| w[b]);
+                let z = work.run(pb, b, w, gn, EdgeOut::Sum(&mut acc))?;
+                *l = T::from_f64(z - gold(b, gn, None, Some(&mut acc)));
+            }
+            Some(acc)
+        })
         .collect();
     if let Err(e) = pb.stop.check() {
         return Some(Err(e));

@@ -133,9 +133,8 @@ pub fn init_with<T: Copy>(chunk: &mut [std::mem::MaybeUninit<T>], value: T) -> &
     for x in chunk.iter_mut() {
         x.write(value);
     }
-    // SAFETY: every element of `chunk` was written just above, and `MaybeUninit<T>` has
-    // `T`'s layout.
-    unsafe { &mut *(chunk as *mut [std::mem::MaybeUninit<T>] as *mut [T]) }
+    // SAFETY: every element of `chunk` was written just above.
+    unsafe { assume_init(chunk) }
 }
 
 /// The first `n` entries of a working vector that a parallel task keeps across the rows
