@@ -230,18 +230,23 @@ def whole_calls(shapes, tools, threads, iters=50, damping=0.5):
 
 
 def one_off(shapes, threads, damping=0.5, repeats=200):
-    """The one-off work of a whole call, in flooding iterations: whole calls with 1 and 51
-    iterations (per-edge float32 tables, damping 0.5, flooding), best of `repeats` (a tenth
-    as many for 51), both `infer` and `loss_and_grad`. per iteration = (t51 - t1) / 50;
-    one-off = t1 - per iteration (potentials, beliefs, pair marginals or gradient rows,
-    Bethe energy, checks and outputs: everything but the sweeps)."""
+    """The one-off work of a whole call, in iterations: whole calls with 1 and 51
+    iterations (per-edge float32 tables, damping 0.5), best of `repeats` (a tenth as many
+    for 51), `infer` and `loss_and_grad`, under flooding (`"parallel"`, PGMax's schedule)
+    and the default `"checkerboard"` (whose iteration sweeps both colours: about two
+    flooding iterations' work). per iteration = (t51 - t1) / 50; one-off = t1 - per
+    iteration (potentials, beliefs, pair marginals or gradient rows, Bethe energy, checks
+    and outputs: everything but the sweeps)."""
     print(
-        f"one-off work of a whole call (per-edge float32 tables, damping {damping}, flooding; "
+        f"one-off work of a whole call (per-edge float32 tables, damping {damping}; "
         f"{threads} threads; best of {repeats} 1-iteration and {repeats // 10} 51-iteration "
         "calls)\n"
     )
-    print("| (H, W, C) | call | 1 iteration | per iteration | one-off | one-off / iteration |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| (H, W, C) | schedule | call | 1 iteration | per iteration | one-off "
+        "| one-off / iteration |"
+    )
+    print("|---|---|---|---|---|---|---|")
     _warm_up(shapes[0])
     for h, w, c in shapes:
         rng = np.random.default_rng(0)
@@ -249,20 +254,21 @@ def one_off(shapes, threads, damping=0.5, repeats=200):
         s_n = rng.normal(size=(h * w, c)).astype(np.float32)
         tables = rng.normal(size=(g.num_edges, c, c)).astype(np.float32)
         y = rng.integers(0, c, h * w)
-        for name in ("infer", "loss_and_grad"):
-            gold = y if name == "loss_and_grad" else None
+        for schedule in ("parallel", "checkerboard"):
+            for name in ("infer", "loss_and_grad"):
+                gold = y if name == "loss_and_grad" else None
 
-            def call(k, g=g, s_n=s_n, tables=tables, gold=gold):
-                _bp_call(g, s_n, tables, gold, k, damping, "parallel")
+                def call(k, g=g, s_n=s_n, tables=tables, gold=gold, schedule=schedule):
+                    _bp_call(g, s_n, tables, gold, k, damping, schedule)
 
-            t1 = best_of(lambda: call(1), repeats)
-            t51 = best_of(lambda: call(51), repeats // 10)
-            it = (t51 - t1) / 50
-            print(
-                f"| {(h, w, c)} | `{name}` | {t1:.2f} ms | {it * 1e3:.0f} µs | "
-                f"{(t1 - it):.2f} ms | {(t1 - it) / it:.1f} |",
-                flush=True,
-            )
+                t1 = best_of(lambda: call(1), repeats)
+                t51 = best_of(lambda: call(51), repeats // 10)
+                it = (t51 - t1) / 50
+                print(
+                    f"| {(h, w, c)} | {schedule} | `{name}` | {t1:.2f} ms | {it * 1e3:.0f} µs | "
+                    f"{(t1 - it):.2f} ms | {(t1 - it) / it:.1f} |",
+                    flush=True,
+                )
 
 
 def weighted_training_step(h, w, c, iters=(1, 11)):

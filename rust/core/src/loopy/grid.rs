@@ -460,23 +460,37 @@ fn row_f32<T: Real, P: Real>(
             *f |= x == f32::NEG_INFINITY;
         }
     }
-    let (mut low, mut widest) = (true, 0.0f64);
-    for ((h, &l), (&f, shift)) in hi[..count]
-        .iter_mut()
-        .zip(&*lo)
-        .zip(forbidden.iter().zip(shifts.iter_mut()))
-    {
+    // The spans across the columns in eight running maxima, with no exit inside the loop:
+    // a scalar loop whose maximum is carried from column to column (and an early return
+    // in it) had cost a quarter of the pass. A table of −inf only has span 0 and shift 0.
+    let mut lanes = [0.0f64; 8];
+    let full = count - count % 8;
+    for (hs, ls) in hi[..full].chunks_exact_mut(8).zip(lo.chunks_exact(8)) {
+        for j in 0..8 {
+            let span = hs[j] as f64 - ls[j] as f64;
+            // (`hi` = −inf: −inf − lo is −inf or NaN, neither raises the maximum.)
+            lanes[j] = if span > lanes[j] { span } else { lanes[j] };
+            hs[j] = if hs[j] == f32::NEG_INFINITY {
+                0.0
+            } else {
+                hs[j]
+            };
+        }
+    }
+    let mut widest = lanes.iter().fold(0.0f64, |a, &b| a.max(b));
+    for (h, &l) in hi[full..count].iter_mut().zip(&lo[full..]) {
         if *h == f32::NEG_INFINITY {
             *h = 0.0;
         } else {
-            let span = *h as f64 - l as f64;
-            if span > SPAN_F32 {
-                return None;
-            }
-            widest = widest.max(span);
+            widest = widest.max(*h as f64 - l as f64);
         }
-        low &= !f;
-        *shift = *h as f64;
+    }
+    if widest > SPAN_F32 {
+        return None;
+    }
+    let low = !forbidden[..count].contains(&true);
+    for (s, &h) in shifts[..count].iter_mut().zip(&*hi) {
+        *s = h as f64;
     }
     for (k, row) in t.chunks_exact_mut(cs).enumerate() {
         for (x, &m) in row.iter_mut().zip(&*hi) {
@@ -574,29 +588,39 @@ fn per_edge<T: Real, P: Real>(
     h: usize,
     w: usize,
     cc: usize,
-    hshift: &mut [f64],
-    vshift: &mut [f64],
+    hshift: &mut Vec<f64>,
+    vshift: &mut Vec<f64>,
 ) -> Option<Option<(bool, Vec<P>, Vec<P>, f64)>> {
     // (Each task fills its own rows, which it then overwrites: no separate pass first.)
     let (mut horiz, mut vert) = (
         Vec::with_capacity(h * cc * w),
         Vec::with_capacity(h * cc * w),
     );
+    for s in [&mut *hshift, &mut *vshift] {
+        s.clear();
+        s.reserve_exact(h * w);
+    }
+    let shifts = hshift.spare_capacity_mut()[..h * w]
+        .par_chunks_mut(w)
+        .zip(vshift.spare_capacity_mut()[..h * w].par_chunks_mut(w));
     let rows: Vec<(bool, bool, f64)> = horiz.spare_capacity_mut()[..h * cc * w]
         .par_chunks_mut(cc * w)
         .zip(vert.spare_capacity_mut()[..h * cc * w].par_chunks_mut(cc * w))
-        .zip(hshift.par_chunks_mut(w).zip(vshift.par_chunks_mut(w)))
+        .zip(shifts)
         .enumerate()
         .map_init(PotScratch::default, |scratch, (r, ((hr, vr), (hs, vs)))| {
             let (hr, vr) = (init_with(hr, P::ZERO), init_with(vr, P::ZERO));
+            let (hs, vs) = (init_with(hs, 0.0), init_with(vs, 0.0));
             potential_row(edges, rho, r, h, w, hr, vr, hs, vs, scratch)
         })
         .collect::<Option<_>>()?;
     // SAFETY: a collected `Some` means every row's task ran (rayon stops early only at a
-    // `None`, returned above), and each initialised its chunks of both vectors.
+    // `None`, returned above), and each initialised its chunks of the four vectors.
     unsafe {
         horiz.set_len(h * cc * w);
         vert.set_len(h * cc * w);
+        hshift.set_len(h * w);
+        vshift.set_len(h * w);
     }
     if std::mem::size_of::<P>() == 4 && !rows.iter().all(|&(_, narrow, _)| narrow) {
         return Some(None);
@@ -659,21 +683,24 @@ impl GridPotentials {
         // Node potentials, one grid row per task (each fills its own rows, which it then
         // overwrites: no separate pass first).
         let mut phi = Vec::with_capacity(h * w * c);
-        let mut phi_shift = vec![0.0; h * w];
+        let mut phi_shift = Vec::with_capacity(h * w);
         let rows_ok = phi.spare_capacity_mut()[..h * w * c]
             .par_chunks_mut(c * w)
-            .zip(phi_shift.par_chunks_mut(w))
+            .zip(phi_shift.spare_capacity_mut()[..h * w].par_chunks_mut(w))
             .enumerate()
             .all(|(r, (out, shift))| {
-                let out = init_with(out, 0.0);
+                let (out, shift) = (init_with(out, 0.0), init_with(shift, 0.0));
                 node_potentials(&node[r * w * c..(r + 1) * w * c], out, shift)
             });
         if !rows_ok {
             return None;
         }
         // SAFETY: every row's task ran (`all` stops early only on a failed row, returned
-        // above) and initialised its chunk.
-        unsafe { phi.set_len(h * w * c) };
+        // above) and initialised its chunks.
+        unsafe {
+            phi.set_len(h * w * c);
+            phi_shift.set_len(h * w);
+        }
         let mut t = vec![0.0; cc];
         let mut f32_ok = std::mem::size_of::<T>() == 4;
         // Edge e's potentials into `t`: `None` when its span leaves the probability domain,
@@ -735,7 +762,6 @@ impl GridPotentials {
         } else {
             // Per-edge potentials, one grid row (its horizontal and vertical edges) per task:
             // in f32 for a float32 model, redone in f64 if a table turns out too spread.
-            (hshift, vshift) = (vec![0.0; h * w], vec![0.0; h * w]);
             let narrow = std::mem::size_of::<T>() == 4;
             let made = if narrow {
                 per_edge::<T, f32>(edges, rho, h, w, cc, &mut hshift, &mut vshift)?
@@ -1694,6 +1720,71 @@ mod tests {
                     assert!(a == b || (a - b).abs() <= tol, "{a} vs {b} ({schedule:?})");
                 }
             }
+        }
+    }
+
+    /// The float32 route's spans, taken eight columns at a time: a table wider than
+    /// `SPAN_F32` sends the grid to f64 potentials wherever its column falls (in the
+    /// eight-column part or in the tail, horizontal or vertical), and every shift is its
+    /// table's maximum (0 for a table of −inf only, whose potentials are all 0).
+    #[test]
+    fn float32_spans_are_found_in_every_column() {
+        let (h, w, c) = (3, 21, 3);
+        let (cc, n_h) = (c * c, h * (w - 1));
+        let ne = n_h + (h - 1) * w;
+        let mut rng = Rng::stream(7, &[]);
+        let base: Vec<f32> = (0..ne * cc)
+            .map(|_| (4.0 * rng.uniform() - 2.0) as f32)
+            .collect();
+        let node = vec![0.0f32; h * w * c];
+        let max_of = |t: &[f32]| t.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // Horizontal edges of row 1 at columns 3 and 18 (vector part, tail), vertical
+        // edges of row 0 at columns 5 and 20.
+        let at = [w - 1 + 3, w - 1 + 18, n_h + 5, n_h + 20];
+        for &e in &at {
+            for (span, wide) in [(50.0f32, false), (70.0, true)] {
+                let mut t = base.clone();
+                t[e * cc + 4] = -span;
+                let es = EdgeScores::tables(&t, 1, ne, c).item(0);
+                let p = GridPotentials::new(h, w, &node, &es, None).unwrap();
+                assert_eq!(
+                    matches!(p.horiz, Pots::F64(_)),
+                    wide,
+                    "edge {e}, span {span}"
+                );
+                assert_eq!(
+                    matches!(p.vert, Pots::F64(_)),
+                    wide,
+                    "edge {e}, span {span}"
+                );
+                for r in 0..h {
+                    for col in 0..w {
+                        for (vertical, shifts) in [(false, &p.hshift), (true, &p.vshift)] {
+                            let e = match vertical {
+                                false if col + 1 < w => r * (w - 1) + col,
+                                true if r + 1 < h => n_h + r * w + col,
+                                _ => continue,
+                            };
+                            let m = max_of(&t[e * cc..(e + 1) * cc]) as f64;
+                            assert_eq!(shifts[r * w + col], m, "edge {e}");
+                        }
+                    }
+                }
+            }
+        }
+        // A table of −inf only among finite ones, in the tail of a row.
+        let mut t = base.clone();
+        let e = w - 1 + 18;
+        t[e * cc..(e + 1) * cc].fill(f32::NEG_INFINITY);
+        let es = EdgeScores::tables(&t, 1, ne, c).item(0);
+        let p = GridPotentials::new(h, w, &node, &es, None).unwrap();
+        assert_eq!(p.hshift[w + 18], 0.0);
+        let Pots::F32(hp) = &p.horiz else {
+            panic!("narrow tables stay in f32")
+        };
+        for k in 0..cc {
+            assert_eq!(hp[(cc + k) * w + 18], 0.0);
+            assert!(hp[(cc + k) * w + 17] > 0.0);
         }
     }
 
