@@ -111,9 +111,12 @@ def test_auto_is_bp_on_wide_loopy_graphs_and_warns_when_not_converged():
     rng = np.random.default_rng(54)
     g = es.Graph.grid(20, 20)  # treewidth 20: exact would need 3**21 entries per table
     s_n, s_e = rng.normal(size=(400, 3)), rng.normal(0, 3, (g.num_edges, 3, 3))
-    with pytest.warns(es.ConvergenceWarning, match="did not converge"):
+    with pytest.warns(es.ConvergenceWarning, match="did not converge") as rec:
         r = es.infer(g, s_n, s_e, max_iter=2)
     assert r.method == "bp" and not r.converged and r.iterations == 2
+    # The message names the limits in force: the given max_iter and the default tol.
+    msg = str(rec[0].message)
+    assert "max_iter=2 " in msg and f"tol={es.METHODS['bp']['tol']})" in msg, msg
     assert np.isfinite(r.log_z) and np.isfinite(r.node_marginals).all()
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from ._methods import ConvergenceWarning
+from ._methods import METHODS, ConvergenceWarning
 from ._scores import Scores, WeightedEdges, labels, prepare, sum_to_shape
 from .graph import Graph
 from .result import InferenceResult
@@ -33,7 +33,8 @@ def _warn_unconverged(out: dict[str, Any], options: dict[str, Any]) -> None:
             stacklevel=3,
         )
         return
-    defaults = _core.method_options()[out["method"]]
+    # (The defaults are fixed per option name: the table made at import, not a new one.)
+    defaults = METHODS[out["method"]]
     max_iter = options.get("max_iter", defaults.get("max_iter"))
     tol = options.get("tol", defaults.get("tol"))
     bad = int(np.size(converged) - np.count_nonzero(converged))
