@@ -377,12 +377,8 @@ fn ln0_at<F: Real>(m: f64) -> f64 {
     if std::mem::size_of::<F>() == 8 {
         return ln0(m);
     }
-    let l = ln_pos_f32((m as f32).max(f32::MIN_POSITIVE)) as f64;
-    if m > 0.0 {
-        l
-    } else {
-        f64::NEG_INFINITY
-    }
+    // (F is f32 only where the messages are held in f32: `m` is an f32 value.)
+    ln0_f32(m as f32) as f64
 }
 
 /// `ln0_at::<f32>` in f32: the f32 logarithm of a message or potential (−inf at 0).
