@@ -57,6 +57,50 @@ def test_nan_and_plus_inf_scores(value, what):
         es.loss_and_grad(G, SN, s_e, [0, 0, 0, 0])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("value, what", [(np.nan, "NaN"), (np.inf, r"\+inf")])
+@pytest.mark.parametrize("form", ["per_item", "broadcast", "lengths", "padding"])
+@pytest.mark.parametrize("method", ["exact", "bp", "gibbs"])
+def test_bad_edge_scores_are_named_by_every_kernel(dtype, value, what, form, method):
+    """The per-edge chain kernel checks the tables it reads in the pass that takes their
+    range (the separate scan of s_e is skipped for it): a NaN or +inf anywhere in s_e, in
+    the eight-lane part of a table or its tail, in a table the kernel reads or in padding
+    past an item's length that it does not, is reported with its flat index exactly as
+    the scan reports it, by infer and loss_and_grad, for every method."""
+    b, n, c = 3, 9, 5  # 25 entries a table: three eight-lane blocks and a tail
+    g = es.Graph.chain(n)
+    rng = np.random.default_rng(1)
+    s_n = rng.normal(size=(b, n, c)).astype(dtype)
+    s_e = rng.normal(size=(b if form != "broadcast" else 1, n - 1, c, c)).astype(dtype)
+    y = rng.integers(0, c, (b, n))
+    lengths = None
+    if form in ("lengths", "padding"):
+        lengths = np.array([n, 4, 6])
+        y[1, 4:] = 0
+        y[2, 6:] = 0
+    # (item, edge, a, b): in a table that is read (tail entry 24, lane entry 10), or, with
+    # lengths, in the padding of item 1 (its edges 3..7 are past its last edge).
+    where = {
+        "per_item": [(2, 5, 4, 4), (0, 0, 2, 0)],
+        "broadcast": [(0, 7, 4, 4), (0, 3, 2, 0)],
+        "lengths": [(2, 4, 4, 4), (0, 7, 2, 0)],
+        "padding": [(1, 3, 4, 4), (1, 7, 2, 0)],
+    }[form]
+    opts = {"num_samples": 2, "burn_in": 1} if method == "gibbs" else {}
+    for at in where:
+        bad = s_e.copy()
+        bad[at] = value
+        flat = np.ravel_multi_index(at, bad.shape)
+        # (Before any method's own checks: lengths are exact inference's alone.)
+        match = f"s_e contains {what} at flat index {flat};"
+        with pytest.raises(ValueError, match=match):
+            es.infer(g, s_n, bad, lengths=lengths, method=method, **opts)
+        with pytest.raises(ValueError, match=match):
+            es.loss_and_grad(g, s_n, bad, y, lengths=lengths, method=method, **opts)
+    # The same data without the bad entry runs (the check finds nothing else).
+    es.loss_and_grad(g, s_n, s_e, y, lengths=lengths, method="exact")
+
+
 def test_labels():
     with pytest.raises(ValueError, match=r"y\[0, 2\] = 3 is outside \[0, 3\)"):
         es.loss_and_grad(G, SN, SE, [0, 1, 3, 0])

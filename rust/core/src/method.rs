@@ -496,7 +496,17 @@ impl Method {
 
     /// log Z and marginals of every item (pair marginals when `want_edges`).
     pub fn infer<T: Real>(&self, pb: &Problem<'_, T>, want_edges: bool) -> Result<Inferred<T>> {
+        self.check_edges_unless_fused(pb)?;
         with_family!(self, pb.graph, |f| f.infer(pb, want_edges))
+    }
+
+    /// [`Problem::check_edges`] first, except where the exact chain kernels run: they
+    /// check the tables they read (see [`crate::exact::marginals`]).
+    fn check_edges_unless_fused<T: Real>(&self, pb: &Problem<'_, T>) -> Result<()> {
+        match self {
+            Method::Exact(_) if pb.graph.is_chain() => Ok(()),
+            _ => pb.check_edges(),
+        }
     }
 
     /// Loss `log Z − s(y)` per item and its gradients; `weights` scale each item's gradient.
@@ -506,6 +516,7 @@ impl Method {
         y: &[i64],
         weights: Option<&[f64]>,
     ) -> Result<LossGrad<T>> {
+        self.check_edges_unless_fused(pb)?;
         with_family!(self, pb.graph, |f| f.loss_and_grad(pb, y, weights))
     }
 
@@ -513,6 +524,7 @@ impl Method {
     /// max-product on forests, max-product BP for "bp", the argmax of the beliefs for
     /// "trw" and "mean_field", the best visited labelling for "gibbs".
     pub fn decode<T: Real>(&self, pb: &Problem<'_, T>) -> Result<Decoded> {
+        pb.check_edges()?;
         alloc::check("labels", &[pb.batch, pb.graph.num_nodes()], 8)?;
         with_family!(self, pb.graph, |f| f.decode(pb))
     }
@@ -526,6 +538,7 @@ impl Method {
         num_samples: usize,
         seed: Option<u64>,
     ) -> Result<Vec<i64>> {
+        pb.check_edges()?;
         alloc::check("samples", &[num_samples, pb.batch, pb.graph.num_nodes()], 8)?;
         let seed = seed.unwrap_or_else(fresh_seed);
         with_family!(self, pb.graph, |f| f.sample(pb, num_samples, seed))

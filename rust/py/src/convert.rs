@@ -33,6 +33,21 @@ pub struct Scores<'a, T> {
 impl<'a, T: Real> Scores<'a, T> {
     /// The validated problem, interrupted by `stop`.
     pub fn problem(&self, g: &'a Graph, stop: &'a Stop) -> Result<Problem<'a, T>, Error> {
+        self.build(g, stop, true)
+    }
+
+    /// [`Scores::problem`] with the scan of `s_e` for NaN and +inf left to the method
+    /// (`Problem::deferring_edge_check`): for `Method::infer` and `Method::loss_and_grad`,
+    /// which check before any kernel that does not check the tables it reads.
+    pub fn problem_checked_by_method(
+        &self,
+        g: &'a Graph,
+        stop: &'a Stop,
+    ) -> Result<Problem<'a, T>, Error> {
+        self.build(g, stop, false)
+    }
+
+    fn build(&self, g: &'a Graph, stop: &'a Stop, check: bool) -> Result<Problem<'a, T>, Error> {
         let (batch, nb, eb, ee, c, wb) = self.dims;
         let edge = match self.weight {
             Some(w) => EdgeScores::weighted(w, wb, self.s_e, eb, c),
@@ -44,7 +59,11 @@ impl<'a, T: Real> Scores<'a, T> {
             nodes: g.num_nodes(),
             classes: c,
         };
-        Ok(Problem::new(g, node, edge, batch, self.lengths)?.with_stop(stop))
+        let pb = match check {
+            true => Problem::new(g, node, edge, batch, self.lengths)?,
+            false => Problem::deferring_edge_check(g, node, edge, batch, self.lengths)?,
+        };
+        Ok(pb.with_stop(stop))
     }
 }
 

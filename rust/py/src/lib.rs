@@ -138,7 +138,9 @@ fn infer<'py>(
     let m = options::method(g, method, options, Entry::Infer, dims.4)?;
     let lengths = convert::lengths(lengths)?;
     with_scores!(s_n, s_e, weight, dims, lengths.as_deref(), |sc| {
-        let r = enter(py, |stop| m.infer(&sc.problem(g, stop)?, want_edges))?;
+        let r = enter(py, |stop| {
+            m.infer(&sc.problem_checked_by_method(g, stop)?, want_edges)
+        })?;
         convert::inferred(py, m.name(), r)
     })
 }
@@ -171,7 +173,9 @@ fn loss_and_grad<'py>(
         .map(|w| slice(w, "item_weights"))
         .transpose()?;
     with_scores!(s_n, s_e, weight, dims, lengths.as_deref(), |sc| {
-        let r = enter(py, |stop| m.loss_and_grad(&sc.problem(g, stop)?, y, iw))?;
+        let r = enter(py, |stop| {
+            m.loss_and_grad(&sc.problem_checked_by_method(g, stop)?, y, iw)
+        })?;
         convert::loss_grad(py, m.name(), r)
     })
 }

@@ -59,6 +59,24 @@ fn applies<T: Real>(pb: &Problem<'_, T>) -> bool {
         && pb.edge.edges == n - 1
 }
 
+/// Scores this kernel does not read, checked first when the problem left `s_e` unchecked
+/// (see [`Problem::deferring_edge_check`]): with lengths, the tables past an item's last
+/// edge. (Every table the kernel reads it checks itself, in the pass that takes its range.)
+fn check_unread_tables<T: Real>(pb: &Problem<'_, T>) -> Result<()> {
+    let n = pb.graph.num_nodes();
+    match pb.lengths {
+        Some(l) if l.iter().any(|&len| len < n) => pb.check_edges(),
+        _ => Ok(()),
+    }
+}
+
+/// What an item that left the kernel means for the call: the input error when a table the
+/// kernel read holds NaN or +inf (`Some(Err)`: the first bad entry, as the input check
+/// names it), else `None` (the log-domain kernel runs, or reports an infeasible item).
+fn left<R, T: Real>(pb: &Problem<'_, T>) -> Option<Result<R>> {
+    pb.check_edges().err().map(Err)
+}
+
 /// How one item's forward–backward ended.
 enum Outcome {
     /// Its log Z; marginals written.
@@ -66,7 +84,8 @@ enum Outcome {
     /// A table spans more than f32 products hold: run the item again in f64.
     Wider,
     /// A table has a −inf entry or spans more than f64 products hold (the log-domain kernel
-    /// must run), or every labelling of the item is forbidden (that kernel reports it).
+    /// must run), or every labelling of the item is forbidden (that kernel reports it), or
+    /// a table holds NaN or +inf (the caller reports the input error).
     Leave,
 }
 
@@ -212,7 +231,12 @@ fn item_body<T: Real, F: Gemm>(
         let tab = &tabs[t * cc..(t + 1) * cc];
         // One vectorised pass for the span (the exponentials below then read the table
         // from L1); a −inf entry makes it infinite.
-        let (m, lo) = range(tab);
+        let (m, lo, nan) = range(tab);
+        // NaN or +inf (scores the input check may have left to this pass): the caller
+        // reports it (see `unread_or_bad`).
+        if nan || m == T::INFINITY {
+            return Outcome::Leave;
+        }
         let span = if lo == T::NEG_INFINITY {
             f64::INFINITY
         } else {
@@ -367,6 +391,9 @@ pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Option<Resul
     if !applies(pb) {
         return None;
     }
+    if let Err(e) = check_unread_tables(pb) {
+        return Some(Err(e));
+    }
     let (n, c, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.batch);
     let ecc = (n - 1) * c * c;
     let mut node = match filled("node marginals", &[bsz, n, c], T::from_f64(0.0)) {
@@ -413,7 +440,7 @@ pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Option<Resul
         return Some(Err(e));
     }
     if !ok {
-        return None;
+        return left(pb);
     }
     let edge = want_edges.then(|| {
         // SAFETY: every item ran and wrote all of its `ecc` entries (`EdgeOut::Rows`).
@@ -439,6 +466,9 @@ pub fn loss_and_grad<T: Real>(
 ) -> Option<Result<LossGrad<T>>> {
     if !applies(pb) {
         return None;
+    }
+    if let Err(e) = check_unread_tables(pb) {
+        return Some(Err(e));
     }
     let (n, c, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.batch);
     let (cc, ecc) = (c * c, (n - 1) * c * c);
@@ -504,7 +534,7 @@ pub fn loss_and_grad<T: Real>(
             return Some(Err(e));
         }
         if !ok {
-            return None;
+            return left(pb);
         }
         // SAFETY: every item ran and wrote all of its `ecc` entries.
         unsafe { ge.set_len(bsz * ecc) };
@@ -536,7 +566,8 @@ pub fn loss_and_grad<T: Real>(
     }
     let mut total = vec![0.0f64; ecc];
     for p in parts {
-        total.iter_mut().zip(&p?).for_each(|(t, x)| *t += x);
+        let Some(p) = p else { return left(pb) };
+        total.iter_mut().zip(&p).for_each(|(t, x)| *t += x);
     }
     let ge = total.into_iter().map(T::from_f64).collect();
     Some(Ok(lossgrad(loss, gn, ge)))
@@ -654,5 +685,77 @@ mod tests {
             assert!(marginals(&pb, true).is_none());
             assert!(loss_and_grad(&pb, &[0; 6], None).is_none());
         }
+    }
+
+    /// A problem whose `s_e` was left unchecked: the kernel reports a NaN or +inf in a
+    /// table it reads with the error `Problem::new` gives, f32 and f64, per-item and
+    /// broadcast tables; a good problem runs; and with lengths the tables past an item's
+    /// end (which the kernel does not read) are checked first.
+    #[test]
+    fn unchecked_tables_are_checked_where_they_are_read() {
+        fn run<T: Real>() {
+            let (b, n, c) = (2, 4, 3);
+            let g = Graph::chain(n).unwrap();
+            let sn = vec![T::from_f64(0.0); b * n * c];
+            let node = NodeScores {
+                data: &sn,
+                batch: b,
+                nodes: n,
+                classes: c,
+            };
+            for (eb, at) in [(b, 2 * (n - 1) * c * c - 1), (b, 13), (1, 22)] {
+                for bad in [f64::NAN, f64::INFINITY] {
+                    let mut se = vec![T::from_f64(0.5); eb * (n - 1) * c * c];
+                    let good = Problem::deferring_edge_check(
+                        &g,
+                        node,
+                        EdgeScores::tables(&se, eb, n - 1, c),
+                        b,
+                        None,
+                    );
+                    assert!(marginals(&good.unwrap(), true).unwrap().is_ok());
+                    se[at] = T::from_f64(bad);
+                    let want = match Problem::new(
+                        &g,
+                        node,
+                        EdgeScores::tables(&se, eb, n - 1, c),
+                        b,
+                        None,
+                    ) {
+                        Err(e) => e.to_string(),
+                        Ok(_) => panic!("the input check finds entry {at}"),
+                    };
+                    let pb = Problem::deferring_edge_check(
+                        &g,
+                        node,
+                        EdgeScores::tables(&se, eb, n - 1, c),
+                        b,
+                        None,
+                    );
+                    let pb = pb.unwrap();
+                    let got = marginals(&pb, true).unwrap().err().unwrap();
+                    assert_eq!(got.to_string(), want, "marginals, entry {at}");
+                    let got = loss_and_grad(&pb, &[0; 8], None).unwrap().err().unwrap();
+                    assert_eq!(got.to_string(), want, "loss, entry {at}");
+                    // In padding: item 1 ends at node 2, so its last table is never read.
+                    let lengths = [n, 2];
+                    let pad = (n - 1) * c * c + 2 * c * c + 4;
+                    if eb == b {
+                        let mut se = vec![T::from_f64(0.5); eb * (n - 1) * c * c];
+                        se[pad] = T::from_f64(bad);
+                        let pb = Problem::deferring_edge_check(
+                            &g,
+                            node,
+                            EdgeScores::tables(&se, eb, n - 1, c),
+                            b,
+                            Some(&lengths),
+                        );
+                        assert!(marginals(&pb.unwrap(), true).unwrap().is_err());
+                    }
+                }
+            }
+        }
+        run::<f32>();
+        run::<f64>();
     }
 }

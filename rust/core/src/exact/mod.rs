@@ -195,10 +195,12 @@ pub(crate) fn item_error(e: Error, b: usize, batch: usize) -> Error {
 
 /// Exact log Z and marginals of every item.
 pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Result<Marginals<T>> {
-    // Linear chains with a table per edge: the scaled-domain kernel, when it applies.
+    // Linear chains with a table per edge: the scaled-domain kernel, when it applies (it
+    // checks the tables it reads; see `Problem::deferring_edge_check`).
     if let Some(r) = crate::exact::chain_edges::marginals(pb, want_edges) {
         return r;
     }
+    pb.check_edges()?;
     inference::marginals(pb, &Exact::new(pb.graph)?, want_edges)
 }
 
@@ -211,6 +213,11 @@ pub fn loss_and_grad<T: Real>(
     // Linear-chain CRFs with one transition table: the batch-major kernel, when it applies
     // (input errors are left to the general driver, which reports them).
     if weights.is_none_or(|w| w.len() == pb.batch) && inference::check_labels(pb, y).is_ok() {
+        // (The shared-table kernel's one C x C table is checked first; the per-edge kernel
+        // checks the tables it reads.)
+        if pb.edge.edges == 1 && pb.edge.batch == 1 {
+            pb.check_edges()?;
+        }
         if let Some(r) = crate::exact::chain::loss_and_grad(pb, y, weights) {
             return r;
         }
@@ -218,6 +225,7 @@ pub fn loss_and_grad<T: Real>(
             return r;
         }
     }
+    pb.check_edges()?;
     inference::loss_and_grad(pb, &Exact::new(pb.graph)?, y, weights)
 }
 

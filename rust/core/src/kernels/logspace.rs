@@ -135,35 +135,40 @@ pub fn exp_shifted(xs: &mut [f64], shift: f64) {
     }
 }
 
-/// `(largest, smallest)` entry of `v` (−inf and +inf when it is empty), for scores already
-/// checked to hold no NaN. float32 runs in AVX max/min instructions where the CPU has them:
-/// compare-and-select lanes, which vectorise for `finite_range`'s three outputs, come out
-/// as mask shuffles for these two.
+/// `(largest, smallest, whether any entry is NaN)` of `v` (−inf and +inf when it is
+/// empty; the two are those of the entries that are not NaN, or meaningless when one is).
+/// float32 runs in AVX max/min instructions where the CPU has them: compare-and-select
+/// lanes, which vectorise for `finite_range`'s three outputs, come out as mask shuffles
+/// for these two. (The NaN test lets a kernel that reads each table anyway check unchecked
+/// scores in the same pass: one more compare per vector.)
 #[inline(always)]
-pub fn range<T: crate::kernels::real::Real>(v: &[T]) -> (T, T) {
+pub fn range<T: crate::kernels::real::Real>(v: &[T]) -> (T, T, bool) {
     #[cfg(target_arch = "x86_64")]
     if let Some(f) = T::as_f32(v) {
         if crate::kernels::batch::has_avx2() {
             // SAFETY: the CPU has AVX2, checked just above.
-            let (hi, lo) = unsafe { avx_range(f) };
-            return (T::from_f64(hi as f64), T::from_f64(lo as f64));
+            let (hi, lo, nan) = unsafe { avx_range(f) };
+            return (T::from_f64(hi as f64), T::from_f64(lo as f64), nan);
         }
     }
-    let (mut hi, mut lo) = (T::NEG_INFINITY, T::INFINITY);
+    let (mut hi, mut lo, mut nan) = (T::NEG_INFINITY, T::INFINITY, false);
+    #[allow(clippy::eq_op)]
     for &x in v {
         hi = if x > hi { x } else { hi };
         lo = if x < lo { x } else { lo };
+        nan |= x != x;
     }
-    (hi, lo)
+    (hi, lo, nan)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn avx_range(v: &[f32]) -> (f32, f32) {
+unsafe fn avx_range(v: &[f32]) -> (f32, f32, bool) {
     use std::arch::x86_64::*;
-    let (mut hi, mut lo) = (
+    let (mut hi, mut lo, mut nan) = (
         _mm256_set1_ps(f32::NEG_INFINITY),
         _mm256_set1_ps(f32::INFINITY),
+        _mm256_setzero_ps(),
     );
     let lanes = v.chunks_exact(8);
     let rest = lanes.remainder();
@@ -172,6 +177,7 @@ unsafe fn avx_range(v: &[f32]) -> (f32, f32) {
         let x = unsafe { _mm256_loadu_ps(ch.as_ptr()) };
         hi = _mm256_max_ps(hi, x);
         lo = _mm256_min_ps(lo, x);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
     }
     let (mut h, mut l) = ([0.0f32; 8], [0.0f32; 8]);
     // SAFETY: eight f32 each.
@@ -187,7 +193,8 @@ unsafe fn avx_range(v: &[f32]) -> (f32, f32) {
         .iter()
         .chain(rest)
         .fold(f32::INFINITY, |a, &x| if x < a { x } else { a });
-    (hi, lo)
+    let nan = _mm256_movemask_ps(nan) != 0 || rest.iter().any(|x| x.is_nan());
+    (hi, lo, nan)
 }
 
 /// `(largest entry, smallest finite entry, whether any entry is −inf)` of `v`: −inf and
@@ -278,7 +285,8 @@ mod tests {
     use super::*;
 
     /// `range` (AVX for f32 where the CPU has it) against a plain fold, every length
-    /// around the eight-lane blocks, with ±inf entries in the vector part and the tail.
+    /// around the eight-lane blocks, with ±inf entries in the vector part and the tail;
+    /// and a NaN anywhere is reported (the range is then not asked for).
     #[test]
     fn range_matches_a_plain_fold() {
         let mut state = 1u64;
@@ -297,9 +305,15 @@ mod tests {
                     }
                     let hi = v.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x));
                     let lo = v.iter().fold(f64::INFINITY, |a, &x| a.min(x));
-                    assert_eq!(range(&v), (hi, lo), "f64 n={n}");
+                    assert_eq!(range(&v), (hi, lo, false), "f64 n={n}");
                     let w: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-                    assert_eq!(range(&w), (hi as f32, lo as f32), "f32 n={n}");
+                    assert_eq!(range(&w), (hi as f32, lo as f32, false), "f32 n={n}");
+                    if n > 0 {
+                        v[at] = f64::NAN;
+                        assert!(range(&v).2, "f64 NaN at {at} of {n}");
+                        let w: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                        assert!(range(&w).2, "f32 NaN at {at} of {n}");
+                    }
                 }
             }
         }

@@ -229,6 +229,9 @@ pub struct Problem<'a, T> {
     pub lengths: Option<&'a [usize]>,
     /// Raised to interrupt the call (checked between items, iterations and sweeps).
     pub stop: &'a Stop,
+    /// `s_e` has not been checked for NaN and +inf yet (see [`Problem::deferring_edge_check`]):
+    /// [`Problem::check_edges`] does it, or a kernel that reads every table anyway.
+    edges_unchecked: bool,
 }
 
 impl<'a, T: Real> Problem<'a, T> {
@@ -240,6 +243,42 @@ impl<'a, T: Real> Problem<'a, T> {
         edge: EdgeScores<'a, T>,
         batch: usize,
         lengths: Option<&'a [usize]>,
+    ) -> Result<Self> {
+        Self::build(graph, node, edge, batch, lengths, true)
+    }
+
+    /// [`Problem::new`] with every check but the scan of `s_e` for NaN and +inf, which is
+    /// left to [`Problem::check_edges`]: the entry points that take such a problem
+    /// ([`crate::Method::infer`], [`crate::Method::loss_and_grad`]) call it before any
+    /// kernel reads the tables, except the per-edge chain kernel, which finds a bad entry
+    /// in the pass that reads each table anyway (the separate scan is a full read of `s_e`,
+    /// a tenth of a large per-edge chain call) and then reports it through `check_edges`.
+    pub fn deferring_edge_check(
+        graph: &'a Graph,
+        node: NodeScores<'a, T>,
+        edge: EdgeScores<'a, T>,
+        batch: usize,
+        lengths: Option<&'a [usize]>,
+    ) -> Result<Self> {
+        Self::build(graph, node, edge, batch, lengths, false)
+    }
+
+    /// The scan [`Problem::deferring_edge_check`] left out, if it did: the same error
+    /// [`Problem::new`] gives (the first bad flat index of `s_e`).
+    pub fn check_edges(&self) -> Result<()> {
+        match self.edges_unchecked {
+            true => check_scores("s_e", self.edge.data, true),
+            false => Ok(()),
+        }
+    }
+
+    fn build(
+        graph: &'a Graph,
+        node: NodeScores<'a, T>,
+        edge: EdgeScores<'a, T>,
+        batch: usize,
+        lengths: Option<&'a [usize]>,
+        check_edges: bool,
     ) -> Result<Self> {
         let (i, c) = (graph.num_nodes(), node.classes);
         if c == 0 {
@@ -284,7 +323,9 @@ impl<'a, T: Real> Problem<'a, T> {
             ));
         }
         check_scores("s_n", node.data, true)?;
-        check_scores("s_e", edge.data, true)?;
+        if check_edges {
+            check_scores("s_e", edge.data, true)?;
+        }
         if let Some(w) = edge.weight {
             if edge.weight_batch != 1 && edge.weight_batch != batch {
                 return Err(Error::Shape(format!(
@@ -326,6 +367,7 @@ impl<'a, T: Real> Problem<'a, T> {
             batch,
             lengths,
             stop: &NEVER,
+            edges_unchecked: !check_edges,
         })
     }
 
