@@ -32,6 +32,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::exact::chain::{Gemm, SPAN, SPAN_F32};
+use crate::exact::chain_lanes::{self, group, Lane, LaneWs, LANES};
 use crate::inference::{LossGrad, Marginals};
 use crate::kernels::alloc::{assume_init, filled, reserved};
 use crate::kernels::batch::chunk_size;
@@ -125,16 +126,18 @@ impl Work {
     /// products first for float32 models, f64 when a table turns out too wide for them;
     /// `None` when they allow neither (the log-domain kernel must run) or the item is
     /// infeasible.
+    #[allow(clippy::too_many_arguments)]
     fn run<T: Real>(
         &mut self,
-        pb: &Problem<'_, T>,
-        b: usize,
+        node: &[T],
+        tabs: &[T],
+        len: usize,
+        c: usize,
         w: f64,
         node_out: &mut [T],
         mut edge_out: EdgeOut<'_, T>,
     ) -> Option<f64> {
-        let (n, c) = (pb.graph.num_nodes(), pb.classes());
-        let (node, tabs, len) = (pb.node.item(b), pb.edge.stored_item(b), pb.active(b));
+        let n = node.len() / c;
         if std::mem::size_of::<T>() == 4 {
             let ws = self.f32.get_or_insert_with(|| Ws::new(n, c));
             match item(node, tabs, len, c, w, ws, node_out, edge_out.reborrow()) {
@@ -385,6 +388,93 @@ fn dot<F: Gemm>(a: &[F], b: &[F]) -> F {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
 }
 
+/// One item's outputs, as the driver runs it.
+struct Unit<'x, T> {
+    b: usize,
+    /// `(n, C)` node marginals (or gradient) times the item's weight.
+    node_out: &'x mut [T],
+    /// `(n-1, C, C)` pair marginals times the weight, written in full; `None`: skipped.
+    rows: Option<&'x mut [MaybeUninit<T>]>,
+    /// What `done` returned for it.
+    z: f64,
+}
+
+/// Runs every unit's forward–backward in parallel, weighted by `weights` — in groups of
+/// [`LANES`] items of one length where `chain_lanes` applies (units sorted by length for
+/// that), one by one otherwise or when a group reports an item it does not hold — and
+/// sets each unit's `z` to `done(unit, log Z)` once its marginals are written. `None`
+/// when an item left the kernel (see [`Outcome::Leave`]) or the call was stopped.
+fn run_units<'x, T: Real>(
+    pb: &Problem<'_, T>,
+    weights: Option<&[f64]>,
+    mut units: Vec<Unit<'x, T>>,
+    done: &(dyn Fn(&mut Unit<'x, T>, f64) -> f64 + Sync),
+) -> Option<Vec<Unit<'x, T>>> {
+    let (n, c) = (pb.graph.num_nodes(), pb.classes());
+    // Groups: float32 scores (see `chain_lanes`).
+    let grouped = T::as_f32(&[]).is_some() && chain_lanes::applies(n, c, units.len());
+    if grouped && pb.lengths.is_some() {
+        units.sort_by_key(|u| pb.active(u.b));
+    }
+    let weight = |b: usize| weights.map_or(1.0, |w| w[b]);
+    let len_of = |b: usize| pb.active(b);
+    let per = if grouped { LANES } else { 1 };
+    let ok = units
+        .par_chunks_mut(per)
+        .map_init(
+            || (Work::default(), None),
+            |(work, lane_ws), grp| {
+                if pb.stop.is_raised() {
+                    return false;
+                }
+                let len = pb.active(grp[0].b);
+                if grp.len() == LANES && grp.iter().all(|u| pb.active(u.b) == len) {
+                    let lanes: Option<Vec<Lane<'_>>> = grp
+                        .iter_mut()
+                        .map(|u| {
+                            Some(Lane {
+                                node: T::as_f32(pb.node.item(u.b))?,
+                                tabs: T::as_f32(pb.edge.stored_item(u.b))?,
+                                w: weight(u.b),
+                                node_out: T::as_f32_mut(&mut *u.node_out)?,
+                                rows: match u.rows.as_deref_mut() {
+                                    Some(r) => Some(chain_lanes::f32_rows(r)?),
+                                    None => None,
+                                },
+                            })
+                        })
+                        .collect();
+                    let z = lanes.and_then(|mut lanes| {
+                        let ws = lane_ws.get_or_insert_with(|| LaneWs::new(n, c));
+                        group(&mut lanes, len, c, ws)
+                    });
+                    if let Some(z) = z {
+                        for (u, z) in grp.iter_mut().zip(z) {
+                            u.z = done(u, z);
+                        }
+                        return true;
+                    }
+                }
+                for u in grp.iter_mut() {
+                    let out = match u.rows.as_deref_mut() {
+                        Some(r) => EdgeOut::Rows(r),
+                        None => EdgeOut::Skip,
+                    };
+                    let (node, tabs) = (pb.node.item(u.b), pb.edge.stored_item(u.b));
+                    let Some(z) =
+                        work.run(node, tabs, len_of(u.b), c, weight(u.b), u.node_out, out)
+                    else {
+                        return false;
+                    };
+                    u.z = done(u, z);
+                }
+                true
+            },
+        )
+        .all(|x| x);
+    (ok && !pb.stop.is_raised()).then_some(units)
+}
+
 /// Exact log Z and marginals of a batch of chains with per-edge tables, or `None` when
 /// this kernel does not apply (or an item is infeasible: the caller's kernel reports it).
 pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Option<Result<Marginals<T>>> {
@@ -406,42 +496,24 @@ pub fn marginals<T: Real>(pb: &Problem<'_, T>, want_edges: bool) -> Option<Resul
         Err(e) => return Some(Err(e)),
     };
     let mut log_z = vec![T::from_f64(0.0); bsz];
-    let mut edge_rows: Vec<Option<&mut [MaybeUninit<T>]>> = if want_edges {
-        edge.spare_capacity_mut()[..bsz * ecc]
-            .chunks_mut(ecc)
-            .map(Some)
-            .collect()
-    } else {
-        (0..bsz).map(|_| None).collect()
-    };
-    let ok = log_z
-        .par_iter_mut()
-        .zip(node.par_chunks_mut(n * c))
-        .zip(edge_rows.par_iter_mut())
+    let mut rows = edge.spare_capacity_mut()[..bsz * ecc].chunks_mut(ecc);
+    let units = node
+        .chunks_mut(n * c)
         .enumerate()
-        .map_init(Work::default, |work, (b, ((lz, nd), er))| {
-            if pb.stop.is_raised() {
-                return false;
-            }
-            let out = match er.take() {
-                Some(r) => EdgeOut::Rows(r),
-                None => EdgeOut::Skip,
-            };
-            match work.run(pb, b, 1.0, nd, out) {
-                Some(z) => {
-                    *lz = T::from_f64(z);
-                    true
-                }
-                None => false,
-            }
+        .map(|(b, node_out)| Unit {
+            b,
+            node_out,
+            rows: if want_edges { rows.next() } else { None },
+            z: 0.0,
         })
-        .all(|x| x);
-    if let Err(e) = pb.stop.check() {
-        return Some(Err(e));
+        .collect();
+    let Some(units) = run_units(pb, None, units, &|_, z| z) else {
+        return pb.stop.check().err().map(Err).or_else(|| left(pb));
+    };
+    for u in &units {
+        log_z[u.b] = T::from_f64(u.z);
     }
-    if !ok {
-        return left(pb);
-    }
+    drop(units);
     let edge = want_edges.then(|| {
         // SAFETY: every item ran and wrote all of its `ecc` entries (`EdgeOut::Rows`).
         unsafe { edge.set_len(bsz * ecc) };
@@ -511,31 +583,29 @@ pub fn loss_and_grad<T: Real>(
             Ok(v) => v,
             Err(e) => return Some(Err(e)),
         };
-        let ok = loss
-            .par_iter_mut()
-            .zip(gn.par_chunks_mut(n * c))
-            .zip(ge.spare_capacity_mut()[..bsz * ecc].par_chunks_mut(ecc))
+        let units = gn
+            .chunks_mut(n * c)
+            .zip(ge.spare_capacity_mut()[..bsz * ecc].chunks_mut(ecc))
             .enumerate()
-            .map_init(Work::default, |work, (b, ((l, gn), ge))| {
-                if pb.stop.is_raised() {
-                    return false;
-                }
-                let w = weights.map_or(1.0, |w| w[b]);
-                let Some(z) = work.run(pb, b, w, gn, EdgeOut::Rows(&mut *ge)) else {
-                    return false;
-                };
-                // SAFETY: the item wrote every entry of its rows (`EdgeOut::Rows`).
-                let ge = unsafe { assume_init(ge) };
-                *l = T::from_f64(z - gold(b, gn, Some(ge), None));
-                true
+            .map(|(b, (node_out, rows))| Unit {
+                b,
+                node_out,
+                rows: Some(rows),
+                z: 0.0,
             })
-            .all(|x| x);
-        if let Err(e) = pb.stop.check() {
-            return Some(Err(e));
+            .collect();
+        let done = |u: &mut Unit<'_, T>, z: f64| {
+            // SAFETY: the item wrote every entry of its rows (`EdgeOut::Rows`).
+            let ge = unsafe { assume_init(u.rows.as_deref_mut().expect("rows")) };
+            z - gold(u.b, u.node_out, Some(ge), None)
+        };
+        let Some(units) = run_units(pb, weights, units, &done) else {
+            return pb.stop.check().err().map(Err).or_else(|| left(pb));
+        };
+        for u in &units {
+            loss[u.b] = T::from_f64(u.z);
         }
-        if !ok {
-            return left(pb);
-        }
+        drop(units);
         // SAFETY: every item ran and wrote all of its `ecc` entries.
         unsafe { ge.set_len(bsz * ecc) };
         return Some(Ok(lossgrad(loss, gn, ge)));
@@ -555,7 +625,8 @@ pub fn loss_and_grad<T: Real>(
                     return None;
                 }
                 let w = weights.map_or(1.0, |w| w[b]);
-                let z = work.run(pb, b, w, gn, EdgeOut::Sum(&mut acc))?;
+                let (node, tabs) = (pb.node.item(b), pb.edge.stored_item(b));
+                let z = work.run(node, tabs, pb.active(b), c, w, gn, EdgeOut::Sum(&mut acc))?;
                 *l = T::from_f64(z - gold(b, gn, None, Some(&mut acc)));
             }
             Some(acc)
@@ -656,6 +727,190 @@ mod tests {
                 check::<f32>(eb, 3e-5, wide);
             }
         }
+    }
+
+    /// A group of eight float32 items against the same items run one by one: bit-identical
+    /// log Z, node and pair marginals, every lane; class counts with and without whole
+    /// chunks of eight (in the dot products and the transposes); lengths 1, 2 and 6;
+    /// per-lane weights; forbidden node labels.
+    /// A lane whose table needs wider products (f32) or the log domain, or holds NaN,
+    /// makes the group report it.
+    #[test]
+    fn groups_match_items_bit_for_bit() {
+        type T = f32;
+        // (Groups need AVX2: elsewhere there is nothing to compare.)
+        if !chain_lanes::applies(6, 16, LANES) {
+            return;
+        }
+        {
+            for c in [2, 3, 7, 8, 9, 13, 16] {
+                for n in [1, 2, 6] {
+                    let mut rng = Rng::stream(3, &[c as u64, n as u64]);
+                    let mut u = |s: f64| T::from_f64((rng.uniform() * 2.0 - 1.0) * s);
+                    let mut node: Vec<Vec<T>> = (0..LANES)
+                        .map(|_| (0..n * c).map(|_| u(3.0)).collect())
+                        .collect();
+                    node[2][c - 1] = T::from_f64(f64::NEG_INFINITY);
+                    let mut tabs: Vec<Vec<T>> = (0..LANES)
+                        .map(|_| (0..(n - 1) * c * c).map(|_| u(4.0)).collect())
+                        .collect();
+                    let w: Vec<f64> = (0..LANES).map(|l| 0.25 + l as f64 / 3.0).collect();
+                    let ecc = (n - 1) * c * c;
+                    let solo = |node: &[Vec<T>], tabs: &[Vec<T>]| {
+                        let mut out = Vec::new();
+                        for l in 0..LANES {
+                            let mut no = vec![T::from_f64(7.0); n * c];
+                            let mut ro = vec![MaybeUninit::new(T::from_f64(7.0)); ecc];
+                            let z = Work::default().run(
+                                &node[l],
+                                &tabs[l],
+                                n,
+                                c,
+                                w[l],
+                                &mut no,
+                                EdgeOut::Rows(&mut ro),
+                            );
+                            // SAFETY: made initialised (7.0) above.
+                            out.push((z, no, unsafe { assume_init(&mut ro) }.to_vec()));
+                        }
+                        out
+                    };
+                    let grouped = |node: &[Vec<T>], tabs: &[Vec<T>]| {
+                        let mut no = vec![vec![T::from_f64(7.0); n * c]; LANES];
+                        let mut ro = vec![vec![MaybeUninit::new(T::from_f64(7.0)); ecc]; LANES];
+                        let mut lanes: Vec<Lane<'_>> = no
+                            .iter_mut()
+                            .zip(ro.iter_mut())
+                            .enumerate()
+                            .map(|(l, (no, ro))| Lane {
+                                node: &node[l],
+                                tabs: &tabs[l],
+                                w: w[l],
+                                node_out: no,
+                                rows: Some(ro),
+                            })
+                            .collect();
+                        let z = group(&mut lanes, n, c, &mut LaneWs::new(n, c));
+                        drop(lanes);
+                        z.map(|z| {
+                            (0..LANES)
+                                .map(|l| {
+                                    // SAFETY: made initialised (7.0) above.
+                                    let r = unsafe { assume_init(&mut ro[l]) }.to_vec();
+                                    (Some(z[l]), no[l].clone(), r)
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    };
+                    let bits = |v: &[T]| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+                    let want = solo(&node, &tabs);
+                    let got = grouped(&node, &tabs).expect("the group holds these items");
+                    for (l, (a, b)) in got.iter().zip(&want).enumerate() {
+                        let at = format!("{} c={c} n={n} lane {l}", T::NAME);
+                        assert_eq!(a.0.map(f64::to_bits), b.0.map(f64::to_bits), "log Z, {at}");
+                        assert_eq!(bits(&a.1), bits(&b.1), "node marginals, {at}");
+                        assert_eq!(bits(&a.2), bits(&b.2), "pair marginals, {at}");
+                    }
+                    if n < 2 {
+                        continue;
+                    }
+                    // One lane's table too wide for f32 products, or forbidden, or NaN.
+                    let bad: &[f64] = if std::mem::size_of::<T>() == 4 {
+                        &[40.0, 400.0, f64::NEG_INFINITY, f64::NAN]
+                    } else {
+                        &[400.0, f64::NEG_INFINITY, f64::NAN]
+                    };
+                    for &v in bad {
+                        let saved = tabs[5][c + 1];
+                        tabs[5][c + 1] = T::from_f64(v);
+                        assert!(grouped(&node, &tabs).is_none(), "{} c={c} bad {v}", T::NAME);
+                        tabs[5][c + 1] = saved;
+                    }
+                    let saved = node[4].clone();
+                    node[4][c..2 * c].fill(T::from_f64(f64::NEG_INFINITY));
+                    assert!(grouped(&node, &tabs).is_none(), "forbidden node");
+                    node[4] = saved;
+                }
+            }
+        }
+    }
+
+    /// The driver with groups (batches of at least eight, lengths that differ, so items are
+    /// reordered into groups of one length and some groups mix them) against each item
+    /// run alone in a batch of one: bit-identical results, in the items' own places.
+    #[test]
+    fn grouped_batches_match_items_alone() {
+        fn run<T: Real>() {
+            let (b, n, c) = (27, 6, 5);
+            let mut rng = Rng::stream(11, &[]);
+            let mut u = |s: f64| T::from_f64((rng.uniform() * 2.0 - 1.0) * s);
+            let sn: Vec<T> = (0..b * n * c).map(|_| u(2.0)).collect();
+            let mut se: Vec<T> = (0..b * (n - 1) * c * c).map(|_| u(3.0)).collect();
+            // Item 18's first table spans more than f32 products hold: its group (items
+            // 16..24, of length n - 2) runs one by one for float32.
+            se[18 * (n - 1) * c * c + 3] = T::from_f64(40.0);
+            let y: Vec<i64> = (0..b * n).map(|i| (i * 7 % c) as i64).collect();
+            // Sorted by length: eight of length 1, eight of n - 2, a group mixing n - 2 and
+            // n, and three left over.
+            let lengths: Vec<usize> = (0..b)
+                .map(|i| if i < 16 { [n, 1][i % 2] } else { n - 2 })
+                .collect();
+            let g = Graph::chain(n).unwrap();
+            let problem = |lo: usize, hi: usize| {
+                let node = NodeScores {
+                    data: &sn[lo * n * c..hi * n * c],
+                    batch: hi - lo,
+                    nodes: n,
+                    classes: c,
+                };
+                let edges = EdgeScores::tables(
+                    &se[lo * (n - 1) * c * c..hi * (n - 1) * c * c],
+                    hi - lo,
+                    n - 1,
+                    c,
+                );
+                Problem::new(&g, node, edges, hi - lo, Some(&lengths[lo..hi])).unwrap()
+            };
+            let bits = |v: &[T]| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+            let all = problem(0, b);
+            let m = marginals(&all, true).unwrap().unwrap();
+            let lg = loss_and_grad(&all, &y, None).unwrap().unwrap();
+            let (nc, ecc) = (n * c, (n - 1) * c * c);
+            for i in 0..b {
+                let one = problem(i, i + 1);
+                let m1 = marginals(&one, true).unwrap().unwrap();
+                assert_eq!(bits(&m.log_z[i..i + 1]), bits(&m1.log_z), "log Z {i}");
+                assert_eq!(
+                    bits(&m.node[i * nc..(i + 1) * nc]),
+                    bits(&m1.node),
+                    "node {i}"
+                );
+                let e = m.edge.as_ref().unwrap();
+                assert_eq!(
+                    bits(&e[i * ecc..(i + 1) * ecc]),
+                    bits(m1.edge.as_ref().unwrap())
+                );
+                // Loss: a batch of two (per-item tables, one by one; a batch of one sums
+                // its gradient in f64 as broadcast tables do).
+                let lo = i.min(b - 2);
+                let two = problem(lo, lo + 2);
+                let l2 = loss_and_grad(&two, &y[lo * n..(lo + 2) * n], None)
+                    .unwrap()
+                    .unwrap();
+                let j = i - lo;
+                assert_eq!(
+                    bits(&lg.loss[i..i + 1]),
+                    bits(&l2.loss[j..j + 1]),
+                    "loss {i}"
+                );
+                let gn = &l2.grad_node[j * nc..(j + 1) * nc];
+                assert_eq!(bits(&lg.grad_node[i * nc..(i + 1) * nc]), bits(gn));
+                let ge = &l2.grad_edge[j * ecc..(j + 1) * ecc];
+                assert_eq!(bits(&lg.grad_edge[i * ecc..(i + 1) * ecc]), bits(ge));
+            }
+        }
+        run::<f32>();
+        run::<f64>();
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod chain;
 pub mod chain_edges;
+pub(crate) mod chain_lanes;
 pub mod junction;
 pub mod kbest;
 pub mod maxproduct;
