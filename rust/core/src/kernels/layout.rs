@@ -147,13 +147,13 @@ fn block_starts(len: usize) -> impl Iterator<Item = usize> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx {
+pub(crate) mod avx {
     use super::{block_starts, LANES};
     use std::arch::x86_64::*;
 
-    /// The transpose of the 8 x 8 block whose rows are `r`.
+    /// The transpose of the 8 x 8 block whose rows are `r` (the CPU has AVX).
     #[inline(always)]
-    unsafe fn t8(r: [__m256; LANES]) -> [__m256; LANES] {
+    pub(crate) unsafe fn t8(r: [__m256; LANES]) -> [__m256; LANES] {
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);
         let t2 = _mm256_unpacklo_ps(r[2], r[3]);
