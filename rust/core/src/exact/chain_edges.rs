@@ -401,9 +401,9 @@ struct Unit<'x, T> {
 
 /// Runs every unit's forward–backward in parallel, weighted by `weights` — in groups of
 /// [`LANES`] items of one length where `chain_lanes` applies (units sorted by length for
-/// that), one by one otherwise or when a group reports an item it does not hold — and
-/// sets each unit's `z` to `done(unit, log Z)` once its marginals are written. `None`
-/// when an item left the kernel (see [`Outcome::Leave`]) or the call was stopped.
+/// that), one by one otherwise (see [`run_group`]) — and sets each unit's `z` to
+/// `done(unit, log Z)` once its marginals are written. `None` when an item left the
+/// kernel (see [`Outcome::Leave`]) or the call was stopped.
 fn run_units<'x, T: Real>(
     pb: &Problem<'_, T>,
     weights: Option<&[f64]>,
@@ -411,68 +411,80 @@ fn run_units<'x, T: Real>(
     done: &(dyn Fn(&mut Unit<'x, T>, f64) -> f64 + Sync),
 ) -> Option<Vec<Unit<'x, T>>> {
     let (n, c) = (pb.graph.num_nodes(), pb.classes());
-    // Groups: float32 scores (see `chain_lanes`).
     let grouped = T::as_f32(&[]).is_some() && chain_lanes::applies(n, c, units.len());
     if grouped && pb.lengths.is_some() {
         units.sort_by_key(|u| pb.active(u.b));
     }
-    let weight = |b: usize| weights.map_or(1.0, |w| w[b]);
-    let len_of = |b: usize| pb.active(b);
     let per = if grouped { LANES } else { 1 };
     let ok = units
         .par_chunks_mut(per)
         .map_init(
             || (Work::default(), None),
             |(work, lane_ws), grp| {
-                if pb.stop.is_raised() {
-                    return false;
-                }
-                let len = pb.active(grp[0].b);
-                if grp.len() == LANES && grp.iter().all(|u| pb.active(u.b) == len) {
-                    let lanes: Option<Vec<Lane<'_>>> = grp
-                        .iter_mut()
-                        .map(|u| {
-                            Some(Lane {
-                                node: T::as_f32(pb.node.item(u.b))?,
-                                tabs: T::as_f32(pb.edge.stored_item(u.b))?,
-                                w: weight(u.b),
-                                node_out: T::as_f32_mut(&mut *u.node_out)?,
-                                rows: match u.rows.as_deref_mut() {
-                                    Some(r) => Some(chain_lanes::f32_rows(r)?),
-                                    None => None,
-                                },
-                            })
-                        })
-                        .collect();
-                    let z = lanes.and_then(|mut lanes| {
-                        let ws = lane_ws.get_or_insert_with(|| LaneWs::new(n, c));
-                        group(&mut lanes, len, c, ws)
-                    });
-                    if let Some(z) = z {
-                        for (u, z) in grp.iter_mut().zip(z) {
-                            u.z = done(u, z);
-                        }
-                        return true;
-                    }
-                }
-                for u in grp.iter_mut() {
-                    let out = match u.rows.as_deref_mut() {
-                        Some(r) => EdgeOut::Rows(r),
-                        None => EdgeOut::Skip,
-                    };
-                    let (node, tabs) = (pb.node.item(u.b), pb.edge.stored_item(u.b));
-                    let Some(z) =
-                        work.run(node, tabs, len_of(u.b), c, weight(u.b), u.node_out, out)
-                    else {
-                        return false;
-                    };
-                    u.z = done(u, z);
-                }
-                true
+                !pb.stop.is_raised() && run_group(pb, weights, work, lane_ws, grp, done)
             },
         )
         .all(|x| x);
     (ok && !pb.stop.is_raised()).then_some(units)
+}
+
+/// Runs the units of `grp` (then `done` on each, as [`run_units`] says): as one group of
+/// [`LANES`] float32 items when there are that many, of one length, and the CPU runs
+/// `chain_lanes` (bit-identical to one by one), else one by one (also when the group
+/// reports an item it does not hold). False when an item left the kernel.
+fn run_group<'x, T: Real>(
+    pb: &Problem<'_, T>,
+    weights: Option<&[f64]>,
+    work: &mut Work,
+    lane_ws: &mut Option<LaneWs>,
+    grp: &mut [Unit<'x, T>],
+    done: &(dyn Fn(&mut Unit<'x, T>, f64) -> f64 + Sync),
+) -> bool {
+    let (n, c) = (pb.graph.num_nodes(), pb.classes());
+    let weight = |b: usize| weights.map_or(1.0, |w| w[b]);
+    let len = pb.active(grp[0].b);
+    if grp.len() == LANES
+        && chain_lanes::applies(n, c, LANES)
+        && grp.iter().all(|u| pb.active(u.b) == len)
+    {
+        let lanes: Option<Vec<Lane<'_>>> = grp
+            .iter_mut()
+            .map(|u| {
+                Some(Lane {
+                    node: T::as_f32(pb.node.item(u.b))?,
+                    tabs: T::as_f32(pb.edge.stored_item(u.b))?,
+                    w: weight(u.b),
+                    node_out: T::as_f32_mut(&mut *u.node_out)?,
+                    rows: match u.rows.as_deref_mut() {
+                        Some(r) => Some(chain_lanes::f32_rows(r)?),
+                        None => None,
+                    },
+                })
+            })
+            .collect();
+        let z = lanes.and_then(|mut lanes| {
+            let ws = lane_ws.get_or_insert_with(|| LaneWs::new(n, c));
+            group(&mut lanes, len, c, ws)
+        });
+        if let Some(z) = z {
+            for (u, z) in grp.iter_mut().zip(z) {
+                u.z = done(u, z);
+            }
+            return true;
+        }
+    }
+    for u in grp.iter_mut() {
+        let out = match u.rows.as_deref_mut() {
+            Some(r) => EdgeOut::Rows(r),
+            None => EdgeOut::Skip,
+        };
+        let (node, tabs) = (pb.node.item(u.b), pb.edge.stored_item(u.b));
+        let Some(z) = work.run(node, tabs, pb.active(u.b), c, weight(u.b), u.node_out, out) else {
+            return false;
+        };
+        u.z = done(u, z);
+    }
+    true
 }
 
 /// Exact log Z and marginals of a batch of chains with per-edge tables, or `None` when
@@ -612,6 +624,9 @@ pub fn loss_and_grad<T: Real>(
     }
     // Tables broadcast over items: per-chunk f64 accumulators (chunks fixed by the batch
     // size, not the thread count), summed in chunk order.
+    if T::as_f32(&[]).is_some() && chain_lanes::shape_fits(n, c, bsz) {
+        return broadcast_in_groups(pb, weights, &gold, loss, gn);
+    }
     let chunk = chunk_size(bsz, ecc);
     let parts: Vec<Option<Vec<f64>>> = loss
         .par_chunks_mut(chunk)
@@ -631,6 +646,82 @@ pub fn loss_and_grad<T: Real>(
             }
             Some(acc)
         })
+        .collect();
+    if let Err(e) = pb.stop.check() {
+        return Some(Err(e));
+    }
+    let mut total = vec![0.0f64; ecc];
+    for p in parts {
+        let Some(p) = p else { return left(pb) };
+        total.iter_mut().zip(&p).for_each(|(t, x)| *t += x);
+    }
+    let ge = total.into_iter().map(T::from_f64).collect();
+    Some(Ok(lossgrad(loss, gn, ge)))
+}
+
+/// Gold score of item `b`, with its weighted gold one-hots subtracted from the node
+/// gradient and (per-item rows) the edge gradient or (broadcast tables) the accumulator.
+type Gold<'g, T> = dyn Fn(usize, &mut [T], Option<&mut [T]>, Option<&mut [f64]>) -> f64 + Sync + 'g;
+
+/// Loss and gradients for float32 tables broadcast over a batch whose shape
+/// `chain_lanes` serves: chunks of whole groups (fixed by the batch, not the thread count),
+/// each group's pair marginals written as float32 rows (eight items at once where the CPU
+/// has AVX2, one by one otherwise: the same rows) into a scratch, then added to the chunk's
+/// f64 accumulator item by item, each item's gold subtracted after its rows.
+fn broadcast_in_groups<T: Real>(
+    pb: &Problem<'_, T>,
+    weights: Option<&[f64]>,
+    gold: &Gold<'_, T>,
+    mut loss: Vec<T>,
+    mut gn: Vec<T>,
+) -> Option<Result<LossGrad<T>>> {
+    let (n, c, bsz) = (pb.graph.num_nodes(), pb.classes(), pb.batch);
+    let ecc = (n - 1) * c * c;
+    let chunk = chunk_size(bsz, ecc).next_multiple_of(LANES);
+    let parts: Vec<Option<Vec<f64>>> = loss
+        .par_chunks_mut(chunk)
+        .zip(gn.par_chunks_mut(chunk * n * c))
+        .enumerate()
+        .map_init(
+            || (Work::default(), None, Vec::<MaybeUninit<T>>::new()),
+            |(work, lane_ws, scratch), (k, (loss, gn))| {
+                let mut acc = vec![0.0f64; ecc];
+                scratch.resize_with(LANES * ecc, MaybeUninit::uninit);
+                for (j, (loss, gn)) in loss
+                    .chunks_mut(LANES)
+                    .zip(gn.chunks_mut(LANES * n * c))
+                    .enumerate()
+                {
+                    if pb.stop.is_raised() {
+                        return None;
+                    }
+                    let b0 = k * chunk + j * LANES;
+                    let mut units: Vec<Unit<'_, T>> = gn
+                        .chunks_mut(n * c)
+                        .zip(scratch.chunks_mut(ecc))
+                        .enumerate()
+                        .map(|(i, (node_out, rows))| Unit {
+                            b: b0 + i,
+                            node_out,
+                            rows: Some(rows),
+                            z: 0.0,
+                        })
+                        .collect();
+                    if !run_group(pb, weights, work, lane_ws, &mut units, &|_, z| z) {
+                        return None;
+                    }
+                    for (u, l) in units.iter_mut().zip(loss.iter_mut()) {
+                        // SAFETY: the item wrote every entry of its rows.
+                        let rows = unsafe { assume_init(u.rows.as_deref_mut().expect("rows")) };
+                        for (a, r) in acc.iter_mut().zip(rows.iter()) {
+                            *a += r.to_f64();
+                        }
+                        *l = T::from_f64(u.z - gold(u.b, u.node_out, None, Some(&mut acc)));
+                    }
+                }
+                Some(acc)
+            },
+        )
         .collect();
     if let Err(e) = pb.stop.check() {
         return Some(Err(e));
@@ -671,7 +762,13 @@ mod tests {
     /// `wide`: one table of the last item spans 50 (beyond f32 products: that item runs in
     /// f64, the others in f32 for float32 models).
     fn check<T: Real>(edge_batch: usize, tol: f64, wide: bool) {
-        let (b, n, c) = (13, 7, 5);
+        check_batch::<T>(13, edge_batch.min(13), tol, wide, true);
+    }
+
+    /// [`check`] for a batch of `b` items (`edge_batch` 1 or `b`), lengths that vary
+    /// (`ragged`) or all full (groups of eight then form in order).
+    fn check_batch<T: Real>(b: usize, edge_batch: usize, tol: f64, wide: bool, ragged: bool) {
+        let (n, c) = (7, 5);
         let mut rng = Rng::stream(7, &[edge_batch as u64]);
         let mut u = |s: f64| (rng.uniform() * 2.0 - 1.0) * s;
         let mut sn: Vec<T> = (0..b * n * c).map(|_| T::from_f64(u(2.0))).collect();
@@ -688,7 +785,9 @@ mod tests {
             .map(|_| (r2.uniform() * c as f64) as i64)
             .collect();
         y[3 * n + 2] = 1; // allowed where label 0 is forbidden
-        let lengths: Vec<usize> = (0..b).map(|i| [n, 0, 1, 4, n, 2][i % 6]).collect();
+        let lengths: Vec<usize> = (0..b)
+            .map(|i| if ragged { [n, 0, 1, 4, n, 2][i % 6] } else { n })
+            .collect();
         let w: Vec<f64> = (0..b).map(|i| 0.5 + i as f64 / b as f64).collect();
         let g = Graph::chain(n).unwrap();
         let node = NodeScores {
@@ -725,6 +824,16 @@ mod tests {
             for wide in [false, true] {
                 check::<f64>(eb, 1e-12, wide);
                 check::<f32>(eb, 3e-5, wide);
+            }
+        }
+        // Batches that form groups of eight (float32: eight at once; broadcast tables:
+        // rows summed item by item), with and without a wide table in the last group.
+        for b in [8, 20, 35] {
+            for eb in [1, b] {
+                for wide in [false, true] {
+                    check_batch::<f32>(b, eb, 3e-5, wide, false);
+                    check_batch::<f64>(b, eb, 1e-12, wide, false);
+                }
             }
         }
     }

@@ -34,9 +34,13 @@ const MAX_GROUP_TABLES: usize = 256 << 20;
 
 /// Whether a batch of `batch` float32 chains of `n` nodes and `c` classes runs in groups.
 pub(crate) fn applies(n: usize, c: usize, batch: usize) -> bool {
-    cfg!(target_arch = "x86_64")
-        && crate::kernels::batch::has_avx2()
-        && batch >= LANES
+    cfg!(target_arch = "x86_64") && crate::kernels::batch::has_avx2() && shape_fits(n, c, batch)
+}
+
+/// [`applies`] but for the CPU: what a caller whose order of work follows the groups
+/// (whatever runs them) decides by, so that its results do not depend on the CPU.
+pub(crate) fn shape_fits(n: usize, c: usize, batch: usize) -> bool {
+    batch >= LANES
         && (2..=MAX_CLASSES).contains(&c)
         && (n.saturating_sub(1))
             .checked_mul(c * c * LANES * 4)
