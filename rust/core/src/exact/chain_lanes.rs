@@ -26,7 +26,7 @@ pub(crate) const LANES: usize = 8;
 /// Largest class count run in groups: above it the per-item rows are nearly whole vectors
 /// already, and a group's working set (eight items' tables) leaves the cache sooner
 /// (measured, whole calls on 2 threads: groups 10% faster at C = 20, 5–25% slower at
-/// C = 24 and 32; 1.2× to 2.5× faster from C = 3 to 16).
+/// C = 24 and 32; 1.15× (C = 16) to 2.2× (C = 3) faster below).
 pub(crate) const MAX_CLASSES: usize = 20;
 
 /// Largest per-worker buffer of a group's exponentiated tables (bytes).
