@@ -1,10 +1,11 @@
 """Chains with a table per edge (and per item), ``s_e (B, T-1, C, C)`` or broadcast
-``(T-1, C, C)``: the form a network writes. Float32 batches of at least eight items with
-C <= 20 run eight items at once (one per SIMD lane, where the CPU has AVX2); these tests
-check those batches against enumeration, against the same items run alone (bit for bit),
-and across thread counts (bit for bit).
+``(T-1, C, C)``: the form a network writes. Batches of at least eight items with C <= 20
+run eight items at once (one per SIMD lane, where the CPU has AVX2); these tests check
+those batches against enumeration, against the same items run alone (bit for bit), and
+across thread counts (bit for bit), in float32 and float64.
 
-Tolerances: 1e-4 for float32 against a float64 enumeration (as for every exact method).
+Tolerances against a float64 enumeration: 1e-4 (float32), 1e-10 (float64), as for every
+exact method.
 """
 
 from __future__ import annotations
@@ -40,33 +41,35 @@ def _reference(s_n, s_e, y, lengths):
     return loss, gn, ge
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-4), (np.float64, 1e-10)])
 @pytest.mark.parametrize("b,t,c", [(8, 4, 2), (19, 4, 5), (16, 3, 9), (9, 3, 17)])
 @pytest.mark.parametrize("broadcast", [False, True])
 @pytest.mark.parametrize("ragged", [False, True])
-def test_float32_batches_match_enumeration(b, t, c, broadcast, ragged):
+def test_batches_match_enumeration(dtype, tol, b, t, c, broadcast, ragged):
     rng = np.random.default_rng(b * 100 + c)
-    s_n = rng.normal(size=(b, t, c)).astype(np.float32)
+    s_n = rng.normal(size=(b, t, c)).astype(dtype)
     shape = (t - 1, c, c) if broadcast else (b, t - 1, c, c)
-    s_e = rng.normal(0, 1.5, size=shape).astype(np.float32)
+    s_e = rng.normal(0, 1.5, size=shape).astype(dtype)
     y = rng.integers(0, c, size=(b, t))
     lengths = rng.integers(0, t + 1, size=b) if ragged else np.full(b, t)
     loss, gn, ge = es.loss_and_grad(es.Graph.chain(t), s_n, s_e, y, lengths=lengths)
     want = _reference(s_n, s_e, y, lengths)
     for got, ref, name in zip((loss, gn, ge), want, ("loss", "grad_n", "grad_e")):
-        assert got.dtype == np.float32, name
-        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4, err_msg=name)
+        assert got.dtype == dtype, name
+        np.testing.assert_allclose(got, ref, atol=tol, rtol=tol, err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("c", [3, 7, 8, 12, 20])
-def test_a_batch_equals_its_items_alone(c):
+def test_a_batch_equals_its_items_alone(c, dtype):
     # Marginals of a batch (items in groups of eight) and of each item in a batch of one
     # (the one-item kernel): the same bits. Lengths that differ, so items are grouped by
-    # length, and one item with a table too wide for float32 products (its group runs one
-    # by one, in float64 products).
+    # length, and one item with a table too wide for float32 products (for float32, its
+    # group runs one by one, in float64 products).
     rng = np.random.default_rng(c)
     b, t = 21, 6
-    s_n = rng.normal(size=(b, t, c)).astype(np.float32)
-    s_e = rng.normal(size=(b, t - 1, c, c)).astype(np.float32)
+    s_n = rng.normal(size=(b, t, c)).astype(dtype)
+    s_e = rng.normal(size=(b, t - 1, c, c)).astype(dtype)
     s_e[4, 2, 0, 1] = 45.0
     lengths = np.array([t, t - 2, t, 1, t, t, 3] * 3)
     g = es.Graph.chain(t)
@@ -78,13 +81,14 @@ def test_a_batch_equals_its_items_alone(c):
         np.testing.assert_array_equal(r.edge_marginals[i : i + 1], one.edge_marginals)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("broadcast", [False, True])
-def test_results_do_not_depend_on_the_thread_count(broadcast):
+def test_results_do_not_depend_on_the_thread_count(broadcast, dtype):
     rng = np.random.default_rng(5)
     b, t, c = 77, 30, 6
-    s_n = rng.normal(size=(b, t, c)).astype(np.float32)
+    s_n = rng.normal(size=(b, t, c)).astype(dtype)
     shape = (t - 1, c, c) if broadcast else (b, t - 1, c, c)
-    s_e = rng.normal(size=shape).astype(np.float32)
+    s_e = rng.normal(size=shape).astype(dtype)
     y = rng.integers(0, c, size=(b, t))
     g = es.Graph.chain(t)
     before = es.get_num_threads()

@@ -24,8 +24,8 @@
 //! element-wise loops over `C` that vectorise (AVX2 where the CPU has it); items run in
 //! parallel, each in a fixed order and precision, so results do not depend on the thread
 //! count. Pair rows are written once, straight into the output's spare capacity (no zero
-//! fill of the large output first). Float32 batches with small `C` run eight items at once,
-//! one per SIMD lane (`chain_lanes`), with the same results bit for bit.
+//! fill of the large output first). Batches with small `C` run eight items at once, one
+//! per SIMD lane (`chain_lanes`), with the same results bit for bit.
 
 use std::mem::MaybeUninit;
 
@@ -33,7 +33,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::exact::chain::{Gemm, SPAN, SPAN_F32};
-use crate::exact::chain_lanes::{self, group, Lane, LaneWs, LANES};
+use crate::exact::chain_lanes::{self, group, GroupWork, Lane, LANES};
 use crate::inference::{LossGrad, Marginals};
 use crate::kernels::alloc::{assume_init, filled, reserved};
 use crate::kernels::batch::chunk_size;
@@ -412,7 +412,7 @@ fn run_units<'x, T: Real>(
     done: &(dyn Fn(&mut Unit<'x, T>, f64) -> f64 + Sync),
 ) -> Option<Vec<Unit<'x, T>>> {
     let (n, c) = (pb.graph.num_nodes(), pb.classes());
-    let grouped = T::as_f32(&[]).is_some() && chain_lanes::applies(n, c, units.len());
+    let grouped = chain_lanes::applies::<T>(n, c, units.len());
     if grouped && pb.lengths.is_some() {
         units.sort_by_key(|u| pb.active(u.b));
     }
@@ -420,7 +420,7 @@ fn run_units<'x, T: Real>(
     let ok = units
         .par_chunks_mut(per)
         .map_init(
-            || (Work::default(), None),
+            || (Work::default(), GroupWork::default()),
             |(work, lane_ws), grp| {
                 !pb.stop.is_raised() && run_group(pb, weights, work, lane_ws, grp, done)
             },
@@ -430,14 +430,14 @@ fn run_units<'x, T: Real>(
 }
 
 /// Runs the units of `grp` (then `done` on each, as [`run_units`] says): as one group of
-/// [`LANES`] float32 items when there are that many, of one length, and the CPU runs
+/// [`LANES`] items when there are that many, of one length, and the CPU runs
 /// `chain_lanes` (bit-identical to one by one), else one by one (also when the group
 /// reports an item it does not hold). False when an item left the kernel.
 fn run_group<'x, T: Real>(
     pb: &Problem<'_, T>,
     weights: Option<&[f64]>,
     work: &mut Work,
-    lane_ws: &mut Option<LaneWs>,
+    lane_ws: &mut GroupWork,
     grp: &mut [Unit<'x, T>],
     done: &(dyn Fn(&mut Unit<'x, T>, f64) -> f64 + Sync),
 ) -> bool {
@@ -445,28 +445,21 @@ fn run_group<'x, T: Real>(
     let weight = |b: usize| weights.map_or(1.0, |w| w[b]);
     let len = pb.active(grp[0].b);
     if grp.len() == LANES
-        && chain_lanes::applies(n, c, LANES)
+        && chain_lanes::applies::<T>(n, c, LANES)
         && grp.iter().all(|u| pb.active(u.b) == len)
     {
-        let lanes: Option<Vec<Lane<'_>>> = grp
+        let mut lanes: Vec<Lane<'_, T>> = grp
             .iter_mut()
-            .map(|u| {
-                Some(Lane {
-                    node: T::as_f32(pb.node.item(u.b))?,
-                    tabs: T::as_f32(pb.edge.stored_item(u.b))?,
-                    w: weight(u.b),
-                    node_out: T::as_f32_mut(&mut *u.node_out)?,
-                    rows: match u.rows.as_deref_mut() {
-                        Some(r) => Some(chain_lanes::f32_rows(r)?),
-                        None => None,
-                    },
-                })
+            .map(|u| Lane {
+                node: pb.node.item(u.b),
+                tabs: pb.edge.stored_item(u.b),
+                w: weight(u.b),
+                node_out: &mut *u.node_out,
+                rows: u.rows.as_deref_mut(),
             })
             .collect();
-        let z = lanes.and_then(|mut lanes| {
-            let ws = lane_ws.get_or_insert_with(|| LaneWs::new(n, c));
-            group(&mut lanes, len, c, ws)
-        });
+        let z = group(&mut lanes, len, c, lane_ws);
+        drop(lanes);
         if let Some(z) = z {
             for (u, z) in grp.iter_mut().zip(z) {
                 u.z = done(u, z);
@@ -625,7 +618,7 @@ pub fn loss_and_grad<T: Real>(
     }
     // Tables broadcast over items: per-chunk f64 accumulators (chunks fixed by the batch
     // size, not the thread count), summed in chunk order.
-    if T::as_f32(&[]).is_some() && chain_lanes::shape_fits(n, c, bsz) {
+    if chain_lanes::shape_fits::<T>(n, c, bsz) {
         return broadcast_in_groups(pb, weights, &gold, loss, gn);
     }
     let chunk = chunk_size(bsz, ecc);
@@ -664,10 +657,10 @@ pub fn loss_and_grad<T: Real>(
 /// gradient and (per-item rows) the edge gradient or (broadcast tables) the accumulator.
 type Gold<'g, T> = dyn Fn(usize, &mut [T], Option<&mut [T]>, Option<&mut [f64]>) -> f64 + Sync + 'g;
 
-/// Loss and gradients for float32 tables broadcast over a batch whose shape
-/// `chain_lanes` serves: chunks of whole groups (fixed by the batch, not the thread count),
-/// each group's pair marginals written as float32 rows (eight items at once where the CPU
-/// has AVX2, one by one otherwise: the same rows) into a scratch, then added to the chunk's
+/// Loss and gradients for tables broadcast over a batch whose shape `chain_lanes` serves:
+/// chunks of whole groups (fixed by the batch, not the thread count), each group's pair
+/// marginals written as rows in the scores' type (eight items at once where the CPU has
+/// AVX2, one by one otherwise: the same rows) into a scratch, then added to the chunk's
 /// f64 accumulator item by item, each item's gold subtracted after its rows.
 fn broadcast_in_groups<T: Real>(
     pb: &Problem<'_, T>,
@@ -684,7 +677,13 @@ fn broadcast_in_groups<T: Real>(
         .zip(gn.par_chunks_mut(chunk * n * c))
         .enumerate()
         .map_init(
-            || (Work::default(), None, Vec::<MaybeUninit<T>>::new()),
+            || {
+                (
+                    Work::default(),
+                    GroupWork::default(),
+                    Vec::<MaybeUninit<T>>::new(),
+                )
+            },
             |(work, lane_ws, scratch), (k, (loss, gn))| {
                 let mut acc = vec![0.0f64; ecc];
                 scratch.resize_with(LANES * ecc, MaybeUninit::uninit);
@@ -839,21 +838,19 @@ mod tests {
         }
     }
 
-    /// A group of eight float32 items against the same items run one by one: bit-identical
-    /// log Z, node and pair marginals, every lane; class counts with and without whole
-    /// chunks of eight (in the dot products and the transposes); lengths 1, 2 and 6;
-    /// per-lane weights; forbidden node labels.
-    /// A lane whose table needs wider products (f32) or the log domain, or holds NaN,
-    /// makes the group report it.
+    /// A group of eight items against the same items run one by one: bit-identical log Z,
+    /// node and pair marginals, every lane, f32 and f64; class counts with and without
+    /// whole chunks of eight (in the dot products) and of the transposes' blocks; lengths
+    /// 1, 2 and 6; per-lane weights; forbidden node labels. A lane whose table needs wider
+    /// products (f32) or the log domain, or holds NaN, makes the group report it.
     #[test]
     fn groups_match_items_bit_for_bit() {
-        type T = f32;
         // (Groups need AVX2: elsewhere there is nothing to compare.)
-        if !chain_lanes::applies(6, 16, LANES) {
+        if !chain_lanes::applies::<f32>(6, 16, LANES) {
             return;
         }
-        {
-            for c in [2, 3, 7, 8, 9, 13, 16] {
+        fn run<T: Real>() {
+            for c in [2, 3, 5, 7, 8, 9, 13, 16, 20] {
                 for n in [1, 2, 6] {
                     let mut rng = Rng::stream(3, &[c as u64, n as u64]);
                     let mut u = |s: f64| T::from_f64((rng.uniform() * 2.0 - 1.0) * s);
@@ -888,7 +885,7 @@ mod tests {
                     let grouped = |node: &[Vec<T>], tabs: &[Vec<T>]| {
                         let mut no = vec![vec![T::from_f64(7.0); n * c]; LANES];
                         let mut ro = vec![vec![MaybeUninit::new(T::from_f64(7.0)); ecc]; LANES];
-                        let mut lanes: Vec<Lane<'_>> = no
+                        let mut lanes: Vec<Lane<'_, T>> = no
                             .iter_mut()
                             .zip(ro.iter_mut())
                             .enumerate()
@@ -900,7 +897,7 @@ mod tests {
                                 rows: Some(ro),
                             })
                             .collect();
-                        let z = group(&mut lanes, n, c, &mut LaneWs::new(n, c));
+                        let z = group(&mut lanes, n, c, &mut GroupWork::default());
                         drop(lanes);
                         z.map(|z| {
                             (0..LANES)
@@ -943,6 +940,8 @@ mod tests {
                 }
             }
         }
+        run::<f32>();
+        run::<f64>();
     }
 
     /// The driver with groups (batches of at least eight, lengths that differ, so items are

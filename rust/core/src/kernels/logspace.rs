@@ -3,14 +3,32 @@
 //! `std`'s `exp` is a libm call that the compiler cannot vectorise, and exponentials are
 //! the bulk of the work of every sum-product method, so we keep our own branch-free one.
 
-const LOG2E: f64 = std::f64::consts::LOG2_E;
+pub(crate) const LOG2E: f64 = std::f64::consts::LOG2_E;
 /// ln 2 split in two (fdlibm's bit patterns): `n * LN2_HI` is exact for |n| < 2^11.
-const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
-const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+pub(crate) const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+pub(crate) const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 /// 1.5 * 2^52: adding it rounds to an integer held in the low mantissa bits.
-const MAGIC: f64 = 6_755_399_441_055_744.0;
+pub(crate) const MAGIC: f64 = 6_755_399_441_055_744.0;
 /// Below this the result is flushed to exactly 0 (e^-708 ≈ 3e-308 is the normal range's end).
 pub const EXP_FLUSH: f64 = -708.0;
+/// [`exp`]'s polynomial on the reduced argument, highest degree first (Horner): the
+/// Taylor series to degree 13 on |r| <= ln2/2, truncation error below 2e-17.
+pub(crate) const EXP_POLY: [f64; 14] = [
+    1.0 / 6_227_020_800.0,
+    1.0 / 479_001_600.0,
+    1.0 / 39_916_800.0,
+    1.0 / 3_628_800.0,
+    1.0 / 362_880.0,
+    1.0 / 40_320.0,
+    1.0 / 5_040.0,
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+    1.0,
+];
 
 /// `e^x`, correct to a few ulp for `x` in [-708, 709]; exactly 0 for `x < -708` (and −inf).
 /// Branch-free so loops over it vectorise.
@@ -20,21 +38,10 @@ pub fn exp(x: f64) -> f64 {
     let t = xc * LOG2E + MAGIC;
     let n = t - MAGIC;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
-    // Taylor series to degree 13 on |r| <= ln2/2: truncation error below 2e-17.
-    let mut p = 1.0 / 6_227_020_800.0;
-    p = p * r + 1.0 / 479_001_600.0;
-    p = p * r + 1.0 / 39_916_800.0;
-    p = p * r + 1.0 / 3_628_800.0;
-    p = p * r + 1.0 / 362_880.0;
-    p = p * r + 1.0 / 40_320.0;
-    p = p * r + 1.0 / 5_040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    let mut p = EXP_POLY[0];
+    for k in &EXP_POLY[1..] {
+        p = p * r + k;
+    }
     let ni = (t.to_bits() as i64).wrapping_sub(MAGIC.to_bits() as i64);
     let scale = f64::from_bits(((ni + 1023) << 52) as u64);
     let y = p * scale;
@@ -50,29 +57,43 @@ pub fn exp(x: f64) -> f64 {
 /// eight lanes: float32 models exponentiate at f32 cost.
 #[inline(always)]
 pub fn exp_nonpos_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    /// 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
-    const MAGIC: f32 = 12_582_912.0;
-    let xc = x.clamp(-87.0, 0.0);
+    use expf::*;
+    let xc = x.clamp(FLUSH, 0.0);
     let t = xc * LOG2E + MAGIC;
     let n = t - MAGIC;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
-    let mut p = 1.987_569_1e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
+    let mut p = POLY[0];
+    for k in &POLY[1..] {
+        p = p * r + k;
+    }
     let y = p * r * r + r + 1.0;
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let scale = f32::from_bits(((ni + 127) << 23) as u32);
-    if x < -87.0 {
+    if x < FLUSH {
         0.0
     } else {
         y * scale
     }
+}
+
+/// [`exp_nonpos_f32`]'s constants (shared with its eight-lane copy in `chain_lanes`).
+pub(crate) mod expf {
+    pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub(crate) const LN2_HI: f32 = 0.693_359_4;
+    pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+    /// 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
+    pub(crate) const MAGIC: f32 = 12_582_912.0;
+    /// Below this the result is flushed to exactly 0 (f32's normal range ends near e^-87).
+    pub(crate) const FLUSH: f32 = -87.0;
+    /// Cephes' polynomial, highest degree first (Horner).
+    pub(crate) const POLY: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ];
 }
 
 /// Natural log of a positive, normal, finite `x` (x >= 2.3e-308), to about 1 ulp.
