@@ -27,9 +27,10 @@ use crate::kernels::real::Real;
 pub(crate) const LANES: usize = 8;
 
 /// Largest class count run in groups: above it the per-item rows are nearly whole vectors
-/// already, and a group's working set (eight items' tables) leaves the cache sooner
-/// (measured, whole calls on 2 threads: groups 10% faster at C = 20, 5–25% slower at
-/// C = 24 and 32; 1.15× (C = 16) to 2.2× (C = 3) faster below).
+/// already, and a group's working set (eight items' tables) leaves the cache sooner.
+/// Measured, whole calls on 2 threads against the one-item kernel: float32 1.6–2.1× at
+/// C <= 9, 1.1× at 12, equal at 16 and 20; float64 1.5–1.9× at C <= 12, 1.3× at 16 and 20;
+/// groups were 5–25% slower at C = 24 and 32 (float32).
 pub(crate) const MAX_CLASSES: usize = 20;
 
 /// Largest per-worker buffer of a group's exponentiated tables (bytes).
