@@ -277,14 +277,8 @@ fn item_body<T: Real, F: Gemm>(
         let (done, rest) = ws.alpha.split_at_mut(t * c);
         let prev = &done[(t - 1) * c..];
         let cur = &mut rest[..c];
-        cur.fill(zero);
         // Products in the product type (eight f32 lanes for float32 models).
-        let e = &ws.e[(t - 1) * cc..t * cc];
-        for (a, &av) in prev.iter().enumerate() {
-            for (o, &x) in cur.iter_mut().zip(&e[a * c..(a + 1) * c]) {
-                *o = *o + av * x;
-            }
-        }
+        forward_products(prev, &ws.e[(t - 1) * cc..t * cc], cur);
         for (o, &p) in cur.iter_mut().zip(&ws.phi[t * c..(t + 1) * c]) {
             *o = *o * p;
         }
@@ -356,6 +350,45 @@ fn item_body<T: Real, F: Gemm>(
         normalise(&mut ws.beta);
     }
     Outcome::Done(log_z)
+}
+
+/// `cur[j] = Σ_a prev[a] e[a, j]` (`e` row-major `C × C`), each sum taken over `a` in
+/// order from 0. Columns in blocks of up to 32 held in registers across the sum (one store
+/// per entry, where a row-by-row accumulation loads and stores each entry `C` times).
+#[inline(always)]
+fn forward_products<F: Gemm>(prev: &[F], e: &[F], cur: &mut [F]) {
+    #[inline(always)]
+    fn block<F: Gemm, const N: usize>(prev: &[F], e: &[F], cur: &mut [F], j0: usize) {
+        let c = cur.len();
+        let mut acc = [F::of(0.0); N];
+        for (a, &av) in prev.iter().enumerate() {
+            let row: &[F; N] = e[a * c + j0..][..N].try_into().expect("N entries");
+            for l in 0..N {
+                acc[l] = acc[l] + av * row[l];
+            }
+        }
+        cur[j0..j0 + N].copy_from_slice(&acc);
+    }
+    let c = cur.len();
+    let mut j0 = 0;
+    while j0 + 32 <= c {
+        block::<F, 32>(prev, e, cur, j0);
+        j0 += 32;
+    }
+    for n in [16, 8, 4] {
+        if j0 + n <= c {
+            match n {
+                16 => block::<F, 16>(prev, e, cur, j0),
+                8 => block::<F, 8>(prev, e, cur, j0),
+                _ => block::<F, 4>(prev, e, cur, j0),
+            }
+            j0 += n;
+        }
+    }
+    while j0 < c {
+        block::<F, 1>(prev, e, cur, j0);
+        j0 += 1;
+    }
 }
 
 /// `x − m` as the exponential of product type `F` takes it. For f32 products the
