@@ -674,16 +674,7 @@ pub fn loss_and_grad<T: Real>(
             Some(acc)
         })
         .collect();
-    if let Err(e) = pb.stop.check() {
-        return Some(Err(e));
-    }
-    let mut total = vec![0.0f64; ecc];
-    for p in parts {
-        let Some(p) = p else { return left(pb) };
-        total.iter_mut().zip(&p).for_each(|(t, x)| *t += x);
-    }
-    let ge = total.into_iter().map(T::from_f64).collect();
-    Some(Ok(lossgrad(loss, gn, ge)))
+    summed(pb, parts, loss, gn)
 }
 
 /// Gold score of item `b`, with its weighted gold one-hots subtracted from the node
@@ -756,10 +747,22 @@ fn broadcast_in_groups<T: Real>(
             },
         )
         .collect();
+    summed(pb, parts, loss, gn)
+}
+
+/// The broadcast tables' gradient: the chunks' f64 accumulators summed in chunk order
+/// (`None` for a chunk whose item left the kernel: the caller's fallback, or its error).
+fn summed<T: Real>(
+    pb: &Problem<'_, T>,
+    parts: Vec<Option<Vec<f64>>>,
+    loss: Vec<T>,
+    gn: Vec<T>,
+) -> Option<Result<LossGrad<T>>> {
     if let Err(e) = pb.stop.check() {
         return Some(Err(e));
     }
-    let mut total = vec![0.0f64; ecc];
+    let (n, c) = (pb.graph.num_nodes(), pb.classes());
+    let mut total = vec![0.0f64; (n - 1) * c * c];
     for p in parts {
         let Some(p) = p else { return left(pb) };
         total.iter_mut().zip(&p).for_each(|(t, x)| *t += x);
