@@ -375,15 +375,17 @@ fn forward_products<F: Gemm>(prev: &[F], e: &[F], cur: &mut [F]) {
         block::<F, 32>(prev, e, cur, j0);
         j0 += 32;
     }
-    for n in [16, 8, 4] {
-        if j0 + n <= c {
-            match n {
-                16 => block::<F, 16>(prev, e, cur, j0),
-                8 => block::<F, 8>(prev, e, cur, j0),
-                _ => block::<F, 4>(prev, e, cur, j0),
-            }
-            j0 += n;
-        }
+    if j0 + 16 <= c {
+        block::<F, 16>(prev, e, cur, j0);
+        j0 += 16;
+    }
+    if j0 + 8 <= c {
+        block::<F, 8>(prev, e, cur, j0);
+        j0 += 8;
+    }
+    if j0 + 4 <= c {
+        block::<F, 4>(prev, e, cur, j0);
+        j0 += 4;
     }
     while j0 < c {
         block::<F, 1>(prev, e, cur, j0);
