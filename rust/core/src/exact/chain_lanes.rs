@@ -6,17 +6,19 @@
 //! entry of every table. Here a group of eight items of the same length runs together,
 //! every quantity held as one eight-lane vector (lane `l` = the group's item `l`): each
 //! row operation is a whole vector however small `C` is. The scores are gathered into that
-//! layout with 8×8 transposes (the tables a slab at a time, so their range and
-//! exponentials are taken from L1), and the marginals transposed back into each item's
-//! rows once the backward pass has written them over the exponentiated tables.
+//! layout with register transposes (8×8 for f32, two 4×4 for f64; the tables a slab at a
+//! time, so their range and exponentials are taken from L1), and the marginals transposed
+//! back into each item's rows once the backward pass has written them over the
+//! exponentiated tables.
 //!
 //! Every lane performs exactly the per-item kernel's operations, in its order and
 //! precision (the same f64 sums, the same partial sums in the dot products, the same
 //! roundings, the same exponential): the results are bit-identical to running the items
 //! one by one, so the grouping — which depends on the batch, never on the thread count —
 //! changes no result. A group in which any item needs more than this path holds (a table
-//! wider than f32 products, a −inf entry, NaN or +inf, an infeasible item) reports it, and
-//! its items run one by one. CPUs with AVX2; others run item by item.
+//! wider than its products hold — f32 products for float32 scores —, a −inf entry, NaN or
+//! +inf, an infeasible item) reports it, and its items run one by one. CPUs with AVX2;
+//! others run item by item.
 
 use std::any::TypeId;
 use std::mem::MaybeUninit;
