@@ -37,8 +37,9 @@ use crate::exact::chain_lanes::{self, group, GroupWork, Lane, LANES};
 use crate::inference::{LossGrad, Marginals};
 use crate::kernels::alloc::{assume_init, filled, reserved};
 use crate::kernels::batch::chunk_size;
-use crate::kernels::logspace::range;
+use crate::kernels::logspace::{exp_shifted_f32, range};
 use crate::kernels::real::Real;
+use crate::kernels::stream;
 use crate::model::scores::Problem;
 
 /// Largest per-worker buffer of exponentiated tables (bytes).
@@ -120,9 +121,20 @@ impl<F: Gemm> Ws<F> {
 struct Work {
     f32: Option<Ws<f32>>,
     f64: Option<Ws<f64>>,
+    /// Stream pair rows out with non-temporal stores (see [`streams`]), staging each
+    /// edge's block in `block`.
+    stream: bool,
+    block: Vec<u64>,
 }
 
 impl Work {
+    fn new(stream: bool) -> Work {
+        Work {
+            stream,
+            ..Work::default()
+        }
+    }
+
     /// Forward–backward of item `b` (see [`item`]) in the precision its tables allow: f32
     /// products first for float32 models, f64 when a table turns out too wide for them;
     /// `None` when they allow neither (the log-domain kernel must run) or the item is
@@ -136,29 +148,63 @@ impl Work {
         c: usize,
         w: f64,
         node_out: &mut [T],
-        mut edge_out: EdgeOut<'_, T>,
+        edge_out: EdgeOut<'_, T>,
     ) -> Option<f64> {
         let n = node.len() / c;
+        let mut edge_out = match edge_out {
+            EdgeOut::Rows(rows) if self.stream => {
+                EdgeOut::Stream(rows, scratch(&mut self.block, c * c))
+            }
+            out => out,
+        };
+        let mut outcome = Outcome::Wider;
         if std::mem::size_of::<T>() == 4 {
             let ws = self.f32.get_or_insert_with(|| Ws::new(n, c));
-            match item(node, tabs, len, c, w, ws, node_out, edge_out.reborrow()) {
-                Outcome::Done(z) => return Some(z),
-                Outcome::Leave => return None,
-                Outcome::Wider => {}
-            }
+            outcome = item(node, tabs, len, c, w, ws, node_out, edge_out.reborrow());
         }
-        let ws = self.f64.get_or_insert_with(|| Ws::new(n, c));
-        match item(node, tabs, len, c, w, ws, node_out, edge_out) {
+        if let Outcome::Wider = outcome {
+            let ws = self.f64.get_or_insert_with(|| Ws::new(n, c));
+            outcome = item(node, tabs, len, c, w, ws, node_out, edge_out);
+        }
+        if self.stream {
+            // The streamed rows are complete before `done` hands the item on.
+            stream::fence();
+        }
+        match outcome {
             Outcome::Done(z) => Some(z),
             _ => None,
         }
     }
 }
 
+/// `len` entries of type `T` (f32 or f64) over the words of `buf`, grown as needed.
+fn scratch<T>(buf: &mut Vec<u64>, len: usize) -> &mut [MaybeUninit<T>] {
+    const { assert!(std::mem::align_of::<T>() <= 8) };
+    let words = (len * std::mem::size_of::<T>()).div_ceil(8);
+    if buf.len() < words {
+        buf.resize(words, 0);
+    }
+    // SAFETY: the words hold at least `len` entries of `T` and are aligned for it; any
+    // bits are a valid `MaybeUninit`.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut MaybeUninit<T>, len) }
+}
+
+/// Whether `bytes` of pair rows are streamed out with non-temporal stores: past this size
+/// the output cannot stay cached until it is read, and ordinary stores would read each of
+/// its lines from memory before writing it.
+fn streams(bytes: usize) -> bool {
+    bytes >= STREAM_BYTES
+}
+
+/// See [`streams`].
+const STREAM_BYTES: usize = 8 << 20;
+
 /// Where an item's pair marginals go.
 enum EdgeOut<'x, T> {
     /// `(E, C, C)` rows of the item, every entry written (zero beyond its last edge).
     Rows(&'x mut [MaybeUninit<T>]),
+    /// The same rows, each edge's block staged in the `(C, C)` scratch and streamed out.
+    Stream(&'x mut [MaybeUninit<T>], &'x mut [MaybeUninit<T>]),
     /// Added (times the item's weight) into a shared `(E, C, C)` accumulator.
     Sum(&'x mut [f64]),
     Skip,
@@ -168,6 +214,7 @@ impl<T> EdgeOut<'_, T> {
     fn reborrow(&mut self) -> EdgeOut<'_, T> {
         match self {
             EdgeOut::Rows(r) => EdgeOut::Rows(r),
+            EdgeOut::Stream(r, b) => EdgeOut::Stream(r, b),
             EdgeOut::Sum(a) => EdgeOut::Sum(a),
             EdgeOut::Skip => EdgeOut::Skip,
         }
@@ -207,7 +254,7 @@ fn item_body<T: Real, F: Gemm>(
     let cc = c * c;
     let zero = F::of(0.0);
     node_out.fill(T::from_f64(0.0));
-    if let EdgeOut::Rows(r) = &mut edge_out {
+    if let EdgeOut::Rows(r) | EdgeOut::Stream(r, _) = &mut edge_out {
         // Rows past the item's last edge; the others are written by the backward pass.
         for x in &mut r[len.saturating_sub(1) * cc..] {
             x.write(T::from_f64(0.0));
@@ -253,8 +300,19 @@ fn item_body<T: Real, F: Gemm>(
             return Outcome::Wider;
         }
         log_z += m.to_f64();
-        for (e, &x) in ws.e[t * cc..(t + 1) * cc].iter_mut().zip(tab) {
-            *e = F::exp_nonpos(diff::<T, F>(x, m));
+        let dst = &mut ws.e[t * cc..(t + 1) * cc];
+        match (T::as_f32(tab), std::mem::size_of::<F>() == 4) {
+            (Some(src), true) => {
+                // SAFETY: `F` is f32 (`Gemm` is f32 or f64, and this one is 4 bytes).
+                let dst = unsafe { &mut *(dst as *mut [F] as *mut [f32]) };
+                // (The grouped kernel's tables take the same function: the same bits.)
+                exp_shifted_f32(src, m.to_f64() as f32, dst);
+            }
+            _ => {
+                for (e, &x) in dst.iter_mut().zip(tab) {
+                    *e = F::exp_nonpos(diff::<T, F>(x, m));
+                }
+            }
         }
     }
     // Normalises `v` by its sum; returns the sum (0: nothing reachable).
@@ -318,18 +376,11 @@ fn item_body<T: Real, F: Gemm>(
             *o = T::from_f64(a.f() * b.f() * scale);
         }
         match &mut edge_out {
-            EdgeOut::Rows(rows) => {
-                let out = &mut rows[t * cc..(t + 1) * cc];
-                for (a, &av) in alpha.iter().enumerate() {
-                    let k = F::of(av.f() * scale);
-                    for ((o, &x), &g) in out[a * c..(a + 1) * c]
-                        .iter_mut()
-                        .zip(&e[a * c..(a + 1) * c])
-                        .zip(&ws.g)
-                    {
-                        o.write(T::from_f64((k * x * g).f()));
-                    }
-                }
+            EdgeOut::Rows(rows) => pair_rows(alpha, e, &ws.g, scale, &mut rows[t * cc..][..cc]),
+            EdgeOut::Stream(rows, block) => {
+                pair_rows(alpha, e, &ws.g, scale, block);
+                // SAFETY: `pair_rows` wrote every entry of the block.
+                stream::copy(&mut rows[t * cc..][..cc], unsafe { assume_init(block) });
             }
             EdgeOut::Sum(acc) => {
                 let out = &mut acc[t * cc..(t + 1) * cc];
@@ -350,6 +401,29 @@ fn item_body<T: Real, F: Gemm>(
         normalise(&mut ws.beta);
     }
     Outcome::Done(log_z)
+}
+
+/// `out[a, b] = α[a] · scale · e[a, b] · g[b]` (rounded to the product type, then to `T`):
+/// one edge's pair marginals, `out` row-major `C × C`.
+#[inline(always)]
+fn pair_rows<T: Real, F: Gemm>(
+    alpha: &[F],
+    e: &[F],
+    g: &[F],
+    scale: f64,
+    out: &mut [MaybeUninit<T>],
+) {
+    let c = g.len();
+    for (a, &av) in alpha.iter().enumerate() {
+        let k = F::of(av.f() * scale);
+        for ((o, &x), &g) in out[a * c..(a + 1) * c]
+            .iter_mut()
+            .zip(&e[a * c..(a + 1) * c])
+            .zip(g)
+        {
+            o.write(T::from_f64((k * x * g).f()));
+        }
+    }
 }
 
 /// `cur[j] = Σ_a prev[a] e[a, j]` (`e` row-major `C × C`), each sum taken over `a` in
@@ -407,9 +481,16 @@ fn diff<T: Real, F: Gemm>(x: T, m: T) -> f64 {
 }
 
 /// `Σ_k a[k] b[k]` in the product type with eight partial sums (a fixed order, so
-/// deterministic; independent sums so the loop vectorises).
+/// deterministic; independent sums so the loop vectorises): `acc[j]` sums the terms with
+/// `k ≡ j (mod 8)` in order, then `((acc0 + acc1) + (acc2 + acc3)) + ((acc4 + acc5) +
+/// (acc6 + acc7))`, then the tail past the last multiple of 8, in order.
 #[inline(always)]
 fn dot<F: Gemm>(a: &[F], b: &[F]) -> F {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::batch::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx::dot(a, b) };
+    }
     let mut acc = [F::of(0.0); 8];
     let full = a.len() / 8 * 8;
     for (x, y) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
@@ -417,11 +498,73 @@ fn dot<F: Gemm>(a: &[F], b: &[F]) -> F {
             acc[j] = acc[j] + x[j] * y[j];
         }
     }
+    let sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    tail_dot(sum, &a[full..], &b[full..])
+}
+
+/// `sum + Σ_k a[k] b[k]`, the terms added in order.
+#[inline(always)]
+fn tail_dot<F: Gemm>(sum: F, a: &[F], b: &[F]) -> F {
     let mut tail = F::of(0.0);
-    for (&x, &y) in a[full..].iter().zip(&b[full..]) {
+    for (&x, &y) in a.iter().zip(b) {
         tail = tail + x * y;
     }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
+    sum + tail
+}
+
+/// [`dot`] on AVX registers, operation for operation (the same bits). Written out because
+/// LLVM's SLP pass turns the portable loop's eight partial sums into 128-bit pairs
+/// shuffled every iteration (four times the work).
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    use super::{tail_dot, Gemm};
+
+    /// # Safety
+    /// The CPU has AVX2; `F` is f32 or f64 and `b` is at least as long as `a`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) unsafe fn dot<F: Gemm>(a: &[F], b: &[F]) -> F {
+        let full = a.len() / 8 * 8;
+        assert!(b.len() >= a.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        // SAFETY: (both arms) the loads read entries `k..k + 8` with `k + 8 <= full`, in
+        // bounds of both slices; `F` is the type the pointers are cast to.
+        let sum: f64 = unsafe {
+            if std::mem::size_of::<F>() == 4 {
+                let (pa, pb) = (pa as *const f32, pb as *const f32);
+                let mut acc = _mm256_setzero_ps();
+                for k in (0..full).step_by(8) {
+                    let p = _mm256_mul_ps(_mm256_loadu_ps(pa.add(k)), _mm256_loadu_ps(pb.add(k)));
+                    acc = _mm256_add_ps(acc, p);
+                }
+                // [a0+a1, a2+a3, a4+a5, a6+a7], then [(a0+a1)+(a2+a3), (a4+a5)+(a6+a7)].
+                let h = _mm_hadd_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+                let h = _mm_hadd_ps(h, h);
+                (_mm_cvtss_f32(h) + _mm_cvtss_f32(_mm_movehdup_ps(h))) as f64
+            } else {
+                let (pa, pb) = (pa as *const f64, pb as *const f64);
+                let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+                for k in (0..full).step_by(8) {
+                    let p = _mm256_mul_pd(_mm256_loadu_pd(pa.add(k)), _mm256_loadu_pd(pb.add(k)));
+                    lo = _mm256_add_pd(lo, p);
+                    let p = _mm256_mul_pd(
+                        _mm256_loadu_pd(pa.add(k + 4)),
+                        _mm256_loadu_pd(pb.add(k + 4)),
+                    );
+                    hi = _mm256_add_pd(hi, p);
+                }
+                // [a0+a1, a4+a5, a2+a3, a6+a7]; its halves added: [(a0+a1)+(a2+a3),
+                // (a4+a5)+(a6+a7)].
+                let h = _mm256_hadd_pd(lo, hi);
+                let h = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+                _mm_cvtsd_f64(h) + _mm_cvtsd_f64(_mm_unpackhi_pd(h, h))
+            }
+        };
+        // Exact: `sum` holds a value of type `F`.
+        tail_dot(F::of(sum), &a[full..], &b[full..])
+    }
 }
 
 /// One item's outputs, as the driver runs it.
@@ -452,10 +595,16 @@ fn run_units<'x, T: Real>(
         units.sort_by_key(|u| pb.active(u.b));
     }
     let per = if grouped { LANES } else { 1 };
+    let rows: usize = units
+        .iter()
+        .filter_map(|u| u.rows.as_ref())
+        .map(|r| r.len())
+        .sum();
+    let stream = streams(rows.saturating_mul(std::mem::size_of::<T>()));
     let ok = units
         .par_chunks_mut(per)
         .map_init(
-            || (Work::default(), GroupWork::default()),
+            || (Work::new(stream), GroupWork::default()),
             |(work, lane_ws), grp| {
                 !pb.stop.is_raised() && run_group(pb, weights, work, lane_ws, grp, done)
             },
@@ -1058,6 +1207,53 @@ mod tests {
         }
         run::<f32>();
         run::<f64>();
+    }
+
+    /// Pair rows past `STREAM_BYTES` are streamed out (non-temporal stores from a staged
+    /// block): the same bits as one item's stored rows, zeros past a shorter item's last
+    /// edge, and an item retried in f64 products (a wide table) rewritten in full.
+    #[test]
+    fn streamed_rows_match_stored_rows() {
+        fn run<T: Real>(b: usize) {
+            let (n, c) = (40, 50);
+            let ecc = (n - 1) * c * c;
+            assert!(streams(b * ecc * std::mem::size_of::<T>()));
+            assert!(!streams(ecc * std::mem::size_of::<T>()));
+            let mut rng = Rng::stream(5, &[]);
+            let mut u = |s: f64| T::from_f64((rng.uniform() * 2.0 - 1.0) * s);
+            let sn: Vec<T> = (0..b * n * c).map(|_| u(2.0)).collect();
+            let mut se: Vec<T> = (0..b * ecc).map(|_| u(3.0)).collect();
+            se[3 * ecc + 5 * c * c + 7] = T::from_f64(40.0);
+            let lengths: Vec<usize> = (0..b).map(|i| [n, n - 3, 1][i % 3]).collect();
+            let g = Graph::chain(n).unwrap();
+            let problem = |lo: usize, hi: usize| {
+                let node = NodeScores {
+                    data: &sn[lo * n * c..hi * n * c],
+                    batch: hi - lo,
+                    nodes: n,
+                    classes: c,
+                };
+                let edges = EdgeScores::tables(&se[lo * ecc..hi * ecc], hi - lo, n - 1, c);
+                Problem::new(&g, node, edges, hi - lo, Some(&lengths[lo..hi])).unwrap()
+            };
+            let bits = |v: &[T]| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+            let m = marginals(&problem(0, b), true).unwrap().unwrap();
+            let e = m.edge.as_ref().unwrap();
+            for i in 0..b {
+                let m1 = marginals(&problem(i, i + 1), true).unwrap().unwrap();
+                let rows = &e[i * ecc..(i + 1) * ecc];
+                assert_eq!(bits(rows), bits(m1.edge.as_ref().unwrap()), "rows of {i}");
+                let last = lengths[i].saturating_sub(1) * c * c;
+                assert!(rows[last..].iter().all(|x| x.to_f64() == 0.0));
+                // Each edge's pair marginals sum to 1.
+                for blk in rows[..last].chunks(c * c) {
+                    let sum: f64 = blk.iter().map(|x| x.to_f64()).sum();
+                    assert!((sum - 1.0).abs() < 1e-4, "item {i}: {sum}");
+                }
+            }
+        }
+        run::<f32>(24);
+        run::<f64>(12);
     }
 
     #[test]

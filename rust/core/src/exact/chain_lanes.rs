@@ -17,8 +17,9 @@
 //! one by one, so the grouping — which depends on the batch, never on the thread count —
 //! changes no result. A group in which any item needs more than this path holds (a table
 //! wider than its products hold — f32 products for float32 scores —, a −inf entry, NaN or
-//! +inf, an infeasible item) reports it, and its items run one by one. CPUs with AVX2;
-//! others run item by item.
+//! +inf, an infeasible item) reports it, and its items run one by one. CPUs with AVX2 and
+//! FMA (the tables' exponential is `logspace::fma`'s, as the per-item kernel takes it
+//! there); others run item by item.
 
 use std::any::TypeId;
 use std::mem::MaybeUninit;
@@ -41,9 +42,7 @@ const MAX_GROUP_TABLES: usize = 256 << 20;
 /// Whether a batch of `batch` chains of `n` nodes and `c` classes, scores of type `T`,
 /// runs in groups.
 pub(crate) fn applies<T: Real>(n: usize, c: usize, batch: usize) -> bool {
-    cfg!(target_arch = "x86_64")
-        && crate::kernels::batch::has_avx2()
-        && shape_fits::<T>(n, c, batch)
+    cfg!(target_arch = "x86_64") && crate::kernels::batch::has_fma() && shape_fits::<T>(n, c, batch)
 }
 
 /// [`applies`] but for the CPU: what a caller whose order of work follows the groups
@@ -130,8 +129,8 @@ mod avx {
     use crate::kernels::logspace::{expf, EXP_FLUSH, EXP_POLY, LN2_HI, LN2_LO, LOG2E, MAGIC};
 
     // The helpers below are `unsafe fn`s without `target_feature`, always inlined: their
-    // one contract is that the CPU has AVX2, and they are only called from `body`
-    // (compiled for AVX2), where they inline into vector code. (A `target_feature`
+    // one contract is that the CPU has AVX2 and FMA, and they are only called from `body`
+    // (compiled for both), where they inline into vector code. (A `target_feature`
     // helper cannot be `inline(always)`, and one that is not inlined costs a call per
     // row.)
 
@@ -156,6 +155,9 @@ mod avx {
         unsafe fn min(self, m: Self) -> Self;
         /// `Gemm::exp_nonpos` of this type, operation for operation.
         unsafe fn exp(self) -> Self;
+        /// The one-item kernel's table exponential of this type, operation for operation
+        /// (`logspace::fma::exp` for f32, [`Lanes::exp`] for f64).
+        unsafe fn exp_table(self) -> Self;
         /// 0 where a lane is below the type's normal range.
         unsafe fn flush(self) -> Self;
         /// Lanes 0–3 and 4–7 as f64 (exact).
@@ -237,6 +239,10 @@ mod avx {
             )));
             let flush = _mm256_cmp_ps::<_CMP_LT_OQ>(x, s(expf::FLUSH));
             F8(_mm256_andnot_ps(flush, _mm256_mul_ps(y, scale)))
+        }
+        #[inline(always)]
+        unsafe fn exp_table(self) -> Self {
+            F8(crate::kernels::logspace::fma::exp8(self.0))
         }
         #[inline(always)]
         unsafe fn flush(self) -> Self {
@@ -334,6 +340,10 @@ mod avx {
         #[inline(always)]
         unsafe fn exp(self) -> Self {
             D8(exp4(self.0), exp4(self.1))
+        }
+        #[inline(always)]
+        unsafe fn exp_table(self) -> Self {
+            self.exp()
         }
         #[inline(always)]
         unsafe fn flush(self) -> Self {
@@ -491,14 +501,14 @@ mod avx {
         }
     }
 
-    /// See [`super::group`] (the CPU has AVX2: checked there).
+    /// See [`super::group`] (the CPU has AVX2 and FMA: checked there).
     pub(crate) fn group<L: Lanes>(
         lanes: &mut [Lane<'_, L::S>],
         len: usize,
         c: usize,
         ws: &mut LaneWs<L>,
     ) -> Option<[f64; LANES]> {
-        assert!(crate::kernels::batch::has_avx2() && lanes.len() == LANES);
+        assert!(crate::kernels::batch::has_fma() && lanes.len() == LANES);
         let cc = c * c;
         let edges = len.saturating_sub(1);
         for ln in lanes.iter() {
@@ -507,7 +517,7 @@ mod avx {
             assert!(ln.rows.as_ref().is_none_or(|r| r.len() >= edges * cc));
         }
         assert!(ws.phi.len() >= len * c && ws.e.len() >= edges * cc && ws.beta.len() >= c);
-        // SAFETY: the CPU has AVX2, and the slices hold what the body reads and writes
+        // SAFETY: the CPU has AVX2 and FMA, and the slices hold what the body reads and writes
         // (asserted just above).
         unsafe { body(lanes, len, c, ws) }
     }
@@ -567,8 +577,9 @@ mod avx {
     }
 
     /// # Safety
-    /// The CPU has AVX2; the lanes' slices and the buffers hold what `group` asserts.
-    #[target_feature(enable = "avx2")]
+    /// The CPU has AVX2 and FMA; the lanes' slices and the buffers hold what `group`
+    /// asserts.
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn body<L: Lanes>(
         lanes: &mut [Lane<'_, L::S>],
         len: usize,
@@ -639,7 +650,7 @@ mod avx {
                     log_z[l] += h[l];
                 }
                 for x in blk.iter_mut() {
-                    *x = x.sub(hi).exp();
+                    *x = x.sub(hi).exp_table();
                 }
             }
             t0 = t1;

@@ -67,6 +67,23 @@ pub fn has_avx2() -> bool {
     *USE.get_or_init(|| cpu_has_avx2() && !baseline_forced())
 }
 
+/// True when the AVX2 kernels run ([`has_avx2`]) and the CPU also has FMA (every AVX2 CPU
+/// but a few early ones): the kernels that use fused multiply–adds run then.
+#[inline(always)]
+pub fn has_fma() -> bool {
+    static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            has_avx2() && std::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// True when the CPU supports AVX2, whatever the environment says.
 pub fn cpu_has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -76,6 +76,110 @@ pub fn exp_nonpos_f32(x: f32) -> f32 {
     }
 }
 
+/// `dst[k] = e^(src[k] − m)` in f32 for `src[k] <= m`, exactly 0 below −87 (and for −inf),
+/// like [`exp_nonpos_f32`]: the table exponentials of the per-edge chain kernels. Where the
+/// CPU has AVX2 and FMA (see `batch::has_fma`) each is [`fma::exp`], the same polynomial
+/// with fused multiply–adds — half the operations and dependency chain, and as accurate —
+/// whose eight-lane form the grouped kernel (`chain_lanes`) shares bit for bit; elsewhere
+/// [`exp_nonpos_f32`] of `src[k] − m`.
+///
+/// # Panics
+/// When `dst` is shorter than `src`.
+#[inline(always)]
+pub fn exp_shifted_f32(src: &[f32], m: f32, dst: &mut [f32]) {
+    assert!(dst.len() >= src.len(), "exp_shifted_f32 lengths");
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::batch::has_fma() {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return unsafe { fma::exp_shifted(src, m, dst) };
+    }
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = exp_nonpos_f32(x - m);
+    }
+}
+
+/// [`exp_nonpos_f32`] with fused multiply–adds, for code compiled with the `fma` target
+/// feature (elsewhere `mul_add` is a library call: right, but slow).
+pub(crate) mod fma {
+    use super::expf::*;
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+
+    /// `e^x` in f32 for `x <= 0`: [`super::exp_nonpos_f32`]'s range reduction and
+    /// polynomial with each multiply–add fused (one rounding instead of two).
+    #[inline(always)]
+    pub(crate) fn exp(x: f32) -> f32 {
+        let xc = x.clamp(FLUSH, 0.0);
+        let t = xc.mul_add(LOG2E, MAGIC);
+        let n = t - MAGIC;
+        let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, xc));
+        let mut p = POLY[0];
+        for &k in &POLY[1..] {
+            p = p.mul_add(r, k);
+        }
+        let y = (p * r).mul_add(r, r) + 1.0;
+        let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+        let scale = f32::from_bits(((ni + 127) << 23) as u32);
+        if x < FLUSH {
+            0.0
+        } else {
+            y * scale
+        }
+    }
+
+    /// [`exp`] on eight lanes, operation for operation (the same bits).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA (the caller is compiled with both).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
+        let s = _mm256_set1_ps;
+        // clamp(x, FLUSH, 0) as `f32::clamp` does it: `x < FLUSH → FLUSH`, then `> 0 → 0`
+        // (max/min return their second operand when the compare fails, so NaN stays NaN).
+        let xc = _mm256_min_ps(s(0.0), _mm256_max_ps(s(FLUSH), x));
+        let t = _mm256_fmadd_ps(xc, s(LOG2E), s(MAGIC));
+        let n = _mm256_sub_ps(t, s(MAGIC));
+        let r = _mm256_fnmadd_ps(n, s(LN2_LO), _mm256_fnmadd_ps(n, s(LN2_HI), xc));
+        let mut p = s(POLY[0]);
+        for &k in &POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, s(k));
+        }
+        let y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), s(1.0));
+        let ni = _mm256_sub_epi32(
+            _mm256_castps_si256(t),
+            _mm256_set1_epi32(MAGIC.to_bits() as i32),
+        );
+        let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            ni,
+            _mm256_set1_epi32(127),
+        )));
+        let flush = _mm256_cmp_ps::<_CMP_LT_OQ>(x, s(FLUSH));
+        _mm256_andnot_ps(flush, _mm256_mul_ps(y, scale))
+    }
+
+    /// See [`super::exp_shifted_f32`].
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `dst` is at least as long as `src`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_shifted(src: &[f32], m: f32, dst: &mut [f32]) {
+        let full = src.len() / 8 * 8;
+        let mm = _mm256_set1_ps(m);
+        for k in (0..full).step_by(8) {
+            // SAFETY: entries `k..k + 8` lie within both slices (`k + 8 <= full`).
+            unsafe {
+                let x = _mm256_sub_ps(_mm256_loadu_ps(src.as_ptr().add(k)), mm);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(k), exp8(x));
+            }
+        }
+        for (d, &x) in dst[full..].iter_mut().zip(&src[full..]) {
+            *d = exp(x - m);
+        }
+    }
+}
+
 /// [`exp_nonpos_f32`]'s constants (shared with its eight-lane copy in `chain_lanes`).
 pub(crate) mod expf {
     pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -351,6 +455,37 @@ mod tests {
         assert_eq!(exp(f64::NEG_INFINITY), 0.0);
         assert_eq!(exp(-1e4), 0.0);
         assert_eq!(exp(0.0), 1.0);
+    }
+
+    /// The table exponentials (FMA where the CPU has it) within 3e-7 of the f64 exponential
+    /// from 0 to the flush point, 0 past it and for −inf; the eight-lane part and the
+    /// scalar tail give the same bits for the same value; the shift is subtracted first.
+    #[test]
+    fn shifted_table_exponentials_are_accurate_and_lane_independent() {
+        let xs: Vec<f32> = (0..87_000).map(|k| -(k as f32) * 1e-3).collect();
+        let mut out = vec![f32::NAN; xs.len()];
+        exp_shifted_f32(&xs, 0.0, &mut out);
+        for (&x, &a) in xs.iter().zip(&out) {
+            let b = (x as f64).exp();
+            assert!(
+                ((a as f64 - b) / b).abs() < 3e-7,
+                "exp({x}) = {a}, std gives {b}"
+            );
+        }
+        let special = [-87.5f32, -1e4, f32::NEG_INFINITY, 0.0];
+        let mut out = [f32::NAN; 4];
+        exp_shifted_f32(&special, 0.0, &mut out);
+        assert_eq!(out, [0.0, 0.0, 0.0, 1.0]);
+        // Nine copies of each value: entries 0..8 run in lanes, entry 8 in the tail.
+        for &x in xs.iter().step_by(97) {
+            let src = [x + 3.5; 9];
+            let mut out = [0.0f32; 9];
+            exp_shifted_f32(&src, 3.5, &mut out);
+            let lane = out[0].to_bits();
+            assert!(out.iter().all(|v| v.to_bits() == lane), "exp({x}): {out:?}");
+            let b = ((x + 3.5 - 3.5) as f64).exp();
+            assert!(((out[0] as f64 - b) / b).abs() < 3e-7, "shifted exp({x})");
+        }
     }
 
     #[test]

@@ -8,3 +8,4 @@ pub mod logspace;
 pub mod message;
 pub mod real;
 pub mod rng;
+pub mod stream;
