@@ -103,3 +103,34 @@ def test_results_do_not_depend_on_the_thread_count(broadcast, dtype):
     for other in out[1:]:
         for a, x in zip(out[0], other):
             np.testing.assert_array_equal(a, x)
+
+
+@pytest.mark.parametrize("dtype,b", [(np.float32, 24), (np.float64, 12)])
+def test_large_outputs_equal_items_alone(dtype, b):
+    # Pair rows of more than 8 MiB (C = 50: the one-item kernel) are streamed out of cache
+    # per edge: the same bits as each item alone (a small output, stored as usual), the
+    # loss's gradient equal to the marginals minus the gold one-hots, and every edge's pair
+    # marginals summing to 1 (zeros past a shorter item's last edge).
+    rng = np.random.default_rng(50)
+    t, c = 40, 50
+    s_n = rng.normal(size=(b, t, c)).astype(dtype)
+    s_e = rng.normal(size=(b, t - 1, c, c)).astype(dtype)
+    lengths = np.array([t, t - 3, 2] * (b // 3))
+    y = rng.integers(0, c, size=(b, t))
+    g = es.Graph.chain(t)
+    r = es.infer(g, s_n, s_e, lengths=lengths)
+    assert r.edge_marginals.nbytes > 8 << 20
+    for i in range(0, b, 5):
+        one = es.infer(g, s_n[i : i + 1], s_e[i : i + 1], lengths=lengths[i : i + 1])
+        np.testing.assert_array_equal(r.edge_marginals[i : i + 1], one.edge_marginals)
+        np.testing.assert_array_equal(r.log_z[i : i + 1], one.log_z)
+    sums = r.edge_marginals.astype(np.float64).sum(axis=(-1, -2))
+    live = np.arange(t - 1)[None, :] < (lengths[:, None] - 1)
+    np.testing.assert_allclose(sums[live], 1.0, rtol=1e-5)
+    assert np.all(sums[~live] == 0.0)
+    loss, gn, ge = es.loss_and_grad(g, s_n, s_e, y, lengths=lengths)
+    gold = np.zeros(ge.shape)
+    for i in range(b):
+        n = lengths[i]
+        gold[i, np.arange(n - 1), y[i, : n - 1], y[i, 1:n]] = 1.0
+    np.testing.assert_array_equal(ge, (r.edge_marginals - gold.astype(dtype)).astype(dtype))
