@@ -107,6 +107,7 @@ pub(crate) mod fma {
 
     /// `e^x` in f32 for `x <= 0`: [`super::exp_nonpos_f32`]'s range reduction and
     /// polynomial with each multiply–add fused (one rounding instead of two).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[inline(always)]
     pub(crate) fn exp(x: f32) -> f32 {
         let xc = x.clamp(FLUSH, 0.0);
