@@ -1152,21 +1152,7 @@ mod tests {
                 .map(|i| if i < 16 { [n, 1][i % 2] } else { n - 2 })
                 .collect();
             let g = Graph::chain(n).unwrap();
-            let problem = |lo: usize, hi: usize| {
-                let node = NodeScores {
-                    data: &sn[lo * n * c..hi * n * c],
-                    batch: hi - lo,
-                    nodes: n,
-                    classes: c,
-                };
-                let edges = EdgeScores::tables(
-                    &se[lo * (n - 1) * c * c..hi * (n - 1) * c * c],
-                    hi - lo,
-                    n - 1,
-                    c,
-                );
-                Problem::new(&g, node, edges, hi - lo, Some(&lengths[lo..hi])).unwrap()
-            };
+            let problem = |lo, hi| items(&g, &sn, &se, &lengths, c, lo..hi);
             let bits = |v: &[T]| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
             let all = problem(0, b);
             let m = marginals(&all, true).unwrap().unwrap();
@@ -1209,6 +1195,28 @@ mod tests {
         run::<f64>();
     }
 
+    /// Items `range` of a batch of chains on `g` with per-item tables and lengths.
+    fn items<'a, T: Real>(
+        g: &'a Graph,
+        sn: &'a [T],
+        se: &'a [T],
+        lengths: &'a [usize],
+        c: usize,
+        range: std::ops::Range<usize>,
+    ) -> Problem<'a, T> {
+        let n = g.num_nodes();
+        let (lo, hi) = (range.start, range.end);
+        let ecc = (n - 1) * c * c;
+        let node = NodeScores {
+            data: &sn[lo * n * c..hi * n * c],
+            batch: hi - lo,
+            nodes: n,
+            classes: c,
+        };
+        let edges = EdgeScores::tables(&se[lo * ecc..hi * ecc], hi - lo, n - 1, c);
+        Problem::new(g, node, edges, hi - lo, Some(&lengths[lo..hi])).unwrap()
+    }
+
     /// Pair rows past `STREAM_BYTES` are streamed out (non-temporal stores from a staged
     /// block): the same bits as one item's stored rows, zeros past a shorter item's last
     /// edge, and an item retried in f64 products (a wide table) rewritten in full.
@@ -1226,16 +1234,7 @@ mod tests {
             se[3 * ecc + 5 * c * c + 7] = T::from_f64(40.0);
             let lengths: Vec<usize> = (0..b).map(|i| [n, n - 3, 1][i % 3]).collect();
             let g = Graph::chain(n).unwrap();
-            let problem = |lo: usize, hi: usize| {
-                let node = NodeScores {
-                    data: &sn[lo * n * c..hi * n * c],
-                    batch: hi - lo,
-                    nodes: n,
-                    classes: c,
-                };
-                let edges = EdgeScores::tables(&se[lo * ecc..hi * ecc], hi - lo, n - 1, c);
-                Problem::new(&g, node, edges, hi - lo, Some(&lengths[lo..hi])).unwrap()
-            };
+            let problem = |lo, hi| items(&g, &sn, &se, &lengths, c, lo..hi);
             let bits = |v: &[T]| v.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
             let m = marginals(&problem(0, b), true).unwrap().unwrap();
             let e = m.edge.as_ref().unwrap();

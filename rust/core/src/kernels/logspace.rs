@@ -67,13 +67,7 @@ pub fn exp_nonpos_f32(x: f32) -> f32 {
         p = p * r + k;
     }
     let y = p * r * r + r + 1.0;
-    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let scale = f32::from_bits(((ni + 127) << 23) as u32);
-    if x < FLUSH {
-        0.0
-    } else {
-        y * scale
-    }
+    expf::scaled(x, t, y)
 }
 
 /// `dst[k] = e^(src[k] − m)` in f32 for `src[k] <= m`, exactly 0 below −87 (and for −inf),
@@ -119,13 +113,7 @@ pub(crate) mod fma {
             p = p.mul_add(r, k);
         }
         let y = (p * r).mul_add(r, r) + 1.0;
-        let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-        let scale = f32::from_bits(((ni + 127) << 23) as u32);
-        if x < FLUSH {
-            0.0
-        } else {
-            y * scale
-        }
+        scaled(x, t, y)
     }
 
     /// [`exp`] on eight lanes, operation for operation (the same bits).
@@ -190,6 +178,19 @@ pub(crate) mod expf {
     pub(crate) const MAGIC: f32 = 12_582_912.0;
     /// Below this the result is flushed to exactly 0 (f32's normal range ends near e^-87).
     pub(crate) const FLUSH: f32 = -87.0;
+
+    /// `e^r`'s approximation `y` times `2^n`, `n` read from the low mantissa bits of
+    /// `t = x·log2(e) + MAGIC`; 0 where `x < FLUSH` (the exponential's last step).
+    #[inline(always)]
+    pub(crate) fn scaled(x: f32, t: f32, y: f32) -> f32 {
+        let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+        let scale = f32::from_bits(((ni + 127) << 23) as u32);
+        if x < FLUSH {
+            0.0
+        } else {
+            y * scale
+        }
+    }
     /// Cephes' polynomial, highest degree first (Horner).
     pub(crate) const POLY: [f32; 6] = [
         1.987_569_1e-4,
