@@ -24,7 +24,9 @@
 //! element-wise loops over `C` that vectorise (AVX2 where the CPU has it); items run in
 //! parallel, each in a fixed order and precision, so results do not depend on the thread
 //! count. Pair rows are written once, straight into the output's spare capacity (no zero
-//! fill of the large output first). Batches with small `C` run eight items at once, one
+//! fill of the large output first; past `STREAM_BYTES` each edge's block is staged in L1
+//! and streamed out with non-temporal stores). Float32 tables are exponentiated with fused
+//! multiply–adds where the CPU has FMA (`logspace::exp_shifted_f32`). Batches with small `C` run eight items at once, one
 //! per SIMD lane (`chain_lanes`), with the same results bit for bit.
 
 use std::mem::MaybeUninit;
