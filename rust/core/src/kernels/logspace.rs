@@ -72,7 +72,7 @@ pub fn exp_nonpos_f32(x: f32) -> f32 {
 
 /// `dst[k] = e^(src[k] − m)` in f32 for `src[k] <= m`, exactly 0 below −87 (and for −inf),
 /// like [`exp_nonpos_f32`]: the table exponentials of the per-edge chain kernels. Where the
-/// CPU has AVX2 and FMA (see `batch::has_fma`) each is [`fma::exp`], the same polynomial
+/// CPU has AVX2 and FMA (see `batch::has_fma`) each is `fma::exp`, the same polynomial
 /// with fused multiply–adds — half the operations and dependency chain, and as accurate —
 /// whose eight-lane form the grouped kernel (`chain_lanes`) shares bit for bit; elsewhere
 /// [`exp_nonpos_f32`] of `src[k] − m`.

@@ -8,4 +8,4 @@ pub mod logspace;
 pub mod message;
 pub mod real;
 pub mod rng;
-pub mod stream;
+pub(crate) mod stream;
