@@ -134,3 +134,39 @@ def test_large_outputs_equal_items_alone(dtype, b):
         n = lengths[i]
         gold[i, np.arange(n - 1), y[i, : n - 1], y[i, 1:n]] = 1.0
     np.testing.assert_array_equal(ge, (r.edge_marginals - gold.astype(dtype)).astype(dtype))
+
+
+def _forward_backward(s_n, s_e):
+    """log Z, node and pair marginals of one chain by the log-domain recursions, float64."""
+    s_n, s_e = s_n.astype(np.float64), s_e.astype(np.float64)
+    t, c = s_n.shape
+    la, lb = np.zeros((t, c)), np.zeros((t, c))
+    la[0] = s_n[0]
+    for k in range(1, t):
+        la[k] = np.logaddexp.reduce(la[k - 1][:, None] + s_e[k - 1], axis=0) + s_n[k]
+    for k in range(t - 2, -1, -1):
+        lb[k] = np.logaddexp.reduce(s_e[k] + (s_n[k + 1] + lb[k + 1])[None, :], axis=1)
+    log_z = np.logaddexp.reduce(la[-1])
+    node = np.exp(la + lb - log_z)
+    pair = np.exp(la[:-1, :, None] + s_e + (s_n[1:] + lb[1:])[:, None, :] - log_z)
+    return log_z, node, pair
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-10)])
+def test_wide_class_counts_match_a_log_domain_oracle(dtype, tol):
+    # C > 20 (the one-item kernel, where float32 tables are exponentiated relative to the
+    # previous table's largest entry in the pass that reads them): tables whose levels
+    # drift slowly along the chain (the guess stands) and jump by up to 60 (it is taken
+    # again), against float64 log-domain forward–backward.
+    rng = np.random.default_rng(24)
+    b, t, c = 6, 14, 24
+    s_n = rng.normal(size=(b, t, c)).astype(dtype)
+    level = np.cumsum(rng.normal(0, 2.0, size=(b, t - 1)), axis=1)
+    level[:, 5::4] += rng.uniform(-60, 60, size=level[:, 5::4].shape)
+    s_e = (rng.normal(0, 1.5, size=(b, t - 1, c, c)) + level[..., None, None]).astype(dtype)
+    r = es.infer(es.Graph.chain(t), s_n, s_e)
+    for i in range(b):
+        log_z, node, pair = _forward_backward(s_n[i], s_e[i])
+        np.testing.assert_allclose(r.log_z[i], log_z, rtol=tol)
+        np.testing.assert_allclose(r.node_marginals[i], node, atol=tol)
+        np.testing.assert_allclose(r.edge_marginals[i], pair, atol=tol)

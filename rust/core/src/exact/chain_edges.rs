@@ -39,7 +39,7 @@ use crate::exact::chain_lanes::{self, group, GroupWork, Lane, LANES};
 use crate::inference::{LossGrad, Marginals};
 use crate::kernels::alloc::{assume_init, filled, reserved};
 use crate::kernels::batch::chunk_size;
-use crate::kernels::logspace::{exp_shifted_f32, range};
+use crate::kernels::logspace::{exp_ranged_f32, exp_shifted_f32, range};
 use crate::kernels::real::Real;
 use crate::kernels::stream;
 use crate::model::scores::Problem;
@@ -280,11 +280,34 @@ fn item_body<T: Real, F: Gemm>(
             *p = if v.f() < F::MIN_NORMAL { zero } else { v };
         }
     }
+    // Above `MAX_CLASSES` (where no group runs, so no grouped kernel's bits need matching)
+    // float32 tables are exponentiated relative to a guess, the previous table's largest
+    // entry, in the pass that measures their range: each table is read from memory once,
+    // its exponentials overlapping the read. The guess stands when the table's largest
+    // entry lies within `GUESS_SLACK` of it (then every entry is at most e^GUESS_SLACK,
+    // none that `SPAN_F32` keeps underflows, and the common factor cancels in every
+    // marginal: the normalisers absorb it into log Z); otherwise the exponentials are taken
+    // again, from L1, relative to the largest entry.
+    let guess = c > chain_lanes::MAX_CLASSES;
+    let mut prev_max: Option<f32> = None;
     for t in 0..len - 1 {
         let tab = &tabs[t * cc..(t + 1) * cc];
-        // One vectorised pass for the span (the exponentials below then read the table
-        // from L1); a −inf entry makes it infinite.
-        let (m, lo, nan) = range(tab);
+        let dst = &mut ws.e[t * cc..(t + 1) * cc];
+        let mut shifted = None;
+        let (m, lo, nan) = match (T::as_f32(tab), f32_view(dst), prev_max) {
+            (Some(src), Some(dst), Some(sh)) if guess => {
+                match exp_ranged_f32(src, sh, GUESS_SLACK as f32, dst) {
+                    Some((hi, lo, nan)) => {
+                        shifted = Some(sh);
+                        (T::from_f64(hi as f64), T::from_f64(lo as f64), nan)
+                    }
+                    None => range(tab),
+                }
+            }
+            // One vectorised pass for the span (the exponentials below then read the
+            // table from L1); a −inf entry makes it infinite.
+            _ => range(tab),
+        };
         // NaN or +inf (scores the input check may have left to this pass): the caller
         // reports it (see `unread_or_bad`).
         if nan || m == T::INFINITY {
@@ -301,15 +324,15 @@ fn item_body<T: Real, F: Gemm>(
         if std::mem::size_of::<F>() == 4 && span > SPAN_F32 {
             return Outcome::Wider;
         }
+        prev_max = Some(m.to_f64() as f32);
+        if let Some(sh) = shifted.filter(|&sh| (m.to_f64() - sh as f64).abs() <= GUESS_SLACK) {
+            log_z += sh as f64;
+            continue;
+        }
         log_z += m.to_f64();
-        let dst = &mut ws.e[t * cc..(t + 1) * cc];
-        match (T::as_f32(tab), std::mem::size_of::<F>() == 4) {
-            (Some(src), true) => {
-                // SAFETY: `F` is f32 (`Gemm` is f32 or f64, and this one is 4 bytes).
-                let dst = unsafe { &mut *(dst as *mut [F] as *mut [f32]) };
-                // (The grouped kernel's tables take the same function: the same bits.)
-                exp_shifted_f32(src, m.to_f64() as f32, dst);
-            }
+        match (T::as_f32(tab), f32_view(dst)) {
+            // (The grouped kernel's tables take the same function: the same bits.)
+            (Some(src), Some(dst)) => exp_shifted_f32(src, m.to_f64() as f32, dst),
             _ => {
                 for (e, &x) in dst.iter_mut().zip(tab) {
                     *e = F::exp_nonpos(diff::<T, F>(x, m));
@@ -403,6 +426,18 @@ fn item_body<T: Real, F: Gemm>(
         normalise(&mut ws.beta);
     }
     Outcome::Done(log_z)
+}
+
+/// How far (in log units) a table's largest entry may lie from the guess its exponentials
+/// were taken relative to (see `item_body`): entries up to e^16, and the marginals' common
+/// factor within e^±16 (well inside f32's range).
+const GUESS_SLACK: f64 = 16.0;
+
+/// `v` as f32 when the product type is f32.
+#[inline(always)]
+fn f32_view<F: Gemm>(v: &mut [F]) -> Option<&mut [f32]> {
+    // SAFETY: `Gemm` is implemented for f32 and f64 only, so a 4-byte `F` is f32.
+    (std::mem::size_of::<F>() == 4).then(|| unsafe { &mut *(v as *mut [F] as *mut [f32]) })
 }
 
 /// `out[a, b] = α[a] · scale · e[a, b] · g[b]` (rounded to the product type, then to `T`):

@@ -104,7 +104,15 @@ pub(crate) mod fma {
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[inline(always)]
     pub(crate) fn exp(x: f32) -> f32 {
-        let xc = x.clamp(FLUSH, 0.0);
+        exp_upto(x, 0.0)
+    }
+
+    /// [`exp`] for `x <= top` (`top` at most 88, where f32 ends): `x` is clamped to
+    /// `[FLUSH, top]`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    #[inline(always)]
+    fn exp_upto(x: f32, top: f32) -> f32 {
+        let xc = x.clamp(FLUSH, top);
         let t = xc.mul_add(LOG2E, MAGIC);
         let n = t - MAGIC;
         let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, xc));
@@ -123,10 +131,22 @@ pub(crate) mod fma {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe { exp8_upto(x, 0.0) }
+    }
+
+    /// [`exp_upto`] on eight lanes, operation for operation.
+    ///
+    /// # Safety
+    /// As [`exp8`].
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn exp8_upto(x: __m256, top: f32) -> __m256 {
         let s = _mm256_set1_ps;
-        // clamp(x, FLUSH, 0) as `f32::clamp` does it: `x < FLUSH → FLUSH`, then `> 0 → 0`
-        // (max/min return their second operand when the compare fails, so NaN stays NaN).
-        let xc = _mm256_min_ps(s(0.0), _mm256_max_ps(s(FLUSH), x));
+        // clamp(x, FLUSH, top) as `f32::clamp` does it: `x < FLUSH → FLUSH`, then `> top →
+        // top` (max/min return their second operand when the compare fails, so NaN stays
+        // NaN).
+        let xc = _mm256_min_ps(s(top), _mm256_max_ps(s(FLUSH), x));
         let t = _mm256_fmadd_ps(xc, s(LOG2E), s(MAGIC));
         let n = _mm256_sub_ps(t, s(MAGIC));
         let r = _mm256_fnmadd_ps(n, s(LN2_LO), _mm256_fnmadd_ps(n, s(LN2_HI), xc));
@@ -167,6 +187,81 @@ pub(crate) mod fma {
             *d = exp(x - m);
         }
     }
+
+    /// See [`super::exp_ranged_f32`].
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `dst` is at least as long as `src`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_ranged(
+        src: &[f32],
+        shift: f32,
+        top: f32,
+        dst: &mut [f32],
+    ) -> (f32, f32, bool) {
+        let full = src.len() / 8 * 8;
+        let sh = _mm256_set1_ps(shift);
+        let (mut hi, mut lo, mut nan) = (
+            _mm256_set1_ps(f32::NEG_INFINITY),
+            _mm256_set1_ps(f32::INFINITY),
+            _mm256_setzero_ps(),
+        );
+        for k in (0..full).step_by(8) {
+            // SAFETY: entries `k..k + 8` lie within both slices (`k + 8 <= full`).
+            unsafe {
+                let x = _mm256_loadu_ps(src.as_ptr().add(k));
+                hi = _mm256_max_ps(hi, x);
+                lo = _mm256_min_ps(lo, x);
+                nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+                let y = exp8_upto(_mm256_sub_ps(x, sh), top);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(k), y);
+            }
+        }
+        let (mut h, mut l) = ([0.0f32; 8], [0.0f32; 8]);
+        // SAFETY: eight f32 each.
+        unsafe {
+            _mm256_storeu_ps(h.as_mut_ptr(), hi);
+            _mm256_storeu_ps(l.as_mut_ptr(), lo);
+        }
+        let mut any_nan = _mm256_movemask_ps(nan) != 0;
+        let (mut h, mut l) = (
+            h.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x)),
+            l.iter().fold(f32::INFINITY, |a, &x| a.min(x)),
+        );
+        #[allow(clippy::eq_op)]
+        for (d, &x) in dst[full..].iter_mut().zip(&src[full..]) {
+            h = if x > h { x } else { h };
+            l = if x < l { x } else { l };
+            any_nan |= x != x;
+            *d = exp_upto(x - shift, top);
+        }
+        (h, l, any_nan)
+    }
+}
+
+/// `dst[k] = e^(min(src[k] − shift, top))` in f32 (`top` at most 88; exactly 0 below
+/// −87), with the range of `src` read in the same pass: `(largest, smallest, whether any
+/// entry is NaN)` as [`range`] gives them. One read of a table that is not yet cached,
+/// where [`range`] then [`exp_shifted_f32`] read it twice: for a kernel that guesses the
+/// shift (say, the previous table's largest entry) and takes the pass again, from L1, when
+/// the largest entry turns out more than `top` above it. `None` (nothing written) where
+/// the CPU lacks AVX2 or FMA.
+#[inline(always)]
+pub fn exp_ranged_f32(
+    src: &[f32],
+    shift: f32,
+    top: f32,
+    dst: &mut [f32],
+) -> Option<(f32, f32, bool)> {
+    assert!(dst.len() >= src.len(), "exp_ranged_f32 lengths");
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::batch::has_fma() {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return Some(unsafe { fma::exp_ranged(src, shift, top, dst) });
+    }
+    let _ = (shift, top);
+    None
 }
 
 /// [`exp_nonpos_f32`]'s constants (shared with its eight-lane copy in `chain_lanes`).
@@ -487,6 +582,53 @@ mod tests {
             assert!(out.iter().all(|v| v.to_bits() == lane), "exp({x}): {out:?}");
             let b = ((x + 3.5 - 3.5) as f64).exp();
             assert!(((out[0] as f64 - b) / b).abs() < 3e-7, "shifted exp({x})");
+        }
+    }
+
+    /// The one-pass exponentials and range: the range equals [`range`]'s (NaN reported, ±inf
+    /// kept), every exponential is within 3e-7 of `e^(x − shift)` up to `top` and clamped
+    /// at `top` past it, for every length around the eight-lane blocks.
+    #[test]
+    fn ranged_exponentials_report_the_range_of_one_pass() {
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f64 / (1u64 << 31) as f64) as f32 * 60.0 - 30.0
+        };
+        let (shift, top) = (-4.0f32, 16.0f32);
+        for n in [0usize, 1, 7, 8, 9, 17, 100] {
+            for special in [
+                None,
+                Some(f32::NEG_INFINITY),
+                Some(f32::INFINITY),
+                Some(f32::NAN),
+            ] {
+                let mut v: Vec<f32> = (0..n).map(|_| next()).collect();
+                if let (Some(x), true) = (special, n > 0) {
+                    v[n / 2] = x;
+                }
+                let mut out = vec![f32::NAN; n];
+                let Some((hi, lo, nan)) = exp_ranged_f32(&v, shift, top, &mut out) else {
+                    assert!(!crate::kernels::batch::has_fma());
+                    return;
+                };
+                let (h, l, bad) = range(&v);
+                assert_eq!(nan, bad, "n={n}");
+                if !bad {
+                    assert_eq!((hi, lo), (h, l), "n={n}");
+                    for (&x, &y) in v.iter().zip(&out) {
+                        let want = ((x - shift).min(top) as f64).exp();
+                        let ok = if want < 1e-37 {
+                            y == 0.0
+                        } else {
+                            ((y as f64 - want) / want).abs() < 3e-7
+                        };
+                        assert!(ok, "e^({x} - {shift}) = {y}, want {want}");
+                    }
+                }
+            }
         }
     }
 
