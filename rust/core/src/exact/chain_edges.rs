@@ -26,8 +26,11 @@
 //! count. Pair rows are written once, straight into the output's spare capacity (no zero
 //! fill of the large output first; past `STREAM_BYTES` each edge's block is staged in L1
 //! and streamed out with non-temporal stores). Float32 tables are exponentiated with fused
-//! multiply–adds where the CPU has FMA (`logspace::exp_shifted_f32`). Batches with small `C` run eight items at once, one
-//! per SIMD lane (`chain_lanes`), with the same results bit for bit.
+//! multiply–adds where the CPU has FMA (`logspace::exp_shifted_f32`); above
+//! `chain_lanes::MAX_CLASSES` relative to the previous table's largest entry, in the same
+//! pass that measures the table's range (`logspace::exp_ranged_f32`; see `item_body`).
+//! Batches with small `C` run eight items at once, one per SIMD lane (`chain_lanes`), with
+//! the same results bit for bit.
 
 use std::mem::MaybeUninit;
 
