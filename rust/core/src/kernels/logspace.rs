@@ -202,41 +202,22 @@ pub(crate) mod fma {
     ) -> (f32, f32, bool) {
         let full = src.len() / 8 * 8;
         let sh = _mm256_set1_ps(shift);
-        let (mut hi, mut lo, mut nan) = (
-            _mm256_set1_ps(f32::NEG_INFINITY),
-            _mm256_set1_ps(f32::INFINITY),
-            _mm256_setzero_ps(),
-        );
+        // SAFETY: the CPU has AVX2 (this function's contract).
+        let mut range = unsafe { super::Range8::new() };
         for k in (0..full).step_by(8) {
             // SAFETY: entries `k..k + 8` lie within both slices (`k + 8 <= full`).
             unsafe {
                 let x = _mm256_loadu_ps(src.as_ptr().add(k));
-                hi = _mm256_max_ps(hi, x);
-                lo = _mm256_min_ps(lo, x);
-                nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+                range.add(x);
                 let y = exp8_upto(_mm256_sub_ps(x, sh), top);
                 _mm256_storeu_ps(dst.as_mut_ptr().add(k), y);
             }
         }
-        let (mut h, mut l) = ([0.0f32; 8], [0.0f32; 8]);
-        // SAFETY: eight f32 each.
-        unsafe {
-            _mm256_storeu_ps(h.as_mut_ptr(), hi);
-            _mm256_storeu_ps(l.as_mut_ptr(), lo);
-        }
-        let mut any_nan = _mm256_movemask_ps(nan) != 0;
-        let (mut h, mut l) = (
-            h.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x)),
-            l.iter().fold(f32::INFINITY, |a, &x| a.min(x)),
-        );
-        #[allow(clippy::eq_op)]
         for (d, &x) in dst[full..].iter_mut().zip(&src[full..]) {
-            h = if x > h { x } else { h };
-            l = if x < l { x } else { l };
-            any_nan |= x != x;
             *d = exp_upto(x - shift, top);
         }
-        (h, l, any_nan)
+        // SAFETY: as above.
+        unsafe { range.finish(&src[full..]) }
     }
 }
 
@@ -386,37 +367,76 @@ pub fn range<T: crate::kernels::real::Real>(v: &[T]) -> (T, T, bool) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn avx_range(v: &[f32]) -> (f32, f32, bool) {
-    use std::arch::x86_64::*;
-    let (mut hi, mut lo, mut nan) = (
-        _mm256_set1_ps(f32::NEG_INFINITY),
-        _mm256_set1_ps(f32::INFINITY),
-        _mm256_setzero_ps(),
-    );
     let lanes = v.chunks_exact(8);
     let rest = lanes.remainder();
+    // SAFETY: the CPU has AVX2 (this function's contract).
+    let mut range = unsafe { Range8::new() };
     for ch in lanes {
-        // SAFETY: `ch` holds eight f32 (unaligned load).
-        let x = unsafe { _mm256_loadu_ps(ch.as_ptr()) };
-        hi = _mm256_max_ps(hi, x);
-        lo = _mm256_min_ps(lo, x);
-        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+        // SAFETY: `ch` holds eight f32 (unaligned load); AVX2 as above.
+        unsafe { range.add(std::arch::x86_64::_mm256_loadu_ps(ch.as_ptr())) };
     }
-    let (mut h, mut l) = ([0.0f32; 8], [0.0f32; 8]);
-    // SAFETY: eight f32 each.
-    unsafe {
-        _mm256_storeu_ps(h.as_mut_ptr(), hi);
-        _mm256_storeu_ps(l.as_mut_ptr(), lo);
+    // SAFETY: as above.
+    unsafe { range.finish(rest) }
+}
+
+/// Running `(largest, smallest, any NaN)` over eight f32 lanes, for [`range`]'s AVX pass and
+/// the one-pass exponentials ([`exp_ranged_f32`]). Its `unsafe fn`s need AVX2 and are
+/// always inlined into callers compiled with it.
+#[cfg(target_arch = "x86_64")]
+struct Range8 {
+    hi: std::arch::x86_64::__m256,
+    lo: std::arch::x86_64::__m256,
+    nan: std::arch::x86_64::__m256,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Range8 {
+    /// # Safety
+    /// The CPU has AVX2.
+    #[inline(always)]
+    unsafe fn new() -> Range8 {
+        use std::arch::x86_64::*;
+        Range8 {
+            hi: _mm256_set1_ps(f32::NEG_INFINITY),
+            lo: _mm256_set1_ps(f32::INFINITY),
+            nan: _mm256_setzero_ps(),
+        }
     }
-    let hi = h
-        .iter()
-        .chain(rest)
-        .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
-    let lo = l
-        .iter()
-        .chain(rest)
-        .fold(f32::INFINITY, |a, &x| if x < a { x } else { a });
-    let nan = _mm256_movemask_ps(nan) != 0 || rest.iter().any(|x| x.is_nan());
-    (hi, lo, nan)
+
+    /// # Safety
+    /// The CPU has AVX2.
+    #[inline(always)]
+    unsafe fn add(&mut self, x: std::arch::x86_64::__m256) {
+        use std::arch::x86_64::*;
+        self.hi = _mm256_max_ps(self.hi, x);
+        self.lo = _mm256_min_ps(self.lo, x);
+        self.nan = _mm256_or_ps(self.nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+    }
+
+    /// The range of the lanes and of `rest` (the entries past the last whole vector).
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[inline(always)]
+    unsafe fn finish(self, rest: &[f32]) -> (f32, f32, bool) {
+        use std::arch::x86_64::*;
+        let (mut h, mut l) = ([0.0f32; 8], [0.0f32; 8]);
+        // SAFETY: eight f32 each.
+        unsafe {
+            _mm256_storeu_ps(h.as_mut_ptr(), self.hi);
+            _mm256_storeu_ps(l.as_mut_ptr(), self.lo);
+        }
+        let hi = h
+            .iter()
+            .chain(rest)
+            .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+        let lo = l
+            .iter()
+            .chain(rest)
+            .fold(f32::INFINITY, |a, &x| if x < a { x } else { a });
+        let nan = _mm256_movemask_ps(self.nan) != 0 || rest.iter().any(|x| x.is_nan());
+        (hi, lo, nan)
+    }
 }
 
 /// `(largest entry, smallest finite entry, whether any entry is −inf)` of `v`: −inf and
