@@ -105,6 +105,9 @@ struct Ws<F> {
     beta: Vec<F>,
     g: Vec<F>,
     bt: Vec<F>,
+    /// `ln` of each forward step's normaliser, added to log Z after the tables' shifts
+    /// (the order of the sum the grouped kernel takes: the same bits).
+    lns: Vec<f64>,
 }
 
 impl<F: Gemm> Ws<F> {
@@ -117,6 +120,7 @@ impl<F: Gemm> Ws<F> {
             beta: vec![z; c],
             g: vec![z; c],
             bt: vec![z; c],
+            lns: vec![0.0; n],
         }
     }
 }
@@ -283,6 +287,23 @@ fn item_body<T: Real, F: Gemm>(
             *p = if v.f() < F::MIN_NORMAL { zero } else { v };
         }
     }
+    // Normalises `v` by its sum; returns the sum (0: nothing reachable).
+    fn normalise<F: Gemm>(v: &mut [F]) -> f64 {
+        let s: f64 = v.iter().map(|x| x.f()).sum();
+        if s > 0.0 {
+            let inv = F::of(1.0 / s);
+            v.iter_mut().for_each(|x| *x = F::of(x.f() * inv.f()));
+        }
+        s
+    }
+    // Forward, step by step as each table's exponentials are taken: α_0 = φ_0,
+    // α_t = (α_{t-1} E_{t-1}) ⊙ φ_t, normalised.
+    ws.alpha[..c].copy_from_slice(&ws.phi[..c]);
+    let s = normalise(&mut ws.alpha[..c]);
+    if s <= 0.0 {
+        return Outcome::Leave;
+    }
+    ws.lns[0] = s.ln();
     // Above `MAX_CLASSES` (where no group runs, so no grouped kernel's bits need matching)
     // float32 tables are exponentiated relative to a guess, the previous table's largest
     // entry, in the pass that measures their range: each table is read from memory once,
@@ -330,41 +351,25 @@ fn item_body<T: Real, F: Gemm>(
         prev_max = Some(m.to_f64() as f32);
         if let Some(sh) = shifted.filter(|&sh| (m.to_f64() - sh as f64).abs() <= GUESS_SLACK) {
             log_z += sh as f64;
-            continue;
-        }
-        log_z += m.to_f64();
-        match (T::as_f32(tab), f32_view(dst)) {
-            // (The grouped kernel's tables take the same function: the same bits.)
-            (Some(src), Some(dst)) => exp_shifted_f32(src, m.to_f64() as f32, dst),
-            _ => {
-                for (e, &x) in dst.iter_mut().zip(tab) {
-                    *e = F::exp_nonpos(diff::<T, F>(x, m));
+        } else {
+            log_z += m.to_f64();
+            match (T::as_f32(tab), f32_view(dst)) {
+                // (The grouped kernel's tables take the same function: the same bits.)
+                (Some(src), Some(dst)) => exp_shifted_f32(src, m.to_f64() as f32, dst),
+                _ => {
+                    for (e, &x) in dst.iter_mut().zip(tab) {
+                        *e = F::exp_nonpos(diff::<T, F>(x, m));
+                    }
                 }
             }
         }
-    }
-    // Normalises `v` by its sum; returns the sum (0: nothing reachable).
-    fn normalise<F: Gemm>(v: &mut [F]) -> f64 {
-        let s: f64 = v.iter().map(|x| x.f()).sum();
-        if s > 0.0 {
-            let inv = F::of(1.0 / s);
-            v.iter_mut().for_each(|x| *x = F::of(x.f() * inv.f()));
-        }
-        s
-    }
-    // Forward: α_0 = φ_0, α_t = (α_{t-1} E_{t-1}) ⊙ φ_t, normalised.
-    ws.alpha[..c].copy_from_slice(&ws.phi[..c]);
-    let s = normalise(&mut ws.alpha[..c]);
-    if s <= 0.0 {
-        return Outcome::Leave;
-    }
-    log_z += s.ln();
-    for t in 1..len {
+        // The forward step through this table while it is in L1 (the same products, in
+        // the same order, as a separate pass over the tables).
+        let t = t + 1;
         let (done, rest) = ws.alpha.split_at_mut(t * c);
-        let prev = &done[(t - 1) * c..];
         let cur = &mut rest[..c];
         // Products in the product type (eight f32 lanes for float32 models).
-        forward_products(prev, &ws.e[(t - 1) * cc..t * cc], cur);
+        forward_products(&done[(t - 1) * c..], &ws.e[(t - 1) * cc..t * cc], cur);
         for (o, &p) in cur.iter_mut().zip(&ws.phi[t * c..(t + 1) * c]) {
             *o = *o * p;
         }
@@ -372,8 +377,9 @@ fn item_body<T: Real, F: Gemm>(
         if s <= 0.0 {
             return Outcome::Leave;
         }
-        log_z += s.ln();
+        ws.lns[t] = s.ln();
     }
+    log_z = ws.lns[..len].iter().fold(log_z, |z, &l| z + l);
     // Backward, writing marginals: the last node's is α itself (β = 1).
     let last = (len - 1) * c;
     for (o, &a) in node_out[last..last + c]
@@ -406,9 +412,20 @@ fn item_body<T: Real, F: Gemm>(
         match &mut edge_out {
             EdgeOut::Rows(rows) => pair_rows(alpha, e, &ws.g, scale, &mut rows[t * cc..][..cc]),
             EdgeOut::Stream(rows, block) => {
-                pair_rows(alpha, e, &ws.g, scale, block);
-                // SAFETY: `pair_rows` wrote every entry of the block.
-                stream::copy(&mut rows[t * cc..][..cc], unsafe { assume_init(block) });
+                // Each row streamed out as far as whole lines allow as soon as it is
+                // made: the stores drain among the products instead of in one burst.
+                let dst = &mut rows[t * cc..][..cc];
+                let mut lines = stream::Lines::default();
+                for (a, &av) in alpha.iter().enumerate() {
+                    let row = &mut block[a * c..(a + 1) * c];
+                    pair_row(av, scale, &e[a * c..(a + 1) * c], &ws.g, row);
+                    // SAFETY: rows `..=a` of the block are written.
+                    lines.copy(
+                        dst,
+                        unsafe { assume_init(&mut block[..(a + 1) * c]) },
+                        (a + 1) * c,
+                    );
+                }
             }
             EdgeOut::Sum(acc) => {
                 let out = &mut acc[t * cc..(t + 1) * cc];
@@ -455,14 +472,22 @@ fn pair_rows<T: Real, F: Gemm>(
 ) {
     let c = g.len();
     for (a, &av) in alpha.iter().enumerate() {
-        let k = F::of(av.f() * scale);
-        for ((o, &x), &g) in out[a * c..(a + 1) * c]
-            .iter_mut()
-            .zip(&e[a * c..(a + 1) * c])
-            .zip(g)
-        {
-            o.write(T::from_f64((k * x * g).f()));
-        }
+        pair_row(
+            av,
+            scale,
+            &e[a * c..(a + 1) * c],
+            g,
+            &mut out[a * c..(a + 1) * c],
+        );
+    }
+}
+
+/// Row `a` of [`pair_rows`]: `out[b] = α[a] · scale · e[a, b] · g[b]`.
+#[inline(always)]
+fn pair_row<T: Real, F: Gemm>(av: F, scale: f64, e: &[F], g: &[F], out: &mut [MaybeUninit<T>]) {
+    let k = F::of(av.f() * scale);
+    for ((o, &x), &g) in out.iter_mut().zip(e).zip(g) {
+        o.write(T::from_f64((k * x * g).f()));
     }
 }
 
