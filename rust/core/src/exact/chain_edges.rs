@@ -24,8 +24,8 @@
 //! element-wise loops over `C` that vectorise (AVX2 where the CPU has it); items run in
 //! parallel, each in a fixed order and precision, so results do not depend on the thread
 //! count. Pair rows are written once, straight into the output's spare capacity (no zero
-//! fill of the large output first; past `STREAM_BYTES` each edge's block is staged in L1
-//! and streamed out with non-temporal stores). Float32 tables are exponentiated with fused
+//! fill of the large output first; past `STREAM_BYTES` each row is streamed out with
+//! non-temporal stores as it is made). Float32 tables are exponentiated with fused
 //! multiply–adds where the CPU has FMA (`logspace::exp_shifted_f32`); above
 //! `chain_lanes::MAX_CLASSES` relative to the previous table's largest entry, in the same
 //! pass that measures the table's range (`logspace::exp_ranged_f32`; see `item_body`).
@@ -130,10 +130,10 @@ impl<F: Gemm> Ws<F> {
 struct Work {
     f32: Option<Ws<f32>>,
     f64: Option<Ws<f64>>,
-    /// Stream pair rows out with non-temporal stores (see [`streams`]), staging each
-    /// edge's block in `block`.
+    /// Stream pair rows out with non-temporal stores (see [`streams`]), staging a few rows
+    /// at a time (see [`STAGE`]) in `row`.
     stream: bool,
-    block: Vec<u64>,
+    row: Vec<u64>,
 }
 
 impl Work {
@@ -162,7 +162,7 @@ impl Work {
         let n = node.len() / c;
         let mut edge_out = match edge_out {
             EdgeOut::Rows(rows) if self.stream => {
-                EdgeOut::Stream(rows, scratch(&mut self.block, c * c))
+                EdgeOut::Stream(rows, scratch(&mut self.row, c * (STAGE / c).max(1)))
             }
             out => out,
         };
@@ -208,11 +208,16 @@ fn streams(bytes: usize) -> bool {
 /// See [`streams`].
 const STREAM_BYTES: usize = 8 << 20;
 
+/// Entries of pair rows staged before they are streamed out (whole rows; at least one):
+/// about 1 KiB in f32, few enough to leave the table in L1, enough that each part's
+/// streaming costs little beside the products.
+const STAGE: usize = 256;
+
 /// Where an item's pair marginals go.
 enum EdgeOut<'x, T> {
     /// `(E, C, C)` rows of the item, every entry written (zero beyond its last edge).
     Rows(&'x mut [MaybeUninit<T>]),
-    /// The same rows, each edge's block staged in the `(C, C)` scratch and streamed out.
+    /// The same rows, a few at a time staged in the scratch (whole rows) and streamed out.
     Stream(&'x mut [MaybeUninit<T>], &'x mut [MaybeUninit<T>]),
     /// Added (times the item's weight) into a shared `(E, C, C)` accumulator.
     Sum(&'x mut [f64]),
@@ -411,20 +416,22 @@ fn item_body<T: Real, F: Gemm>(
         }
         match &mut edge_out {
             EdgeOut::Rows(rows) => pair_rows(alpha, e, &ws.g, scale, &mut rows[t * cc..][..cc]),
-            EdgeOut::Stream(rows, block) => {
-                // Each row streamed out as far as whole lines allow as soon as it is
-                // made: the stores drain among the products instead of in one burst.
+            EdgeOut::Stream(rows, stage) => {
+                // Rows streamed out a few at a time as they are made: the stores drain
+                // among the products instead of in one burst, and only those rows are
+                // staged (the table stays in L1 for the next rows' products).
                 let dst = &mut rows[t * cc..][..cc];
                 let mut lines = stream::Lines::default();
-                for (a, &av) in alpha.iter().enumerate() {
-                    let row = &mut block[a * c..(a + 1) * c];
-                    pair_row(av, scale, &e[a * c..(a + 1) * c], &ws.g, row);
-                    // SAFETY: rows `..=a` of the block are written.
-                    lines.copy(
-                        dst,
-                        unsafe { assume_init(&mut block[..(a + 1) * c]) },
-                        (a + 1) * c,
-                    );
+                for (k, alphas) in alpha.chunks(stage.len() / c).enumerate() {
+                    let a0 = k * (stage.len() / c);
+                    let part = &mut stage[..alphas.len() * c];
+                    for (j, &av) in alphas.iter().enumerate() {
+                        let a = a0 + j;
+                        let row = &mut part[j * c..(j + 1) * c];
+                        pair_row(av, scale, &e[a * c..(a + 1) * c], &ws.g, row);
+                    }
+                    // SAFETY: `pair_row` wrote every entry of the part's rows.
+                    lines.push(dst, unsafe { assume_init(part) });
                 }
             }
             EdgeOut::Sum(acc) => {

@@ -11,71 +11,109 @@ use std::mem::MaybeUninit;
 /// written partly by ordinary stores would be read anyway).
 const LINE: usize = 64;
 
-/// `dst[i] = src[i]`, whole destination cache lines written with non-temporal stores
-/// (x86-64; a plain copy elsewhere), made in parts as the source is produced, so that the streaming stores are spread among the work that makes the source rather
-/// than issued in one burst that waits on the memory bus. Only whole destination lines
-/// are streamed: each part stops at the last line boundary it reaches, and the entries
-/// past it go with the next part (or, in the last, by ordinary stores).
-#[derive(Default)]
+/// Writes a destination front to back in pieces as they are made, whole destination
+/// cache lines with non-temporal stores (x86-64; plain stores elsewhere): the streaming
+/// stores are spread among the work that makes the pieces rather than issued in one burst
+/// that waits on the memory bus, and no piece needs staging beyond its own buffer. The
+/// partial lines at the two ends of the destination go by ordinary stores (a line written
+/// partly by ordinary stores would be read anyway); the start of a line that a piece ends
+/// inside is carried until the next piece completes it.
 pub(crate) struct Lines {
-    /// Bytes of `dst` written so far.
-    done: usize,
+    /// Bytes of the destination pushed so far (written or carried).
+    pos: usize,
+    /// The bytes of the current destination line pushed so far, not yet written.
+    carry: [u8; LINE],
+}
+
+impl Default for Lines {
+    fn default() -> Lines {
+        Lines {
+            pos: 0,
+            carry: [0; LINE],
+        }
+    }
 }
 
 impl Lines {
-    /// Copies `src[..upto]` (the entries produced so far) into `dst` as far as whole
-    /// lines allow, all of it when `upto` is `dst.len()`. Each call passes the same
-    /// `dst` and a `src` whose first `upto` entries are final.
+    /// Appends `src` to what `dst` has received: `dst[p..p + src.len()] = src` where `p`
+    /// counts the entries pushed before. Every call passes the same `dst`; it is complete
+    /// after the push that reaches its end.
     ///
     /// # Panics
-    /// When `src` is shorter than `upto`, `upto` is past `dst`'s end, or `dst` is not
-    /// the slice earlier parts wrote into (its length changed).
+    /// When the pushes run past `dst`'s end.
     #[inline]
-    pub(crate) fn copy<T: Copy>(&mut self, dst: &mut [MaybeUninit<T>], src: &[T], upto: usize) {
-        assert!(
-            upto <= src.len() && upto <= dst.len(),
-            "stream::Lines lengths"
-        );
+    pub(crate) fn push<T: Copy>(&mut self, dst: &mut [MaybeUninit<T>], src: &[T]) {
         let n = std::mem::size_of_val(dst);
-        let end = upto * std::mem::size_of::<T>();
-        assert!(self.done <= n, "stream::Lines destination");
+        let m = std::mem::size_of_val(src);
+        assert!(
+            self.pos + m <= n,
+            "stream::Lines: pushed past the destination"
+        );
         let d = dst.as_mut_ptr() as *mut u8;
         let s = src.as_ptr() as *const u8;
-        let mut k = self.done;
-        // The partial line the destination starts in goes by ordinary stores.
+        // Lines of `dst` start at `head`; the bytes before go by ordinary stores.
         let head = d.align_offset(LINE).min(n);
-        if k < head {
-            let to = head.min(end);
-            // SAFETY: `k..to` lies within the first `end <= n` bytes of both slices,
-            // which do not overlap (one is borrowed mutably).
-            unsafe { std::ptr::copy_nonoverlapping(s.add(k), d.add(k), to - k) };
-            k = to;
+        let mut i = 0;
+        if self.pos < head {
+            i = (head - self.pos).min(m);
+            // SAFETY: `pos..pos + i` lies within `dst` and `0..i` within `src`; the two do
+            // not overlap (one is borrowed mutably).
+            unsafe { std::ptr::copy_nonoverlapping(s, d.add(self.pos), i) };
         }
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
-            // Each line `k..k + LINE` lies within the first `end` bytes of both
-            // slices and is 64-byte aligned in `dst` (`k >= head`, in steps of whole
-            // lines); SSE2 is part of x86-64.
-            while k >= head && k + LINE <= end {
-                // SAFETY: see above.
-                unsafe {
-                    for q in (0..LINE).step_by(16) {
-                        let v = _mm_loadu_si128(s.add(k + q) as *const __m128i);
-                        _mm_stream_si128(d.add(k + q) as *mut __m128i, v);
-                    }
-                }
-                k += LINE;
+        while i < m {
+            let q = self.pos + i;
+            let off = (q - head) % LINE;
+            if off == 0 && m - i >= LINE {
+                // A whole line straight from `src`.
+                // SAFETY: `q..q + LINE` is a 64-byte aligned line of `dst` (`q >= head`)
+                // and `i..i + LINE` lies within `src`.
+                unsafe { line(d.add(q), s.add(i)) };
+                i += LINE;
+                continue;
+            }
+            let k = (LINE - off).min(m - i);
+            // SAFETY: `i..i + k` lies within `src`, `off..off + k` within the carry.
+            unsafe { std::ptr::copy_nonoverlapping(s.add(i), self.carry.as_mut_ptr().add(off), k) };
+            i += k;
+            if off + k == LINE {
+                // SAFETY: the carried line starts at `q - off >= head`, a line boundary
+                // of `dst`, and ends within it.
+                unsafe { line(d.add(q - off), self.carry.as_ptr()) };
             }
         }
-        if end == n {
-            // The last part: the rest (the partial last line; everything off x86-64).
-            // SAFETY: `k..n` lies within both slices.
-            unsafe { std::ptr::copy_nonoverlapping(s.add(k), d.add(k), n - k) };
-            k = n;
+        self.pos += m;
+        if self.pos == n && n > head {
+            // The partial last line, from the carry.
+            let off = (n - head) % LINE;
+            // SAFETY: `n - off..n` lies within `dst`; the carry holds those `off` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(self.carry.as_ptr(), d.add(n - off), off) };
         }
-        self.done = k;
     }
+}
+
+/// Writes the 64 bytes at `src` to the line at `dst` with non-temporal stores (x86-64;
+/// plain stores elsewhere).
+///
+/// # Safety
+/// `dst` is 64-byte aligned and both ranges are valid for 64 bytes.
+#[inline(always)]
+unsafe fn line(dst: *mut u8, src: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+        for q in (0..LINE).step_by(16) {
+            // SAFETY: the caller's contract; SSE2 is part of x86-64.
+            unsafe {
+                let v = _mm_loadu_si128(src.add(q) as *const __m128i);
+                _mm_stream_si128(dst.add(q) as *mut __m128i, v);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: the caller's contract.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src, dst, LINE)
+    };
 }
 
 /// Orders this thread's streaming stores before its later stores (such as the release of
@@ -93,9 +131,9 @@ pub(crate) fn fence() {
 mod tests {
     use super::*;
 
-    /// The whole of `src` in one part.
+    /// The whole of `src` in one piece.
     fn copy<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
-        Lines::default().copy(dst, src, src.len());
+        Lines::default().push(dst, src);
     }
 
     #[test]
@@ -117,21 +155,18 @@ mod tests {
                 }
             }
         }
-        // In parts of every size, each reading only what has been produced: the same
-        // entries.
+        // In pieces of every size, each from its own buffer: the same entries.
         for off in 0..17 {
             for step in [1, 5, 16, 23, 100] {
                 let mut dst = vec![MaybeUninit::new(f32::NAN); 700];
                 let mut lines = Lines::default();
                 let len = 600;
-                // The source as it is produced: NaN past what each part may read.
-                let mut made = vec![f32::NAN; len];
-                let mut upto = 0;
-                while upto < len {
-                    let from = upto;
-                    upto = (upto + step).min(len);
-                    made[from..upto].copy_from_slice(&src[from..upto]);
-                    lines.copy(&mut dst[off..off + len], &made, upto);
+                let mut from = 0;
+                while from < len {
+                    let to = (from + step).min(len);
+                    let piece = src[from..to].to_vec();
+                    lines.push(&mut dst[off..off + len], &piece);
+                    from = to;
                 }
                 fence();
                 for (i, d) in dst.iter().enumerate() {
