@@ -401,9 +401,7 @@ fn item_body<T: Real, F: Gemm>(
         }
         // Row dot products in the product type (all terms are non-negative: no
         // cancellation to fear at f32).
-        for (a, bt) in ws.bt.iter_mut().enumerate() {
-            *bt = dot(&e[a * c..(a + 1) * c], &ws.g);
-        }
+        row_dots(e, &ws.g, &mut ws.bt);
         let alpha = &ws.alpha[t * c..(t + 1) * c];
         let d: f64 = alpha.iter().zip(&ws.bt).map(|(a, b)| a.f() * b.f()).sum();
         let scale = w / d;
@@ -574,6 +572,21 @@ fn dot<F: Gemm>(a: &[F], b: &[F]) -> F {
     tail_dot(sum, &a[full..], &b[full..])
 }
 
+/// `out[a] = dot(e[a*C..(a+1)*C], g)` for every row `a` of the row-major `C × C` table
+/// `e` (`C = g.len() = out.len()`), each row's sum exactly as [`dot`] takes it.
+#[inline(always)]
+fn row_dots<F: Gemm>(e: &[F], g: &[F], out: &mut [F]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::batch::has_avx2() {
+        // SAFETY: the CPU has AVX2, checked just above; `e` holds `C × C` entries.
+        return unsafe { avx::dots(e, g, out) };
+    }
+    let c = g.len();
+    for (a, o) in out.iter_mut().enumerate() {
+        *o = dot(&e[a * c..(a + 1) * c], g);
+    }
+}
+
 /// `sum + Σ_k a[k] b[k]`, the terms added in order.
 #[inline(always)]
 fn tail_dot<F: Gemm>(sum: F, a: &[F], b: &[F]) -> F {
@@ -608,34 +621,120 @@ mod avx {
                 let (pa, pb) = (pa as *const f32, pb as *const f32);
                 let mut acc = _mm256_setzero_ps();
                 for k in (0..full).step_by(8) {
-                    let p = _mm256_mul_ps(_mm256_loadu_ps(pa.add(k)), _mm256_loadu_ps(pb.add(k)));
-                    acc = _mm256_add_ps(acc, p);
+                    acc = add_ps(acc, pa.add(k), pb.add(k));
                 }
-                // [a0+a1, a2+a3, a4+a5, a6+a7], then [(a0+a1)+(a2+a3), (a4+a5)+(a6+a7)].
-                let h = _mm_hadd_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-                let h = _mm_hadd_ps(h, h);
-                (_mm_cvtss_f32(h) + _mm_cvtss_f32(_mm_movehdup_ps(h))) as f64
+                sum_ps(acc) as f64
             } else {
                 let (pa, pb) = (pa as *const f64, pb as *const f64);
-                let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+                let mut acc = (_mm256_setzero_pd(), _mm256_setzero_pd());
                 for k in (0..full).step_by(8) {
-                    let p = _mm256_mul_pd(_mm256_loadu_pd(pa.add(k)), _mm256_loadu_pd(pb.add(k)));
-                    lo = _mm256_add_pd(lo, p);
-                    let p = _mm256_mul_pd(
-                        _mm256_loadu_pd(pa.add(k + 4)),
-                        _mm256_loadu_pd(pb.add(k + 4)),
-                    );
-                    hi = _mm256_add_pd(hi, p);
+                    acc = add_pd(acc, pa.add(k), pb.add(k));
                 }
-                // [a0+a1, a4+a5, a2+a3, a6+a7]; its halves added: [(a0+a1)+(a2+a3),
-                // (a4+a5)+(a6+a7)].
-                let h = _mm256_hadd_pd(lo, hi);
-                let h = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
-                _mm_cvtsd_f64(h) + _mm_cvtsd_f64(_mm_unpackhi_pd(h, h))
+                sum_pd(acc)
             }
         };
         // Exact: `sum` holds a value of type `F`.
         tail_dot(F::of(sum), &a[full..], &b[full..])
+    }
+
+    /// `out[a] = dot(e[a*C..(a+1)*C], g)` for every row `a` of the row-major `C × C`
+    /// table `e` (`C = g.len() = out.len()`), each exactly as [`dot`] takes it: four rows
+    /// at a time, so that four independent sums hide the additions' latency where one
+    /// row's single chain of additions waits on each.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `F` is f32 or f64; `e` holds `C × C` entries.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) unsafe fn dots<F: Gemm>(e: &[F], g: &[F], out: &mut [F]) {
+        let c = g.len();
+        assert!(out.len() == c && e.len() >= c * c);
+        let full = c / 8 * 8;
+        let rows = c / 4 * 4;
+        for a in (0..rows).step_by(4) {
+            let pe = e[a * c..].as_ptr();
+            // SAFETY: (both arms) rows `a..a + 4` lie within `e` (`a + 4 <= C`), and the
+            // loads read entries `k..k + 8` of a row and of `g` with `k + 8 <= full <= C`;
+            // `F` is the type the pointers are cast to.
+            let sums: [f64; 4] = unsafe {
+                if std::mem::size_of::<F>() == 4 {
+                    let (pe, pg) = (pe as *const f32, g.as_ptr() as *const f32);
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    for k in (0..full).step_by(8) {
+                        for (r, x) in acc.iter_mut().enumerate() {
+                            *x = add_ps(*x, pe.add(r * c + k), pg.add(k));
+                        }
+                    }
+                    acc.map(|x| sum_ps(x) as f64)
+                } else {
+                    let (pe, pg) = (pe as *const f64, g.as_ptr() as *const f64);
+                    let mut acc = [(_mm256_setzero_pd(), _mm256_setzero_pd()); 4];
+                    for k in (0..full).step_by(8) {
+                        for (r, x) in acc.iter_mut().enumerate() {
+                            *x = add_pd(*x, pe.add(r * c + k), pg.add(k));
+                        }
+                    }
+                    acc.map(|x| sum_pd(x))
+                }
+            };
+            for (r, &sum) in sums.iter().enumerate() {
+                let row = &e[(a + r) * c..(a + r + 1) * c];
+                // Exact: `sum` holds a value of type `F`.
+                out[a + r] = tail_dot(F::of(sum), &row[full..], &g[full..]);
+            }
+        }
+        for a in rows..c {
+            // SAFETY: the CPU has AVX2; `g` is as long as the row.
+            out[a] = unsafe { dot(&e[a * c..(a + 1) * c], g) };
+        }
+    }
+
+    /// `acc + a[..8] · b[..8]` lane by lane (f32).
+    ///
+    /// # Safety
+    /// AVX2; eight f32 readable at `a` and at `b`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn add_ps(acc: __m256, a: *const f32, b: *const f32) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a), _mm256_loadu_ps(b))) }
+    }
+
+    /// The portable [`super::dot`]'s reduction of its eight partial sums:
+    /// `((a0+a1)+(a2+a3)) + ((a4+a5)+(a6+a7))`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn sum_ps(acc: __m256) -> f32 {
+        // [a0+a1, a2+a3, a4+a5, a6+a7], then [(a0+a1)+(a2+a3), (a4+a5)+(a6+a7)].
+        let h = _mm_hadd_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let h = _mm_hadd_ps(h, h);
+        _mm_cvtss_f32(h) + _mm_cvtss_f32(_mm_movehdup_ps(h))
+    }
+
+    /// `acc + a[..8] · b[..8]` lane by lane (f64, the eight partial sums in two registers).
+    ///
+    /// # Safety
+    /// AVX2; eight f64 readable at `a` and at `b`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn add_pd(acc: (__m256d, __m256d), a: *const f64, b: *const f64) -> (__m256d, __m256d) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let lo = _mm256_mul_pd(_mm256_loadu_pd(a), _mm256_loadu_pd(b));
+            let hi = _mm256_mul_pd(_mm256_loadu_pd(a.add(4)), _mm256_loadu_pd(b.add(4)));
+            (_mm256_add_pd(acc.0, lo), _mm256_add_pd(acc.1, hi))
+        }
+    }
+
+    /// [`sum_ps`] for f64.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn sum_pd((lo, hi): (__m256d, __m256d)) -> f64 {
+        // [a0+a1, a4+a5, a2+a3, a6+a7]; its halves added: [(a0+a1)+(a2+a3),
+        // (a4+a5)+(a6+a7)].
+        let h = _mm256_hadd_pd(lo, hi);
+        let h = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+        _mm_cvtsd_f64(h) + _mm_cvtsd_f64(_mm_unpackhi_pd(h, h))
     }
 }
 
