@@ -49,7 +49,15 @@ try:
 except ImportError:  # pragma: no cover
     LinearChainCRF = None
 
-SHAPES = [(48, 96, 24), (256, 20, 7), (16, 200, 12), (32, 128, 16), (64, 64, 9), (128, 32, 50)]
+SHAPES = [
+    (48, 96, 24),
+    (256, 20, 7),
+    (16, 200, 12),
+    (32, 128, 16),
+    (64, 64, 9),
+    (128, 32, 50),
+    (64, 32, 100),
+]
 
 
 def timeit(fn, repeats: int) -> float:

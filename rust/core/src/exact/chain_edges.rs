@@ -239,7 +239,8 @@ crate::simd_dispatch! {
     /// Forward–backward of one item of `len` active nodes in products of type `F`: node
     /// marginals times `w` into `node_out` (`(n, C)`, zero past `len`), pair marginals
     /// times `w` into `edge_out`. Each table's span is measured as its exponentials are
-    /// taken (the table read from memory once); the outcome says when the tables need
+    /// taken (the table read from memory once), and the forward step through it follows
+    /// while it is in L1; the outcome says when the tables need
     /// wider products or the log domain (then the outputs are partly written).
     fn item<T: Real, F: Gemm>(
         node: &[T],
@@ -419,14 +420,16 @@ fn item_body<T: Real, F: Gemm>(
                 // among the products instead of in one burst, and only those rows are
                 // staged (the table stays in L1 for the next rows' products).
                 let dst = &mut rows[t * cc..][..cc];
+                let per = stage.len() / c;
                 let mut lines = stream::Lines::default();
-                for (k, alphas) in alpha.chunks(stage.len() / c).enumerate() {
-                    let a0 = k * (stage.len() / c);
+                for (alphas, e) in alpha.chunks(per).zip(e.chunks(per * c)) {
                     let part = &mut stage[..alphas.len() * c];
-                    for (j, &av) in alphas.iter().enumerate() {
-                        let a = a0 + j;
-                        let row = &mut part[j * c..(j + 1) * c];
-                        pair_row(av, scale, &e[a * c..(a + 1) * c], &ws.g, row);
+                    for ((&av, row), e) in alphas
+                        .iter()
+                        .zip(part.chunks_exact_mut(c))
+                        .zip(e.chunks_exact(c))
+                    {
+                        pair_row(av, scale, e, &ws.g, row);
                     }
                     // SAFETY: `pair_row` wrote every entry of the part's rows.
                     lines.push(dst, unsafe { assume_init(part) });
