@@ -169,6 +169,20 @@ mod tests {
         Lines::default().push(dst, src);
     }
 
+    /// `dst[off..off + len]` holds `src[..len]` bit for bit and every other entry is
+    /// still NaN (nothing written outside).
+    fn check(dst: &[MaybeUninit<f32>], src: &[f32], off: usize, len: usize, what: &str) {
+        for (i, d) in dst.iter().enumerate() {
+            // SAFETY: every entry was initialised.
+            let v = unsafe { d.assume_init() };
+            if (off..off + len).contains(&i) {
+                assert_eq!(v.to_bits(), src[i - off].to_bits(), "{what}");
+            } else {
+                assert!(v.is_nan(), "{what}: wrote outside at {i}");
+            }
+        }
+    }
+
     #[test]
     fn copies_every_length_and_alignment() {
         let src: Vec<f32> = (0..700).map(|i| i as f32 * 0.5 - 3.0).collect();
@@ -177,15 +191,7 @@ mod tests {
                 let mut dst = vec![MaybeUninit::new(f32::NAN); 700];
                 copy(&mut dst[off..off + len], &src[..len]);
                 fence();
-                for (i, d) in dst.iter().enumerate() {
-                    // SAFETY: every entry was initialised.
-                    let v = unsafe { d.assume_init() };
-                    if (off..off + len).contains(&i) {
-                        assert_eq!(v.to_bits(), src[i - off].to_bits(), "off {off} len {len}");
-                    } else {
-                        assert!(v.is_nan(), "off {off} len {len}: wrote outside at {i}");
-                    }
-                }
+                check(&dst, &src, off, len, &format!("off {off} len {len}"));
             }
         }
         // In pieces of every size, each from its own buffer: the same entries.
@@ -208,15 +214,7 @@ mod tests {
                     from = to;
                 }
                 fence();
-                for (i, d) in dst.iter().enumerate() {
-                    // SAFETY: every entry was initialised.
-                    let v = unsafe { d.assume_init() };
-                    if (off..off + len).contains(&i) {
-                        assert_eq!(v.to_bits(), src[i - off].to_bits(), "off {off} step {step}");
-                    } else {
-                        assert!(v.is_nan(), "off {off} step {step}: wrote outside at {i}");
-                    }
-                }
+                check(&dst, &src, off, len, &format!("off {off} step {step}"));
             }
         }
         let wide: Vec<f64> = (0..99).map(|i| i as f64 / 7.0).collect();
