@@ -70,6 +70,9 @@ def test_ctrl_c_stops_a_long_call_promptly_and_leaves_the_library_usable():
     rng = np.random.default_rng(2)
     s_n = rng.normal(size=(big.num_nodes, 6))
     s_e = rng.normal(size=(big.num_edges, 6, 6))
+    # Python's own Ctrl-C handler, whatever this process inherited: a shell that starts
+    # a job in the background starts it with SIGINT ignored, and Python then keeps it so.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
     start = time.perf_counter()
     timer.start()
@@ -79,6 +82,7 @@ def test_ctrl_c_stops_a_long_call_promptly_and_leaves_the_library_usable():
             es.infer(big, s_n, s_e, method="bp", max_iter=10**7, tol=0.0, damping=0.5)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - start < 10
     r = es.infer(es.Graph.chain(5), np.zeros((5, 3)), np.zeros((3, 3)))
     assert abs(float(r.log_z) - 5 * np.log(3)) < 1e-12
