@@ -538,18 +538,22 @@ pub fn softmax(xs: &[f64], out: &mut [f64]) {
 mod tests {
     use super::*;
 
+    /// The next draw in `[0, 1)` of a small linear congruential generator (reproducible
+    /// test inputs without a dependency).
+    fn uniform(state: &mut u64) -> f64 {
+        *state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (*state >> 33) as f64 / (1u64 << 31) as f64
+    }
+
     /// `range` (AVX for f32 where the CPU has it) against a plain fold, every length
     /// around the eight-lane blocks, with ±inf entries in the vector part and the tail;
     /// and a NaN anywhere is reported (the range is then not asked for).
     #[test]
     fn range_matches_a_plain_fold() {
         let mut state = 1u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64) * 200.0 - 100.0
-        };
+        let mut next = || uniform(&mut state) * 200.0 - 100.0;
         for n in [0usize, 1, 7, 8, 9, 15, 16, 17, 49, 2500] {
             for special in [None, Some(f64::NEG_INFINITY), Some(f64::INFINITY)] {
                 for at in [0, n / 2, n.saturating_sub(1)] {
@@ -623,12 +627,7 @@ mod tests {
     #[test]
     fn ranged_exponentials_report_the_range_of_one_pass() {
         let mut state = 7u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64) as f32 * 60.0 - 30.0
-        };
+        let mut next = || uniform(&mut state) as f32 * 60.0 - 30.0;
         let (shift, top) = (-4.0f32, 16.0f32);
         for n in [0usize, 1, 7, 8, 9, 17, 100] {
             for special in [
