@@ -67,7 +67,8 @@ def test_an_unknown_simd_choice_is_refused():
 
 
 # Every kernel with an AVX2 copy: the batch-major chain kernel (f32 exp), per-item forest
-# sum-product and max-product, grid BP/TRW in f32 and f64 storage, and the grid Gibbs sweep.
+# sum-product and max-product, grid BP (both schedules; flooding at small C takes the
+# one-pass kernel) and TRW in f32 and f64 storage, and the grid Gibbs sweep.
 _WORKLOAD = """
 import json, sys, warnings
 import numpy as np
@@ -87,11 +88,13 @@ for dt in (np.float32, np.float64):
     gn2 = rng.normal(size=(g.num_nodes, 5)).astype(dt)
     ge2 = rng.normal(size=(g.num_edges, 5, 5)).astype(dt)
     b = es.infer(g, gn2, ge2, method="bp", max_iter=20, damping=0.3)
+    f = es.infer(g, gn2, ge2, method="bp", max_iter=20, damping=0.5, schedule="parallel")
     t = es.infer(g, gn2, ge2, method="trw", max_iter=20)
     k = es.infer(g, gn2, ge2, method="gibbs", num_samples=200, seed=1, ais_steps=0)
     for name, a in [("loss", loss), ("gn", gn), ("ge", ge), ("lz", r.log_z),
                     ("nm", r.node_marginals), ("dec", es.decode(ch, sn, se)),
                     ("bp", b.node_marginals), ("bplz", b.log_z), ("trw", t.log_z),
+                    ("flood", f.node_marginals), ("floodlz", f.log_z),
                     ("gibbs", k.node_marginals)]:
         out[f"{dt.__name__}.{name}"] = np.asarray(a, dtype=np.float64).ravel().tolist()
 json.dump(out, sys.stdout)

@@ -26,6 +26,7 @@ use crate::kernels::alloc::{init_with, par_filled, sized};
 use crate::kernels::layout::{transpose, transpose_f32};
 use crate::kernels::logspace::{exp, exp_nonpos_f32, finite_range, ln_pos, ln_pos_f32};
 use crate::kernels::real::Real;
+use crate::loopy::grid_fused;
 use crate::loopy::options::Schedule;
 use crate::model::scores::{EdgeLayout, ItemEdges};
 use crate::simd_dispatch;
@@ -86,6 +87,9 @@ pub struct GridPotentials {
     compute32: bool,
     /// `phi` in f32 when `compute32`.
     phi32: Vec<f32>,
+    /// Whether flooding sweeps at small C may take the one-pass kernel
+    /// ([`super::grid_fused`]); tests turn it off to compare it with the row passes.
+    pub(crate) fused: bool,
 }
 
 /// Edge potentials, in f64 or (a float32 model whose tables all span at most `SPAN_F32`:
@@ -795,6 +799,7 @@ impl GridPotentials {
             phi,
             phi32,
             compute32,
+            fused: true,
             phi_shift,
             hshift,
             vshift,
@@ -820,6 +825,20 @@ impl GridPotentials {
         })
     }
 
+    /// Whether the sweeps take the one-pass kernel ([`super::grid_fused`]): BP (not TRW)
+    /// with stored f32 tables, f32 messages and arithmetic (`M`, `A`), flooding (no
+    /// `colour`), small C.
+    fn one_pass<M: Real, A: Real>(&self, colour: Option<usize>) -> bool {
+        self.fused
+            && self.rho.is_none()
+            && self.weighted.is_none()
+            && colour.is_none()
+            && (2..=grid_fused::MAX_C).contains(&self.c)
+            && M::as_f32(&[]).is_some()
+            && A::as_f32(&[]).is_some()
+            && (self.shared || matches!(self.horiz, Pots::F32(_)))
+    }
+
     /// A float32 model whose messages are held in f32 (see `f32_ok`): its belief pass may
     /// work at f32 precision too.
     pub(crate) fn single(&self) -> bool {
@@ -843,6 +862,13 @@ impl<'a, M> Prev<'a, M> {
     fn row(&self, d: usize, r: usize, x: usize, c: usize, w: usize) -> &'a [M] {
         let at = d * self.n + (r * c + x) * w;
         &self.data[at..at + w]
+    }
+
+    /// Every label of row `r` in direction `d` (`c` rows of `w`).
+    #[inline(always)]
+    fn block(&self, d: usize, r: usize, c: usize, w: usize) -> &'a [M] {
+        let at = d * self.n + r * c * w;
+        &self.data[at..at + c * w]
     }
 }
 
@@ -898,6 +924,19 @@ impl<'a, M> Next<'a, M> {
         assert!(off + len <= w && at + len <= self.len);
         // SAFETY: in bounds (checked above); exclusive by the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
+    }
+
+    /// Every label of row `r` in direction `d` (`c` rows of `w`).
+    ///
+    /// # Safety
+    /// As for [`Self::span`].
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    unsafe fn block(&self, d: usize, r: usize, c: usize, w: usize) -> &mut [M] {
+        let at = d * self.n + r * c * w;
+        assert!(at + c * w <= self.len);
+        // SAFETY: in bounds (checked above); exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), c * w) }
     }
 }
 
@@ -1143,6 +1182,7 @@ fn row_update_body<M: Real, A: Real>(
         }
     }
     let mut change = 0.0f64;
+    let fused = p.one_pass::<M, A>(colour);
     // (direction written, source of the cavity's extra factor, vertical?, target row)
     let jobs: [(usize, usize, bool); 4] = [
         (FROM_LEFT, FROM_LEFT, false),
@@ -1154,6 +1194,56 @@ fn row_update_body<M: Real, A: Real>(
         let Some((len, src_off, dst_off, tr)) = geometry(dir, r, h, w) else {
             continue;
         };
+        // out[x'][i] = Σ_x t[x, x'] cav[x][i]: the table row is the edge's, oriented
+        // [first node, second node]; messages going left/up use it transposed.
+        let tab_row = match dir {
+            FROM_LEFT | FROM_UP => r,
+            FROM_RIGHT => r,
+            _ => r - 1,
+        };
+        if fused {
+            let (Some(base), Some(other), Some(prev)) = (
+                A::as_f32(if vertical { &ws.b } else { &ws.a }),
+                M::as_f32(old.block(dir, r, c, w)),
+                M::as_f32(old.block(dir, tr, c, w)),
+            ) else {
+                unreachable!("the one-pass kernel runs on f32 messages and arithmetic")
+            };
+            // A shared table in f32, as the row passes round each entry they use.
+            let mut one = [0.0f32; grid_fused::MAX_C * grid_fused::MAX_C];
+            let (tabs, rows) = match (if vertical { &p.vert } else { &p.horiz }, p.shared) {
+                (Pots::F32(t), true) => (&t[..], false),
+                (Pots::F64(t), true) => {
+                    one.iter_mut().zip(t).for_each(|(o, &x)| *o = x as f32);
+                    (&one[..c * c], false)
+                }
+                (Pots::F32(t), false) => (&t[tab_row * c * c * w..], true),
+                (Pots::F64(_), false) => unreachable!("f32 arithmetic comes with f32 tables"),
+            };
+            let (kx, kxo) = match dir {
+                FROM_LEFT | FROM_UP => (c, 1),
+                _ => (1, c),
+            };
+            let d = grid_fused::Direction {
+                c,
+                w,
+                len,
+                src_off,
+                dst_off,
+                base,
+                other,
+                tabs,
+                rows,
+                kx,
+                kxo,
+                prev,
+            };
+            // SAFETY: block `(dir, tr)` carries messages leaving row `r`'s nodes, which
+            // only this task writes (see `Next`), and no other reference to it is live.
+            let dst = M::as_f32_mut(unsafe { new.block(dir, tr, c, w) }).unwrap();
+            change = change.max(grid_fused::messages(d, dst, damping, need_change));
+            continue;
+        }
         // Cavity: everything at the source except the message from the target.
         let base = if vertical { &ws.b } else { &ws.a };
         let skip = match extra {
@@ -1187,13 +1277,6 @@ fn row_update_body<M: Real, A: Real>(
                 cav[i] = bx[i] * m2a(other[i]);
             }
         }
-        // out[x'][i] = Σ_x t[x, x'] cav[x][i]: the table row is the edge's, oriented
-        // [first node, second node]; messages going left/up use it transposed.
-        let tab_row = match dir {
-            FROM_LEFT | FROM_UP => r,
-            FROM_RIGHT => r,
-            _ => r - 1,
-        };
         if let Some([ah, bh, av, bv]) = p.weighted.as_ref().and_then(|wt| wt.coef.as_ref()) {
             let (a, b) = if vertical { (av, bv) } else { (ah, bh) };
             let row = tab_row * w..tab_row * w + len;
@@ -1429,7 +1512,7 @@ fn mix_half(t: f32, p: f32) -> f32 {
 /// `t^keep · p^damping` of two messages with entries at most 1 (both logs and the
 /// mixture are <= 0), 0 where either is.
 #[inline(always)]
-fn mix_f32(t: f32, p: f32, keep: f32, damping: f32) -> f32 {
+pub(super) fn mix_f32(t: f32, p: f32, keep: f32, damping: f32) -> f32 {
     let lo = ln_pos_f32(t.max(f32::MIN_POSITIVE));
     let lp = ln_pos_f32(p.max(f32::MIN_POSITIVE));
     let v = exp_nonpos_f32(lo * keep + lp * damping);
@@ -1834,6 +1917,49 @@ mod tests {
             let es = EdgeScores::weighted(&wt, 1, &tab, 1, c).item(0);
             let p = GridPotentials::new(h, w, &node, &es, None).unwrap();
             assert_eq!(p.compute32, f32_arith, "weight {wmax}");
+        }
+    }
+
+    /// The one-pass kernel's messages and changes are the row passes' bit for bit, for
+    /// every C it is built for, shared and per-edge tables, every damping rule, rows whose
+    /// spans end in a whole block of eight or in a tail, the change measured at every
+    /// iteration or only at the last, and a forbidden label (zero potential).
+    #[test]
+    fn one_pass_messages_equal_the_row_passes_bit_for_bit() {
+        let mut rng = Rng::stream(11, &[]);
+        for (h, w) in [(4, 21), (3, 9), (2, 3)] {
+            let ne = h * (w - 1) + (h - 1) * w;
+            for c in 2..=grid_fused::MAX_C {
+                let mut node: Vec<f32> = (0..h * w * c)
+                    .map(|_| (4.0 * rng.uniform() - 2.0) as f32)
+                    .collect();
+                node[c + 1] = f32::NEG_INFINITY;
+                let tables: Vec<f32> = (0..ne * c * c)
+                    .map(|_| (3.0 * rng.uniform() - 1.5) as f32)
+                    .collect();
+                for shared in [false, true] {
+                    let n_tab = if shared { 1 } else { ne };
+                    let es = EdgeScores::tables(&tables[..n_tab * c * c], 1, n_tab, c).item(0);
+                    let mut p = GridPotentials::new(h, w, &node, &es, None).unwrap();
+                    assert!(p.one_pass::<f32, f32>(None) && !p.one_pass::<f32, f32>(Some(0)));
+                    for (damping, tol) in [(0.0, 0.0), (0.5, 0.0), (0.3, 1e-30), (0.5, 1e-30)] {
+                        let runs = [true, false].map(|fused| {
+                            p.fused = fused;
+                            assert_eq!(p.one_pass::<f32, f32>(None), fused);
+                            iterate(&p, 7, tol, damping, Schedule::Parallel, &NEVER).unwrap()
+                        });
+                        let [(i1, _, ch1, m1), (i2, _, ch2, m2)] = &runs;
+                        let (Messages::F32(m1), Messages::F32(m2)) = (m1, m2) else {
+                            panic!("f32 messages expected")
+                        };
+                        let at = format!("{h}x{w}, C {c}, shared {shared}, damping {damping}");
+                        assert_eq!((i1, ch1.to_bits()), (i2, ch2.to_bits()), "{at}");
+                        assert!(ch1.is_finite() && *ch1 > 0.0, "{at}");
+                        let bits = |m: &[f32]| m.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(m1), bits(m2), "{at}");
+                    }
+                }
+            }
         }
     }
 
