@@ -826,13 +826,11 @@ impl GridPotentials {
     }
 
     /// Whether the sweeps take the one-pass kernel ([`super::grid_fused`]): BP (not TRW)
-    /// with stored f32 tables, f32 messages and arithmetic (`M`, `A`), flooding (no
-    /// `colour`), small C.
-    fn one_pass<M: Real, A: Real>(&self, colour: Option<usize>) -> bool {
+    /// with stored f32 tables, f32 messages and arithmetic (`M`, `A`), small C.
+    fn one_pass<M: Real, A: Real>(&self) -> bool {
         self.fused
             && self.rho.is_none()
             && self.weighted.is_none()
-            && colour.is_none()
             && (2..=grid_fused::MAX_C).contains(&self.c)
             && M::as_f32(&[]).is_some()
             && A::as_f32(&[]).is_some()
@@ -1182,7 +1180,7 @@ fn row_update_body<M: Real, A: Real>(
         }
     }
     let mut change = 0.0f64;
-    let fused = p.one_pass::<M, A>(colour);
+    let fused = p.one_pass::<M, A>();
     // (direction written, source of the cavity's extra factor, vertical?, target row)
     let jobs: [(usize, usize, bool); 4] = [
         (FROM_LEFT, FROM_LEFT, false),
@@ -1202,10 +1200,15 @@ fn row_update_body<M: Real, A: Real>(
             _ => r - 1,
         };
         if fused {
+            // One colour at a time, the previous messages are those being overwritten (in
+            // `new`, see `iterate_in`); in flooding, those in `old`.
             let (Some(base), Some(other), Some(prev)) = (
                 A::as_f32(if vertical { &ws.b } else { &ws.a }),
                 M::as_f32(old.block(dir, r, c, w)),
-                M::as_f32(old.block(dir, tr, c, w)),
+                M::as_f32(match colour {
+                    Some(_) => &[],
+                    None => old.block(dir, tr, c, w),
+                }),
             ) else {
                 unreachable!("the one-pass kernel runs on f32 messages and arithmetic")
             };
@@ -1237,6 +1240,7 @@ fn row_update_body<M: Real, A: Real>(
                 kx,
                 kxo,
                 prev,
+                colour: colour.map(|col| first_of_colour(col, r, src_off)),
             };
             // SAFETY: block `(dir, tr)` carries messages leaving row `r`'s nodes, which
             // only this task writes (see `Next`), and no other reference to it is live.
@@ -1921,9 +1925,10 @@ mod tests {
     }
 
     /// The one-pass kernel's messages and changes are the row passes' bit for bit, for
-    /// every C it is built for, shared and per-edge tables, every damping rule, rows whose
-    /// spans end in a whole block of eight or in a tail, the change measured at every
-    /// iteration or only at the last, and a forbidden label (zero potential).
+    /// every C it is built for, shared and per-edge tables, every damping rule, both
+    /// schedules, rows whose spans end in a whole block of eight or in a tail, the change
+    /// measured at every iteration or only at the last, and a forbidden label (zero
+    /// potential).
     #[test]
     fn one_pass_messages_equal_the_row_passes_bit_for_bit() {
         let mut rng = Rng::stream(11, &[]);
@@ -1941,20 +1946,32 @@ mod tests {
                     let n_tab = if shared { 1 } else { ne };
                     let es = EdgeScores::tables(&tables[..n_tab * c * c], 1, n_tab, c).item(0);
                     let mut p = GridPotentials::new(h, w, &node, &es, None).unwrap();
-                    assert!(p.one_pass::<f32, f32>(None) && !p.one_pass::<f32, f32>(Some(0)));
-                    for (damping, tol) in [(0.0, 0.0), (0.5, 0.0), (0.3, 1e-30), (0.5, 1e-30)] {
+                    assert!(p.one_pass::<f32, f32>() && !p.one_pass::<f32, f64>());
+                    for (damping, tol, schedule) in [
+                        (0.0, 0.0, Schedule::Parallel),
+                        (0.5, 0.0, Schedule::Parallel),
+                        (0.3, 1e-30, Schedule::Parallel),
+                        (0.5, 1e-30, Schedule::Parallel),
+                        (0.0, 1e-30, Schedule::Colour),
+                        (0.5, 0.0, Schedule::Colour),
+                        (0.3, 1e-30, Schedule::Colour),
+                    ] {
                         let runs = [true, false].map(|fused| {
                             p.fused = fused;
-                            assert_eq!(p.one_pass::<f32, f32>(None), fused);
-                            iterate(&p, 7, tol, damping, Schedule::Parallel, &NEVER).unwrap()
+                            assert_eq!(p.one_pass::<f32, f32>(), fused);
+                            iterate(&p, 7, tol, damping, schedule, &NEVER).unwrap()
                         });
                         let [(i1, _, ch1, m1), (i2, _, ch2, m2)] = &runs;
                         let (Messages::F32(m1), Messages::F32(m2)) = (m1, m2) else {
                             panic!("f32 messages expected")
                         };
-                        let at = format!("{h}x{w}, C {c}, shared {shared}, damping {damping}");
+                        let at = format!(
+                            "{h}x{w}, C {c}, shared {shared}, damping {damping}, {schedule:?}"
+                        );
                         assert_eq!((i1, ch1.to_bits()), (i2, ch2.to_bits()), "{at}");
-                        assert!(ch1.is_finite() && *ch1 > 0.0, "{at}");
+                        // (The 2 × 3 grid can reach its fixed point to f32's rounding
+                        // within the 7 iterations; the larger ones cannot.)
+                        assert!(ch1.is_finite() && (*ch1 > 0.0 || h == 2), "{at}");
                         let bits = |m: &[f32]| m.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                         assert_eq!(bits(m1), bits(m2), "{at}");
                     }

@@ -1,4 +1,4 @@
-//! One-pass grid message updates for small C (f32 messages and arithmetic, flooding).
+//! One-pass grid message updates for small C (f32 messages and arithmetic).
 //!
 //! The row kernel ([`super::grid::row_update`]) makes one direction's messages of a grid
 //! row in passes across the row: the cavities, their products with the tables, the
@@ -38,8 +38,24 @@ pub(crate) struct Direction<'a> {
     pub rows: bool,
     pub kx: usize,
     pub kxo: usize,
-    /// The previous iterate's messages at the targets (damping and the change read them).
+    /// The previous iterate's messages at the targets (damping and the change read them),
+    /// under flooding (`colour` None).
     pub prev: &'a [f32],
+    /// `Some(first)`: one colour of a checkerboard sweep. Only messages `first`,
+    /// `first + 2`, … are written, and the previous messages are those `dst` holds (the
+    /// latest of that colour; `prev` is not read).
+    pub colour: Option<usize>,
+}
+
+/// Where a span's messages go: `dst` (`C` rows of `w`), and where the previous ones are
+/// read (`prev`: `dst` itself for one colour). One raw pointer each, since for a colour
+/// both name the same rows.
+#[derive(Clone, Copy)]
+struct Target {
+    dst: *mut f32,
+    prev: *const f32,
+    /// Which messages are written: `i % 2 == parity`, or every one (`None`).
+    parity: Option<usize>,
 }
 
 /// Calls `$f::<C, ROWS, TR>($args)` for the direction's shape: `C` labels, per-edge table
@@ -79,13 +95,23 @@ macro_rules! for_shape {
 pub(crate) fn messages(d: Direction<'_>, dst: &mut [f32], damping: f64, need_change: bool) -> f64 {
     check(&d, dst);
     let damp = Damp::new(damping);
+    let dst = dst.as_mut_ptr();
+    let t = Target {
+        dst,
+        prev: if d.colour.is_some() {
+            dst
+        } else {
+            d.prev.as_ptr()
+        },
+        parity: d.colour.map(|first| first % 2),
+    };
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::batch::has_avx2() {
         // SAFETY: the CPU has AVX2 (checked just above); `check` asserted the bounds.
-        return unsafe { for_shape!(d, avx_span, &d, dst, damp, need_change) };
+        return unsafe { for_shape!(d, avx_span, &d, t, damp, need_change) };
     }
     // SAFETY: `check` asserted the bounds.
-    unsafe { for_shape!(d, span, &d, dst, damp, need_change) }
+    unsafe { for_shape!(d, span, &d, t, damp, need_change) }
 }
 
 /// The bounds every index of [`block`] lies in: label rows `x·w + off + i` with
@@ -96,7 +122,7 @@ fn check(d: &Direction<'_>, dst: &[f32]) {
     assert!((d.kx, d.kxo) == (c, 1) || (d.kx, d.kxo) == (1, c));
     assert!(len + d.src_off.max(d.dst_off) <= w);
     assert!(d.base.len() >= c * w && d.other.len() >= c * w);
-    assert!(d.prev.len() >= c * w && dst.len() >= c * w);
+    assert!(dst.len() >= c * w && (d.colour.is_some() || d.prev.len() >= c * w));
     assert!(len == 0 || d.tabs.len() >= if d.rows { (c * c - 1) * w + len } else { c * c });
 }
 
@@ -108,7 +134,7 @@ fn check(d: &Direction<'_>, dst: &[f32]) {
 #[inline(always)]
 unsafe fn span<const C: usize, const ROWS: bool, const TR: bool>(
     d: &Direction<'_>,
-    dst: &mut [f32],
+    t: Target,
     damp: Damp,
     need_change: bool,
 ) -> f64 {
@@ -116,11 +142,11 @@ unsafe fn span<const C: usize, const ROWS: bool, const TR: bool>(
     let mut i0 = 0;
     while i0 + 8 <= d.len {
         // SAFETY: `i0 + 8 <= len`, in the caller's bounds.
-        unsafe { block::<C, ROWS, TR, 8>(d, dst, i0, damp, need_change, &mut change) };
+        unsafe { block::<C, ROWS, TR, 8>(d, t, i0, damp, need_change, &mut change) };
         i0 += 8;
     }
     // SAFETY: `i0 <= len`.
-    let tail = unsafe { tail::<C, ROWS, TR>(d, dst, i0, damp, need_change) };
+    let tail = unsafe { tail::<C, ROWS, TR>(d, t, i0, damp, need_change) };
     change.into_iter().fold(tail, f64::max)
 }
 
@@ -131,7 +157,7 @@ unsafe fn span<const C: usize, const ROWS: bool, const TR: bool>(
 #[inline(always)]
 unsafe fn tail<const C: usize, const ROWS: bool, const TR: bool>(
     d: &Direction<'_>,
-    dst: &mut [f32],
+    t: Target,
     i0: usize,
     damp: Damp,
     need_change: bool,
@@ -139,7 +165,7 @@ unsafe fn tail<const C: usize, const ROWS: bool, const TR: bool>(
     let mut change = [0.0f64];
     for i in i0..d.len {
         // SAFETY: `i < len`, in the caller's bounds.
-        unsafe { block::<C, ROWS, TR, 1>(d, dst, i, damp, need_change, &mut change) };
+        unsafe { block::<C, ROWS, TR, 1>(d, t, i, damp, need_change, &mut change) };
     }
     change[0]
 }
@@ -199,7 +225,7 @@ impl Damp {
 #[inline(always)]
 unsafe fn block<const C: usize, const ROWS: bool, const TR: bool, const N: usize>(
     d: &Direction<'_>,
-    dst: &mut [f32],
+    t: Target,
     i0: usize,
     damp: Damp,
     need_change: bool,
@@ -240,7 +266,15 @@ unsafe fn block<const C: usize, const ROWS: bool, const TR: bool, const N: usize
             sum[l] += out[xo][l];
         }
     }
-    let prev = |xo: usize| row(d.prev, xo, d.dst_off);
+    let prev = |xo: usize| {
+        // SAFETY: a label row of the target block, in the bounds of `check`.
+        unsafe {
+            t.prev
+                .add(xo * w + d.dst_off + i0)
+                .cast::<[f32; N]>()
+                .read_unaligned()
+        }
+    };
     // Damping: brought near sum 1 by a power of two, mixed with the previous message,
     // and summed again for the exact normalisation.
     if !matches!(damp, Damp::None) {
@@ -267,13 +301,23 @@ unsafe fn block<const C: usize, const ROWS: bool, const TR: bool, const N: usize
         for l in 0..N {
             v[l] = out[xo][l] * norm[l];
         }
+        if let Some(parity) = t.parity {
+            // One colour: the other messages keep what they hold.
+            let p = prev(xo);
+            for l in 0..N {
+                if (i0 + l) % 2 != parity {
+                    v[l] = p[l];
+                }
+            }
+        }
         if need_change {
             let p = prev(xo);
             for l in 0..N {
                 change[l] = change[l].max((v[l] as f64 - p[l] as f64).abs());
             }
         }
-        dst[at..at + N].copy_from_slice(&v);
+        // SAFETY: a label row of the target block, in the bounds of `check`.
+        unsafe { t.dst.add(at).cast::<[f32; N]>().write_unaligned(v) };
     }
 }
 
@@ -287,7 +331,7 @@ unsafe fn block<const C: usize, const ROWS: bool, const TR: bool, const N: usize
 #[inline]
 unsafe fn avx_span<const C: usize, const ROWS: bool, const TR: bool>(
     d: &Direction<'_>,
-    dst: &mut [f32],
+    t: Target,
     damp: Damp,
     need_change: bool,
 ) -> f64 {
@@ -299,6 +343,11 @@ unsafe fn avx_span<const C: usize, const ROWS: bool, const TR: bool>(
         unsafe { _mm256_loadu_ps(s.as_ptr().add(at)) }
     };
     let zero = _mm256_setzero_ps();
+    // One colour: the lanes whose messages are written (`i0` is even).
+    let written = match t.parity {
+        Some(0) => _mm256_castsi256_ps(_mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0)),
+        _ => _mm256_castsi256_ps(_mm256_setr_epi32(0, -1, 0, -1, 0, -1, 0, -1)),
+    };
     let mut change = [_mm256_setzero_pd(); 2];
     let mut i0 = 0;
     while i0 + 8 <= d.len {
@@ -312,16 +361,17 @@ unsafe fn avx_span<const C: usize, const ROWS: bool, const TR: bool>(
         for (xo, o) in out.iter_mut().enumerate() {
             for (x, qx) in q.iter().enumerate() {
                 let k = if TR { x * C + xo } else { x + xo * C };
-                let t = match ROWS {
+                let tab = match ROWS {
                     true => ld(d.tabs, k * w + i0),
                     // SAFETY: `k < C²` (see `check`).
                     false => _mm256_set1_ps(unsafe { *d.tabs.get_unchecked(k) }),
                 };
-                *o = _mm256_add_ps(*o, _mm256_mul_ps(t, *qx));
+                *o = _mm256_add_ps(*o, _mm256_mul_ps(tab, *qx));
             }
             sum = _mm256_add_ps(sum, *o);
         }
-        let prev = |xo: usize| ld(d.prev, xo * w + d.dst_off + i0);
+        // SAFETY: a label row of the target block, in the bounds of `check`.
+        let prev = |xo: usize| unsafe { _mm256_loadu_ps(t.prev.add(xo * w + d.dst_off + i0)) };
         if !matches!(damp, Damp::None) {
             // `recip_pow2`: 2^(126 − exponent) from the bits, 0 where the sum is not > 0.
             let e = _mm256_and_si256(
@@ -333,14 +383,14 @@ unsafe fn avx_span<const C: usize, const ROWS: bool, const TR: bool>(
             let scale = _mm256_and_ps(_mm256_castsi256_ps(s), positive);
             sum = zero;
             for (xo, o) in out.iter_mut().enumerate() {
-                let t = _mm256_mul_ps(*o, scale);
+                let fresh = _mm256_mul_ps(*o, scale);
                 *o = match damp {
-                    Damp::Half => _mm256_sqrt_ps(_mm256_mul_ps(t, prev(xo))),
+                    Damp::Half => _mm256_sqrt_ps(_mm256_mul_ps(fresh, prev(xo))),
                     _ => {
                         let (mut tl, mut pl) = ([0.0f32; 8], [0.0f32; 8]);
                         // SAFETY: eight-lane arrays.
                         unsafe {
-                            _mm256_storeu_ps(tl.as_mut_ptr(), t);
+                            _mm256_storeu_ps(tl.as_mut_ptr(), fresh);
                             _mm256_storeu_ps(pl.as_mut_ptr(), prev(xo));
                         }
                         for (t, &p) in tl.iter_mut().zip(&pl) {
@@ -356,7 +406,11 @@ unsafe fn avx_span<const C: usize, const ROWS: bool, const TR: bool>(
         let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(sum, zero);
         let norm = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0), sum), positive);
         for (xo, o) in out.iter().enumerate() {
-            let v = _mm256_mul_ps(*o, norm);
+            let mut v = _mm256_mul_ps(*o, norm);
+            if t.parity.is_some() {
+                // One colour: the other messages keep what they hold.
+                v = _mm256_blendv_ps(prev(xo), v, written);
+            }
             if need_change {
                 let p = prev(xo);
                 let sign = _mm256_set1_pd(-0.0);
@@ -371,10 +425,8 @@ unsafe fn avx_span<const C: usize, const ROWS: bool, const TR: bool>(
                     *ch = _mm256_max_pd(_mm256_andnot_pd(sign, diff), *ch);
                 }
             }
-            let at = xo * w + d.dst_off + i0;
-            debug_assert!(at + 8 <= dst.len());
-            // SAFETY: in the bounds of `check`.
-            unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(at), v) };
+            // SAFETY: a label row of the target block, in the bounds of `check`.
+            unsafe { _mm256_storeu_ps(t.dst.add(xo * w + d.dst_off + i0), v) };
         }
         i0 += 8;
     }
@@ -385,7 +437,7 @@ unsafe fn avx_span<const C: usize, const ROWS: bool, const TR: bool>(
         _mm256_storeu_pd(lanes.as_mut_ptr().add(4), change[1]);
     }
     // SAFETY: `i0 <= len`.
-    let tail = unsafe { tail::<C, ROWS, TR>(d, dst, i0, damp, need_change) };
+    let tail = unsafe { tail::<C, ROWS, TR>(d, t, i0, damp, need_change) };
     lanes.into_iter().fold(tail, f64::max)
 }
 
@@ -395,7 +447,9 @@ mod tests {
     use crate::kernels::rng::Rng;
 
     /// The AVX2 kernel and the portable one write the same bits and measure the same
-    /// change, for every shape and damping rule, over spans with and without a tail.
+    /// change, for every shape, damping rule and schedule, over spans with and without a
+    /// tail; they write every message of the span (one colour: every other one) and
+    /// nothing else.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn avx2_and_portable_spans_agree_bit_for_bit() {
@@ -410,53 +464,72 @@ mod tests {
         };
         let w = 29;
         for c in 2..=MAX_C {
-            let (base, other, prev) = (
-                draw(c * w, 0.0, 2.0),
-                draw(c * w, 0.0, 1.0),
-                draw(c * w, 0.01, 1.0),
-            );
-            let tabs = draw(c * c * w, 0.05, 3.0);
+            let (base, other) = (draw(c * w, 0.0, 2.0), draw(c * w, 0.0, 1.0));
+            let (prev, tabs) = (draw(c * w, 0.01, 1.0), draw(c * c * w, 0.05, 3.0));
             for (rows, transposed, (len, src_off, dst_off)) in [
                 (true, true, (28, 0, 1)),
                 (true, false, (28, 1, 0)),
                 (false, true, (29, 0, 0)),
                 (false, false, (16, 0, 0)),
             ] {
-                let (kx, kxo) = if transposed { (c, 1) } else { (1, c) };
-                let d = Direction {
-                    c,
-                    w,
-                    len,
-                    src_off,
-                    dst_off,
-                    base: &base,
-                    other: &other,
-                    tabs: &tabs,
-                    rows,
-                    kx,
-                    kxo,
-                    prev: &prev,
-                };
-                for damping in [0.0, 0.5, 0.25] {
-                    for need_change in [false, true] {
-                        let damp = Damp::new(damping);
-                        let (mut a, mut b) = (vec![7.0f32; c * w], vec![7.0f32; c * w]);
-                        check(&d, &a);
-                        // SAFETY: the CPU has AVX2 (checked above); `check` passed.
-                        let (ca, cb) = unsafe {
-                            (
-                                for_shape!(d, avx_span, &d, &mut a, damp, need_change),
-                                for_shape!(d, span, &d, &mut b, damp, need_change),
-                            )
-                        };
-                        let at = format!("C {c}, rows {rows}, len {len}, damping {damping}");
-                        assert_eq!(ca.to_bits(), cb.to_bits(), "{at}");
-                        assert_eq!(ca > 0.0, need_change, "{at}");
-                        let bits = |m: &[f32]| m.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&a), bits(&b), "{at}");
-                        // Every message of the span written, nothing else.
-                        let written = a.iter().filter(|&&x| x != 7.0).count();
-                        assert_eq!(written, c * len, "{at}");
+                for colour in [None, Some(0), Some(1)] {
+                    let (kx, kxo) = if transposed { (c, 1) } else { (1, c) };
+                    let d = Direction {
+                        c,
+                        w,
+                        len,
+                        src_off,
+                        dst_off,
+                        base: &base,
+                        other: &other,
+                        tabs: &tabs,
+                        rows,
+                        kx,
+                        kxo,
+                        prev: if colour.is_some() { &[] } else { &prev },
+                        colour,
+                    };
+                    for damping in [0.0, 0.5, 0.25] {
+                        for need_change in [false, true] {
+                            let damp = Damp::new(damping);
+                            let (mut a, mut b) = (prev.clone(), prev.clone());
+                            check(&d, &a);
+                            let target = |dst: &mut Vec<f32>| Target {
+                                dst: dst.as_mut_ptr(),
+                                prev: if colour.is_some() {
+                                    dst.as_ptr()
+                                } else {
+                                    prev.as_ptr()
+                                },
+                                parity: colour.map(|f| f % 2),
+                            };
+                            let (ta, tb) = (target(&mut a), target(&mut b));
+                            // SAFETY: the CPU has AVX2 (checked above); `check` passed.
+                            let (ca, cb) = unsafe {
+                                (
+                                    for_shape!(d, avx_span, &d, ta, damp, need_change),
+                                    for_shape!(d, span, &d, tb, damp, need_change),
+                                )
+                            };
+                            let at = format!(
+                                "C {c}, rows {rows}, len {len}, {colour:?}, damping {damping}"
+                            );
+                            assert_eq!(ca.to_bits(), cb.to_bits(), "{at}");
+                            assert_eq!(ca > 0.0, need_change, "{at}");
+                            let bits =
+                                |m: &[f32]| m.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(bits(&a), bits(&b), "{at}");
+                            // Exactly the span's messages of the colour changed.
+                            for x in 0..c {
+                                for col in 0..w {
+                                    let i = col as isize - dst_off as isize;
+                                    let ours = (0..len as isize).contains(&i)
+                                        && colour.is_none_or(|f| i as usize % 2 == f % 2);
+                                    let at = x * w + col;
+                                    assert_eq!(a[at] != prev[at], ours, "{at}: {x}, {col}");
+                                }
+                            }
+                        }
                     }
                 }
             }
