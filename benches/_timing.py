@@ -54,6 +54,28 @@ def machine_rates() -> tuple[float, float]:
     return 2 * a.nbytes / copy, x.size / ex
 
 
+def copy_rate(nbytes: int, threads: int) -> float:
+    """Bytes per second (read + write counted) of ``threads`` threads each copying its share
+    of a working set of ``nbytes`` over and over: one thread's rate on its share, times
+    ``threads`` (each core copies from its own caches where its share fits in them, as a
+    kernel whose working set stays there reads it; the large copy of
+    :func:`machine_rates` would understate that rate). Python threads would measure the
+    GIL's hand-offs at these sizes, not the copy. Best of 5 rounds of at least 2 ms."""
+    import numpy as np
+
+    n = max(nbytes // (2 * 4 * threads), 1024)
+    a, b = np.ones(n, np.float32), np.empty(n, np.float32)
+    reps = max(1, int(2e-3 * 40e9 / (2 * 4 * n)))
+
+    def work():
+        for _ in range(reps):
+            np.copyto(b, a)
+
+    work()
+    best = min(_once(work) for _ in range(5))
+    return threads * reps * 2 * 4 * n / best
+
+
 def _once(f) -> float:
     t = time.perf_counter()
     f()

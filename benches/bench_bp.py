@@ -14,7 +14,8 @@ of s_n and s_e), what a loss's forward and backward cost together. Then `infer` 
 shared table, with weight x table edges (a general table), and with weight x Potts table
 (2 I: the contrast-sensitive segmentation form, O(C) per edge). "bound / ours" is the
 physical bound of our call as a fraction of its time: the larger of (tables read once per
-iteration plus messages read and written, at this machine's copy rate) and (one
+iteration plus messages read and written, at the copy rate of as many threads over a
+working set of one sweep's bytes: from the caches where it fits, as ours does) and (one
 exponential per table entry plus, with damping other than 0.5, three transcendental
 functions per message entry per iteration, at numpy's vectorised exp rate over the
 threads; damping 0.5 is a geometric mean, square roots rather than exponentials).
@@ -43,7 +44,7 @@ import numpy as np
 import expsoftmax as es
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import best_of, machine_rates, per_unit  # noqa: E402
+from _timing import best_of, copy_rate, machine_rates, per_unit  # noqa: E402
 
 SHAPES = [(64, 64, 5), (128, 128, 5), (256, 256, 21), (512, 512, 2)]
 WHOLE_SHAPES = [(64, 64, 3), (96, 96, 7), (128, 128, 5), (200, 150, 3), (256, 256, 21)]
@@ -174,11 +175,12 @@ def _warm_up(shape, seconds=1.0):
 
 def whole_calls(shapes, tools, threads, iters=50, damping=0.5):
     """The lead table (see the module doc)."""
-    copy_rate, exp_rate = machine_rates()
+    big_copy, exp_rate = machine_rates()
     print(
         f"whole calls: BP {iters} iterations, damping {damping}, flooding, float32; "
         f"{threads} threads; best of 5 (PGMax: 3 where a call takes seconds), ms. "
-        f"Machine: copy {copy_rate / 1e9:.1f} GB/s, np.exp {exp_rate / 1e9:.2f} G/s per thread\n"
+        f"Machine: copy {big_copy / 1e9:.1f} GB/s (64 MiB, one thread), "
+        f"np.exp {exp_rate / 1e9:.2f} G/s per thread\n"
     )
     print(
         "| (H, W, C) | ours, per-edge | PGMax run, per-edge | PGMax / ours | bound / ours "
@@ -218,9 +220,14 @@ def whole_calls(shapes, tools, threads, iters=50, damping=0.5):
             except ImportError:
                 pass
         n_msg = 2 * g.num_edges * c
-        nbytes = iters * (4 * g.num_edges * c * c + 2 * 4 * n_msg)
+        sweep_bytes = 4 * g.num_edges * c * c + 2 * 4 * n_msg
+        nbytes = iters * sweep_bytes
         n_exp = g.num_edges * c * c + (3 * iters * n_msg if damping not in (0, 0.5) else 0)
-        bound = max(nbytes / copy_rate, n_exp / (exp_rate * threads)) * 1e3
+        # A sweep reads the tables and old messages and writes the new ones: at the copy
+        # rate of `threads` threads over a working set that size (from the caches where
+        # it fits, as the sweeps' does).
+        local = copy_rate(sweep_bytes, threads)
+        bound = max(nbytes / local, n_exp / (exp_rate * threads)) * 1e3
         print(
             f"| {(h, w, c)} | {t_edge:.1f} | {t_pg:.1f} | {t_pg / t_edge:.1f}x "
             f"| {bound / t_edge:.2f} | {t_loss:.1f} | {t_shared:.1f} | {t_w:.1f} | {t_potts:.1f} "
