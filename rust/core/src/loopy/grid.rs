@@ -553,11 +553,16 @@ fn node_potentials_body<T: Real>(node: &[T], out: &mut [f64], shift: &mut [f64])
             });
         }
     }
-    let widest = shift
-        .iter()
-        .zip(&lo)
-        .filter(|(&hi, _)| hi > f64::NEG_INFINITY)
-        .fold(0.0f64, |a, (&hi, &lo)| a.max(hi - lo));
+    // Plain comparisons, so the loop vectorises (no node's span is NaN: both ends are
+    // finite where the node has an allowed label).
+    let widest = shift.iter().zip(&lo).fold(0.0f64, |a, (&hi, &lo)| {
+        let span = if hi > f64::NEG_INFINITY { hi - lo } else { 0.0 };
+        if span > a {
+            span
+        } else {
+            a
+        }
+    });
     if widest > SPAN {
         return false;
     }
@@ -566,16 +571,18 @@ fn node_potentials_body<T: Real>(node: &[T], out: &mut [f64], shift: &mut [f64])
     // the precision the results are returned in). The difference of two f32 scores is
     // exact in f64 and rounds to f32 as the f32 table route's does.
     let narrow = std::mem::size_of::<T>() == 4 && widest <= SPAN_EXP_F32;
-    for x in 0..c {
-        let row = &mut out[x * w..(x + 1) * w];
-        for (v, &m) in row.iter_mut().zip(shift.iter()) {
-            // A node with no allowed label: exp(−inf − 0) = 0 everywhere.
-            let d = *v - if m > f64::NEG_INFINITY { m } else { 0.0 };
-            *v = if narrow {
-                exp_nonpos_f32(d as f32) as f64
-            } else {
-                exp(d)
-            };
+    // A node with no allowed label: exp(−inf − 0) = 0 everywhere.
+    let diff = |v: f64, m: f64| v - if m > f64::NEG_INFINITY { m } else { 0.0 };
+    // (One loop per precision: a choice inside the loop kept it from vectorising.)
+    for row in out.chunks_exact_mut(w) {
+        if narrow {
+            for (v, &m) in row.iter_mut().zip(shift.iter()) {
+                *v = exp_nonpos_f32(diff(*v, m) as f32) as f64;
+            }
+        } else {
+            for (v, &m) in row.iter_mut().zip(shift.iter()) {
+                *v = exp(diff(*v, m));
+            }
         }
     }
     true
