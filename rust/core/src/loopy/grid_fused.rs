@@ -368,73 +368,84 @@ unsafe fn avx_span<const C: usize, const ROWS: bool, const TR: bool>(
         unsafe { _mm256_loadu_ps(s.as_ptr().add(at)) }
     };
     let zero = _mm256_setzero_ps();
-    // One colour: the lanes whose messages are written (`i0` is even).
-    let written = match t.parity {
-        Some(0) => _mm256_castsi256_ps(_mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0)),
-        _ => _mm256_castsi256_ps(_mm256_setr_epi32(0, -1, 0, -1, 0, -1, 0, -1)),
-    };
+    let even = _mm256_castsi256_ps(_mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0));
+    let odd = _mm256_castsi256_ps(_mm256_setr_epi32(0, -1, 0, -1, 0, -1, 0, -1));
+    // One colour: the lanes of the block from `i0` whose messages are written.
+    let colour = |i0: usize| t.parity.map(|p| if (i0 + p) % 2 == 0 { even } else { odd });
     let mut change = [_mm256_setzero_pd(); 2];
-    let mut i0 = 0;
-    while i0 + 8 <= d.len {
+    // Messages `i0..i0 + 8`; where `keep` is given, only its lanes are written (the others
+    // are rewritten with what `dst` holds, which is `prev` there).
+    let mut block = |i0: usize, keep: Option<__m256>| {
+        // (Index loops over the labels: with `C` known the compiler unrolls them and
+        // keeps `q` and `out` in registers; iterator loops with a `match` inside stayed
+        // loops over rows stored on the stack.)
         let mut q = [zero; C];
-        for (x, qx) in q.iter_mut().enumerate() {
+        for x in 0..C {
             let at = x * w + d.src_off + i0;
-            *qx = _mm256_mul_ps(ld(d.base, at), ld(d.other, at));
+            q[x] = _mm256_mul_ps(ld(d.base, at), ld(d.other, at));
         }
         let mut out = [zero; C];
         let mut sum = zero;
-        for (xo, o) in out.iter_mut().enumerate() {
-            for (x, qx) in q.iter().enumerate() {
+        for xo in 0..C {
+            for x in 0..C {
                 let k = if TR { x * C + xo } else { x + xo * C };
                 let tab = match ROWS {
                     true => ld(d.tabs, k * w + i0),
                     // SAFETY: `k < C²` (see `check`).
                     false => _mm256_set1_ps(unsafe { *d.tabs.get_unchecked(k) }),
                 };
-                *o = _mm256_add_ps(*o, _mm256_mul_ps(tab, *qx));
+                out[xo] = _mm256_add_ps(out[xo], _mm256_mul_ps(tab, q[x]));
             }
-            sum = _mm256_add_ps(sum, *o);
+            sum = _mm256_add_ps(sum, out[xo]);
         }
         // SAFETY: a label row of the target block, in the bounds of `check`.
         let prev = |xo: usize| unsafe { _mm256_loadu_ps(t.prev.add(xo * w + d.dst_off + i0)) };
-        if !matches!(damp, Damp::None) {
-            // `recip_pow2`: 2^(126 − exponent) from the bits, 0 where the sum is not > 0.
+        // `recip_pow2`: 2^(126 − exponent) from the bits, 0 where the sum is not > 0.
+        let recip_pow2 = |sum: __m256| {
             let e = _mm256_and_si256(
                 _mm256_srli_epi32::<23>(_mm256_castps_si256(sum)),
                 _mm256_set1_epi32(0xff),
             );
             let s = _mm256_slli_epi32::<23>(_mm256_sub_epi32(_mm256_set1_epi32(253), e));
             let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(sum, zero);
-            let scale = _mm256_and_ps(_mm256_castsi256_ps(s), positive);
-            sum = zero;
-            for (xo, o) in out.iter_mut().enumerate() {
-                let fresh = _mm256_mul_ps(*o, scale);
-                *o = match damp {
-                    Damp::Half => _mm256_sqrt_ps(_mm256_mul_ps(fresh, prev(xo))),
-                    _ => {
-                        let (mut tl, mut pl) = ([0.0f32; 8], [0.0f32; 8]);
-                        // SAFETY: eight-lane arrays.
-                        unsafe {
-                            _mm256_storeu_ps(tl.as_mut_ptr(), fresh);
-                            _mm256_storeu_ps(pl.as_mut_ptr(), prev(xo));
-                        }
-                        for (t, &p) in tl.iter_mut().zip(&pl) {
-                            *t = damp.mix(*t, p);
-                        }
-                        // SAFETY: an eight-lane array.
-                        unsafe { _mm256_loadu_ps(tl.as_ptr()) }
+            _mm256_and_ps(_mm256_castsi256_ps(s), positive)
+        };
+        match damp {
+            Damp::None => {}
+            Damp::Half => {
+                let scale = recip_pow2(sum);
+                sum = zero;
+                for xo in 0..C {
+                    let fresh = _mm256_mul_ps(out[xo], scale);
+                    out[xo] = _mm256_sqrt_ps(_mm256_mul_ps(fresh, prev(xo)));
+                    sum = _mm256_add_ps(sum, out[xo]);
+                }
+            }
+            Damp::Mix { .. } => {
+                let scale = recip_pow2(sum);
+                sum = zero;
+                for xo in 0..C {
+                    let (mut tl, mut pl) = ([0.0f32; 8], [0.0f32; 8]);
+                    // SAFETY: eight-lane arrays.
+                    unsafe {
+                        _mm256_storeu_ps(tl.as_mut_ptr(), _mm256_mul_ps(out[xo], scale));
+                        _mm256_storeu_ps(pl.as_mut_ptr(), prev(xo));
                     }
-                };
-                sum = _mm256_add_ps(sum, *o);
+                    for (t, &p) in tl.iter_mut().zip(&pl) {
+                        *t = damp.mix(*t, p);
+                    }
+                    // SAFETY: an eight-lane array.
+                    out[xo] = unsafe { _mm256_loadu_ps(tl.as_ptr()) };
+                    sum = _mm256_add_ps(sum, out[xo]);
+                }
             }
         }
         let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(sum, zero);
         let norm = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0), sum), positive);
-        for (xo, o) in out.iter().enumerate() {
-            let mut v = _mm256_mul_ps(*o, norm);
-            if t.parity.is_some() {
-                // One colour: the other messages keep what they hold.
-                v = _mm256_blendv_ps(prev(xo), v, written);
+        for (xo, &o) in out.iter().enumerate() {
+            let mut v = _mm256_mul_ps(o, norm);
+            if let Some(keep) = keep {
+                v = _mm256_blendv_ps(prev(xo), v, keep);
             }
             if need_change {
                 let p = prev(xo);
@@ -453,7 +464,23 @@ unsafe fn avx_span<const C: usize, const ROWS: bool, const TR: bool>(
             // SAFETY: a label row of the target block, in the bounds of `check`.
             unsafe { _mm256_storeu_ps(t.dst.add(xo * w + d.dst_off + i0), v) };
         }
+    };
+    let mut i0 = 0;
+    while i0 + 8 <= d.len {
+        block(i0, colour(i0));
         i0 += 8;
+    }
+    if i0 < d.len && d.len >= 8 {
+        // The tail as the span's last eight messages, of which the first `8 − rest` were
+        // just written: a scalar tail had cost as much as a fifth of a 64-wide row. Under
+        // flooding they are written again with the same bits (their inputs are all in
+        // `old`); for one colour their lanes keep what `dst` now holds.
+        let rest = (d.len - i0) as i32;
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let fresh = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(7 - rest)));
+        let last = d.len - 8;
+        block(last, colour(last).map(|c| _mm256_and_ps(c, fresh)));
+        i0 = d.len;
     }
     let mut lanes = [0.0f64; 8];
     // SAFETY: two four-lane stores into an eight-lane array.
