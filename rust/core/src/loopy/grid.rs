@@ -87,8 +87,8 @@ pub struct GridPotentials {
     compute32: bool,
     /// `phi` in f32 when `compute32`.
     phi32: Vec<f32>,
-    /// Whether flooding sweeps at small C may take the one-pass kernel
-    /// ([`super::grid_fused`]); tests turn it off to compare it with the row passes.
+    /// Whether the sweeps may take the one-pass kernel ([`super::grid_fused`], see
+    /// [`Self::one_pass`]); tests turn it off to compare it with the row passes.
     pub(crate) fused: bool,
 }
 
