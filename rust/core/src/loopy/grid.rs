@@ -1230,10 +1230,6 @@ fn row_update_body<M: Real, A: Real>(
                 (Pots::F32(t), false) => (&t[tab_row * c * c * w..], true),
                 (Pots::F64(_), false) => unreachable!("f32 arithmetic comes with f32 tables"),
             };
-            let (kx, kxo) = match dir {
-                FROM_LEFT | FROM_UP => (c, 1),
-                _ => (1, c),
-            };
             let d = grid_fused::Direction {
                 c,
                 w,
@@ -1244,8 +1240,7 @@ fn row_update_body<M: Real, A: Real>(
                 other,
                 tabs,
                 rows,
-                kx,
-                kxo,
+                transposed: matches!(dir, FROM_LEFT | FROM_UP),
                 prev,
                 colour: colour.map(|col| first_of_colour(col, r, src_off)),
             };

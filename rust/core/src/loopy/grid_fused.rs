@@ -34,11 +34,11 @@ pub(crate) struct Direction<'a> {
     /// factor).
     pub other: &'a [f32],
     /// Tables: per-edge rows `[k][col]` (stride `w`, indexed by message) when `rows`, else
-    /// one table `[k]`; entry `(x, x')` (source label, target label) is `x·kx + x'·kxo`.
+    /// one table `[k]`; entry `(x, x')` (source label, target label) is `x·C + x'` when
+    /// `transposed` (messages going left or up), else `x + x'·C`.
     pub tabs: &'a [f32],
     pub rows: bool,
-    pub kx: usize,
-    pub kxo: usize,
+    pub transposed: bool,
     /// The previous iterate's messages at the targets (damping and the change read them),
     /// under flooding (`colour` None).
     pub prev: &'a [f32],
@@ -64,7 +64,7 @@ struct Target {
 /// entry `(x, x')` at `x·C + x'`) or as stored (`x + x'·C`).
 macro_rules! for_shape {
     ($d:expr, $f:ident, $($arg:expr),*) => {
-        match ($d.c, $d.rows, $d.kx != 1) {
+        match ($d.c, $d.rows, $d.transposed) {
             (2, true, true) => $f::<2, true, true>($($arg),*),
             (2, true, false) => $f::<2, true, false>($($arg),*),
             (2, false, true) => $f::<2, false, true>($($arg),*),
@@ -144,7 +144,6 @@ pub(crate) fn messages(d: Direction<'_>, dst: &mut [f32], damping: f64, need_cha
 fn check(d: &Direction<'_>, dst: &[f32]) {
     let (c, w, len) = (d.c, d.w, d.len);
     assert!((2..=MAX_C).contains(&c));
-    assert!((d.kx, d.kxo) == (c, 1) || (d.kx, d.kxo) == (1, c));
     assert!(len + d.src_off.max(d.dst_off) <= w);
     assert!(d.base.len() >= c * w && d.other.len() >= c * w);
     assert!(dst.len() >= c * w && (d.colour.is_some() || d.prev.len() >= c * w));
@@ -525,7 +524,6 @@ mod tests {
                 (false, false, (16, 0, 0)),
             ] {
                 for colour in [None, Some(0), Some(1)] {
-                    let (kx, kxo) = if transposed { (c, 1) } else { (1, c) };
                     let d = Direction {
                         c,
                         w,
@@ -536,8 +534,7 @@ mod tests {
                         other: &other,
                         tabs: &tabs,
                         rows,
-                        kx,
-                        kxo,
+                        transposed,
                         prev: if colour.is_some() { &[] } else { &prev },
                         colour,
                     };
