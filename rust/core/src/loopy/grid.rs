@@ -90,6 +90,10 @@ pub struct GridPotentials {
     /// Whether the sweeps may take the one-pass kernel ([`super::grid_fused`], see
     /// [`Self::one_pass`]); tests turn it off to compare it with the row passes.
     pub(crate) fused: bool,
+    /// Edge rows the belief pass made with its one-pass kernel (tests check which path
+    /// ran).
+    #[cfg(test)]
+    pub(crate) edge_rows_fused: std::sync::atomic::AtomicUsize,
 }
 
 /// Edge potentials, in f64 or (a float32 model whose tables all span at most `SPAN_F32`:
@@ -807,6 +811,8 @@ impl GridPotentials {
             phi32,
             compute32,
             fused: true,
+            #[cfg(test)]
+            edge_rows_fused: Default::default(),
             phi_shift,
             hshift,
             vshift,

@@ -33,6 +33,7 @@ use crate::kernels::real::Real;
 use crate::loopy::grid::{
     ln0, GridPotentials, Messages, Pots, FROM_DOWN, FROM_LEFT, FROM_RIGHT, FROM_UP,
 };
+use crate::loopy::grid_edge_fused::{self, EdgeRow, EdgeTerms};
 use crate::simd_dispatch;
 
 /// Below this a probability-domain normaliser is recomputed in the log domain.
@@ -383,7 +384,7 @@ fn ln0_at<F: Real>(m: f64) -> f64 {
 
 /// `ln0_at::<f32>` in f32: the f32 logarithm of a message or potential (−inf at 0).
 #[inline(always)]
-fn ln0_f32(m: f32) -> f32 {
+pub(super) fn ln0_f32(m: f32) -> f32 {
     let l = ln_pos_f32(m.max(f32::MIN_POSITIVE));
     if m > 0.0 {
         l
@@ -589,7 +590,7 @@ fn dot3(a: &[f64], b: &[f64], c: &[f64]) -> f64 {
 /// so the pair stays consistent: `m · 2^-e` in [1, 2) for every normal `m`); `(0, −inf)`
 /// for `m <= 0`. Bit operations only, so loops over it vectorise.
 #[inline(always)]
-fn pow2_scale(m: f64) -> (f64, f64) {
+pub(super) fn pow2_scale(m: f64) -> (f64, f64) {
     let e = ((m.to_bits() >> 52) & 0x7ff).clamp(1, 2045);
     let inv = f64::from_bits((2046 - e) << 52);
     if m > 0.0 {
@@ -697,6 +698,25 @@ impl<M: Real> View<'_, M> {
         } else {
             (FROM_RIGHT, FROM_LEFT)
         };
+        // (A grid one column wide has no horizontal edges.)
+        if len == 0 {
+            return;
+        }
+        // A float32 model's per-edge f32 tables with f32 messages and rows, at small C:
+        // the one-pass kernel.
+        if let (Some(msgs), Pots::F32(tabs), true) = (
+            M::as_f32(self.msgs),
+            if vertical { &p.vert } else { &p.horiz },
+            p.fused
+                && grads.is_none()
+                && std::mem::size_of::<F>() == 4
+                && U::as_f32(pairs).is_some()
+                && !p.shared
+                && p.weighted.is_none()
+                && (2..=grid_edge_fused::MAX_C).contains(&c),
+        ) {
+            return self.edge_row_fused(r, vertical, msgs, tabs, pairs, terms, scratch);
+        }
         let EdgeScratch {
             xv,
             xu,
@@ -1200,6 +1220,187 @@ impl<M: Real> View<'_, M> {
                 }
             }
             terms[col] = t;
+        }
+    }
+
+    /// [`Self::edge_row`] through the one-pass kernel ([`grid_edge_fused`]): per-edge f32
+    /// tables `tabs`, f32 messages `msgs`, f32 output rows `pairs`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn edge_row_fused<U: Real>(
+        &self,
+        r: usize,
+        vertical: bool,
+        msgs: &[f32],
+        tabs: &[f32],
+        pairs: &mut [U],
+        terms: &mut [f64],
+        scratch: &mut EdgeScratch,
+    ) {
+        #[cfg(test)]
+        self.p
+            .edge_rows_fused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = self.p;
+        let (c, w, n) = (p.c, p.w, self.n);
+        let cc = c * c;
+        let (ru, off, len) = if vertical {
+            (r + 1, 0, w)
+        } else {
+            (r, 1, w - 1)
+        };
+        let (skip_v, skip_u) = if vertical {
+            (FROM_DOWN, FROM_UP)
+        } else {
+            (FROM_RIGHT, FROM_LEFT)
+        };
+        // The three messages of each cavity, in `prob_cavity`'s order.
+        let others = |skip: usize| match skip {
+            FROM_LEFT => [FROM_RIGHT, FROM_UP, FROM_DOWN],
+            FROM_RIGHT => [FROM_LEFT, FROM_UP, FROM_DOWN],
+            FROM_UP => [FROM_LEFT, FROM_RIGHT, FROM_DOWN],
+            _ => [FROM_LEFT, FROM_RIGHT, FROM_UP],
+        };
+        let at = |dir: usize, row: usize| &msgs[dir * n + row * c * w..dir * n + (row + 1) * c * w];
+        let shifts = if vertical { &p.vshift } else { &p.hshift };
+        let t = &tabs[r * cc * w..];
+        let EdgeScratch {
+            qv32,
+            qu32,
+            inv,
+            inv32,
+            ..
+        } = scratch;
+        let (qv, qu) = (sized(qv32, c * w), sized(qu32, c * w));
+        let inv = sized(inv, len);
+        grid_edge_fused::edge_row(
+            &EdgeRow {
+                c,
+                w,
+                len,
+                off,
+                phi_v: &p.phi[r * c * w..(r + 1) * c * w],
+                phi_u: &p.phi[ru * c * w..(ru + 1) * c * w],
+                cav_v: others(skip_v).map(|d| at(d, r)),
+                cav_u: others(skip_u).map(|d| at(d, ru)),
+                msg_v: at(skip_v, r),
+                msg_u: at(skip_u, ru),
+                tabs: t,
+                lz_v: &self.lz[r * w..(r + 1) * w],
+                lz_u: &self.lz[ru * w..(ru + 1) * w],
+                shift: &shifts[r * w..r * w + len],
+            },
+            &mut EdgeTerms { qv, qu, terms, inv },
+        );
+        let (qv, qu, inv) = (&*qv, &*qu, &*inv);
+        // Normalised (and scaled by the item's weight for gradient rows) as they are
+        // written into the edge-major output, then the gold entries redone.
+        let scale = self.gold.map_or(1.0, |g| g.scale);
+        let inv32 = sized(inv32, len);
+        for (o, &v) in inv32.iter_mut().zip(inv) {
+            *o = (v * scale) as f32;
+        }
+        let out = U::as_f32_mut(pairs).expect("f32 rows");
+        pair_rows_f32(t, w, qv, w, qu, w, c, len, inv32, out);
+        if let Some(g) = self.gold {
+            let (yv, yu) = (&g.labels[r * w..r * w + len], &g.labels[ru * w + off..]);
+            for (col, (&s, &d)) in yv.iter().zip(yu).enumerate() {
+                let (s, d) = (s as usize, d as usize);
+                let k = s * c + d;
+                let joint = qv[s * w + col] * t[k * w + col] * qu[d * w + col];
+                out[col * cc + k] = g.entry(k, k, joint as f64 * inv[col]) as f32;
+            }
+        }
+        // (Tables stored in f32 span at most `SPAN_F32` = 30: each edge's joint holds
+        // `ψ ≥ e^-30` at its cavities' largest labels, each at least 1, so no `z` falls
+        // below the f32 floor where the row passes redo an edge in the log domain.)
+        assert!(
+            inv.iter().all(|&v| v > 0.0),
+            "an edge's joint underflowed f32"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interrupt::NEVER;
+    use crate::kernels::rng::Rng;
+    use crate::loopy::grid::iterate;
+    use crate::loopy::options::Schedule;
+    use crate::model::scores::EdgeScores;
+    use std::sync::atomic::Ordering;
+
+    /// The one-pass edge rows ([`grid_edge_fused`]) give the row passes' node beliefs,
+    /// pair rows, gradient rows and log Z to the bit, at every C they are built for, on
+    /// grids whose rows have whole blocks of eight and tails, are shorter than eight, or
+    /// have no horizontal (or no vertical) edges.
+    #[test]
+    fn one_pass_edge_rows_equal_the_row_passes_bit_for_bit() {
+        let mut rng = Rng::stream(23, &[]);
+        for (h, w) in [(4, 21), (3, 9), (2, 3), (1, 12), (9, 1)] {
+            let ne = h * (w - 1) + (h - 1) * w;
+            let cs = 2..=grid_edge_fused::MAX_C;
+            for c in cs.chain([13]) {
+                let mut node: Vec<f32> = (0..h * w * c)
+                    .map(|_| (6.0 * rng.uniform() - 3.0) as f32)
+                    .collect();
+                node[c + 1] = f32::NEG_INFINITY;
+                let tables: Vec<f32> = (0..ne * c * c)
+                    .map(|_| (8.0 * rng.uniform() - 4.0) as f32)
+                    .collect();
+                let labels: Vec<i64> = (0..h * w).map(|i| ((i * 7 + 3) % c) as i64).collect();
+                let es = EdgeScores::tables(&tables, 1, ne, c).item(0);
+                let mut p = GridPotentials::new(h, w, &node, &es, None).unwrap();
+                let (_, _, _, msgs) = iterate(&p, 4, 0.0, 0.5, Schedule::Parallel, &NEVER).unwrap();
+                let Messages::F32(msgs) = msgs else {
+                    panic!("f32 messages expected")
+                };
+                for gold in [None, Some(0.75)] {
+                    let runs = [true, false].map(|fused| {
+                        p.fused = fused;
+                        let mut m = Messages::F32(msgs.clone());
+                        let mut bel = Vec::new();
+                        let mut rows = vec![f32::NAN; ne * c * c];
+                        let gold = gold.map(|scale| Gold {
+                            labels: &labels,
+                            scale,
+                        });
+                        let before = p.edge_rows_fused.load(Ordering::Relaxed);
+                        let log_z = bp_beliefs(
+                            &p,
+                            &mut m,
+                            &mut |_, b| bel.extend_from_slice(b),
+                            &mut |_, _| panic!("pairs go to the rows"),
+                            EdgeOut::Rows(DirectRows {
+                                rows: RowsOf::F32(&mut rows),
+                                gold,
+                            }),
+                        )
+                        .unwrap();
+                        let used = p.edge_rows_fused.load(Ordering::Relaxed) - before;
+                        (log_z, bel, rows, used)
+                    });
+                    let [(z1, b1, r1, used1), (z2, b2, r2, used2)] = &runs;
+                    let at = format!("{h}x{w}, C {c}, gold {gold:?}");
+                    // The one-pass rows ran exactly where they apply (every edge row on
+                    // the first run, none on the second).
+                    let edge_rows = if w > 1 { h } else { 0 } + h.saturating_sub(1);
+                    let want = if c <= grid_edge_fused::MAX_C {
+                        edge_rows
+                    } else {
+                        0
+                    };
+                    assert_eq!((*used1, *used2), (want, 0), "{at}");
+                    assert!(z1.is_finite(), "{at}");
+                    assert_eq!(z1.to_bits(), z2.to_bits(), "{at}: {z1} vs {z2}");
+                    let bits64 = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    let bits32 = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits64(b1), bits64(b2), "{at}");
+                    assert!(r1.iter().all(|x| x.is_finite()), "{at}");
+                    assert_eq!(bits32(r1), bits32(r2), "{at}");
+                }
+            }
         }
     }
 }

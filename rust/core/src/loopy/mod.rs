@@ -13,6 +13,7 @@
 
 pub mod grid;
 pub mod grid_beliefs;
+mod grid_edge_fused;
 mod grid_fused;
 pub mod options;
 
