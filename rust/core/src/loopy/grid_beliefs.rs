@@ -1273,6 +1273,11 @@ impl<M: Real> View<'_, M> {
         } = scratch;
         let (qv, qu) = (sized(qv32, c * w), sized(qu32, c * w));
         let inv = sized(inv, len);
+        // The pair rows normalised (and scaled by the item's weight for gradient rows) as
+        // the kernel writes them into the edge-major output (at C = 2 a row's four entries
+        // are too few for its 8 × 8 blocks: after it, here), then the gold entries redone.
+        let scale = self.gold.map_or(1.0, |g| g.scale);
+        let out = U::as_f32_mut(pairs).expect("f32 rows");
         grid_edge_fused::edge_row(
             &EdgeRow {
                 c,
@@ -1290,18 +1295,23 @@ impl<M: Real> View<'_, M> {
                 lz_u: &self.lz[ru * w..(ru + 1) * w],
                 shift: &shifts[r * w..r * w + len],
             },
-            &mut EdgeTerms { qv, qu, terms, inv },
+            &mut EdgeTerms {
+                qv,
+                qu,
+                terms,
+                inv,
+                pairs: if c > 2 { &mut *out } else { &mut [] },
+                scale,
+            },
         );
         let (qv, qu, inv) = (&*qv, &*qu, &*inv);
-        // Normalised (and scaled by the item's weight for gradient rows) as they are
-        // written into the edge-major output, then the gold entries redone.
-        let scale = self.gold.map_or(1.0, |g| g.scale);
-        let inv32 = sized(inv32, len);
-        for (o, &v) in inv32.iter_mut().zip(inv) {
-            *o = (v * scale) as f32;
+        if c == 2 {
+            let inv32 = sized(inv32, len);
+            for (o, &v) in inv32.iter_mut().zip(inv) {
+                *o = (v * scale) as f32;
+            }
+            pair_rows_f32(t, w, qv, w, qu, w, c, len, inv32, out);
         }
-        let out = U::as_f32_mut(pairs).expect("f32 rows");
-        pair_rows_f32(t, w, qv, w, qu, w, c, len, inv32, out);
         if let Some(g) = self.gold {
             let (yv, yu) = (&g.labels[r * w..r * w + len], &g.labels[ru * w + off..]);
             for (col, (&s, &d)) in yv.iter().zip(yu).enumerate() {

@@ -70,6 +70,11 @@ pub(crate) struct EdgeTerms<'a> {
     /// `1/z` of the joint `qv(s) ψ(s, d) qu(d)`, or 0 where it is below f32's floor or
     /// not finite (the caller checks: see `grid_beliefs`) (`len`).
     pub inv: &'a mut [f64],
+    /// The pair marginals times `scale`, edge-major (`len` rows of `C²`, entry `s·C + d`),
+    /// as `layout::pair_rows_f32` makes them: `qv(s) ψ qu(d) · f32(scale / z)`. Empty:
+    /// not written (C = 2 always leaves them to the caller).
+    pub pairs: &'a mut [f32],
+    pub scale: f64,
 }
 
 /// Calls `$f::<C>($args)` for `C` labels.
@@ -118,6 +123,7 @@ fn check(e: &EdgeRow<'_>, o: &EdgeTerms<'_>) {
     assert!(e.lz_v.len() >= len && e.lz_u.len() >= len + e.off && e.shift.len() >= len);
     assert!(o.qv.len() >= rows && o.qu.len() >= rows);
     assert!(o.terms.len() >= len && o.inv.len() >= len);
+    assert!(o.pairs.is_empty() || (c > 2 && o.pairs.len() >= len * c * c));
 }
 
 /// The row's edges eight at a time (the compiler's vector instructions for the CPU's
@@ -266,6 +272,17 @@ fn block<const C: usize, const N: usize>(e: &EdgeRow<'_>, o: &mut EdgeTerms<'_>,
     }
     o.terms[col..col + N].copy_from_slice(&terms);
     o.inv[col..col + N].copy_from_slice(&inv);
+    if !o.pairs.is_empty() {
+        let cc = C * C;
+        for j in 0..N {
+            let sc = (inv[j] * o.scale) as f32;
+            let row = &mut o.pairs[(col + j) * cc..(col + j + 1) * cc];
+            for (k, p) in row.iter_mut().enumerate() {
+                let (s, d) = (k / C, k % C);
+                *p = qv[s][j] * e.tabs[k * w + col + j] * qu[d][j] * sc;
+            }
+        }
+    }
 }
 
 /// The block in AVX2 intrinsics.
@@ -273,7 +290,8 @@ fn block<const C: usize, const N: usize>(e: &EdgeRow<'_>, o: &mut EdgeTerms<'_>,
 mod avx {
     use std::arch::x86_64::*;
 
-    use super::{block, EdgeRow, EdgeTerms, TINY};
+    use super::{block, EdgeRow, EdgeTerms, MAX_C, TINY};
+    use crate::kernels::layout::avx::t8;
 
     /// Eight f64 lanes (columns 0–3, 4–7).
     #[derive(Clone, Copy)]
@@ -518,7 +536,8 @@ mod avx {
         let (w, off) = (e.w, e.off);
         // SAFETY: every load and store below stays in bounds: label rows `x·w + col..+8` (and `+ off`
         // for u's) lie within `C·w` entries since `col + off + 8 <= len + off <= w`;
-        // table rows `k·w + col + 8 <= (C² − 1)·w + len`; per-edge rows end by `len`.
+        // table rows `k·w + col + 8 <= (C² − 1)·w + len`; per-edge rows end by `len`;
+        // pair rows `(col + 7)·C² + C² <= len·C²`.
         unsafe {
             let (cv, lsv) = cavity::<C>(e.phi_v, e.cav_v, w, col);
             let (cu, lsu) = cavity::<C>(e.phi_u, e.cav_u, w, col + off);
@@ -532,10 +551,13 @@ mod avx {
             }
             let mut rows = [_mm256_setzero_ps(); C];
             let mut cols = [_mm256_setzero_ps(); C];
+            // The joint's entries, kept for the pair rows (the first C² of them).
+            let mut joint = [_mm256_setzero_ps(); MAX_C * MAX_C];
             for s in 0..C {
                 for d in 0..C {
                     let t = _mm256_loadu_ps(e.tabs.as_ptr().add((s * C + d) * w + col));
                     let p = _mm256_mul_ps(_mm256_mul_ps(qv[s], t), qu[d]);
+                    joint[s * C + d] = p;
                     rows[s] = _mm256_add_ps(rows[s], p);
                     cols[d] = _mm256_add_ps(cols[d], p);
                 }
@@ -575,6 +597,28 @@ mod avx {
                 .sub(share);
             terms.store(o.terms.as_mut_ptr().add(col));
             inv.store(o.inv.as_mut_ptr().add(col));
+            if !o.pairs.is_empty() {
+                // Scaled, then eight entries of eight edges at a time transposed into the
+                // edge-major rows (the last block of a row moved back to end at its last
+                // entry, as `layout::pair_rows_f32` does: the same values, written twice).
+                let cc = C * C;
+                let sc = inv.mul(D8::splat(o.scale)).to_f32();
+                let mut k0 = 0;
+                loop {
+                    let at = k0.min(cc - 8);
+                    let mut r = [_mm256_setzero_ps(); 8];
+                    for (i, v) in r.iter_mut().enumerate() {
+                        *v = _mm256_mul_ps(joint[at + i], sc);
+                    }
+                    for (j, v) in t8(r).into_iter().enumerate() {
+                        _mm256_storeu_ps(o.pairs.as_mut_ptr().add((col + j) * cc + at), v);
+                    }
+                    if at == cc - 8 {
+                        break;
+                    }
+                    k0 += 8;
+                }
+            }
         }
     }
 }
@@ -584,7 +628,8 @@ mod tests {
     use super::*;
     use crate::kernels::rng::Rng;
 
-    /// The AVX2 block and the portable one give the same bits on every output, including
+    /// The AVX2 block and the portable one give the same bits on every output (the pair
+    /// rows at C > 2), including
     /// zero messages and potentials (forbidden labels) and wide-ranging cavities, at every
     /// C and for both edge orientations. (Against the row passes: `grid_beliefs`' test.)
     #[test]
@@ -631,11 +676,14 @@ mod tests {
                 let run = |avx: bool| {
                     let (mut qv, mut qu) = (vec![f32::NAN; c * w], vec![f32::NAN; c * w]);
                     let (mut terms, mut inv) = (vec![f64::NAN; len], vec![f64::NAN; len]);
+                    let mut pairs = vec![f32::NAN; if c > 2 { len * c * c } else { 0 }];
                     let mut o = EdgeTerms {
                         qv: &mut qv,
                         qu: &mut qu,
                         terms: &mut terms,
                         inv: &mut inv,
+                        pairs: &mut pairs,
+                        scale: 0.75,
                     };
                     check(&e, &o);
                     match avx {
@@ -643,7 +691,7 @@ mod tests {
                         true => unsafe { for_c!(c, avx_span, &e, &mut o) },
                         false => for_c!(c, span, &e, &mut o),
                     }
-                    (qv, qu, terms, inv)
+                    (qv, qu, terms, inv, pairs)
                 };
                 let (a, b) = (run(true), run(false));
                 let at = format!("C {c}, len {len}, off {off}");
@@ -653,6 +701,8 @@ mod tests {
                 assert_eq!(b32(&a.1), b32(&b.1), "{at}");
                 assert_eq!(b64(&a.2), b64(&b.2), "{at}");
                 assert_eq!(b64(&a.3), b64(&b.3), "{at}");
+                assert_eq!(b32(&a.4), b32(&b.4), "{at}");
+                assert!(a.4.iter().all(|p| p.is_finite()), "{at}");
                 // Every edge was written, with a finite term.
                 assert!(a.2.iter().all(|t| t.is_finite()), "{at}");
                 assert!(a.3.iter().all(|&v| v > 0.0 && v.is_finite()), "{at}");
