@@ -290,7 +290,7 @@ fn block<const C: usize, const N: usize>(e: &EdgeRow<'_>, o: &mut EdgeTerms<'_>,
 mod avx {
     use std::arch::x86_64::*;
 
-    use super::{block, EdgeRow, EdgeTerms, MAX_C, TINY};
+    use super::{block, EdgeRow, EdgeTerms, TINY};
     use crate::kernels::layout::avx::t8;
 
     /// Eight f64 lanes (columns 0–3, 4–7).
@@ -552,12 +552,12 @@ mod avx {
             let mut rows = [_mm256_setzero_ps(); C];
             let mut cols = [_mm256_setzero_ps(); C];
             // The joint's entries, kept for the pair rows (the first C² of them).
-            let mut joint = [_mm256_setzero_ps(); MAX_C * MAX_C];
+            let mut joint = [[_mm256_setzero_ps(); C]; C];
             for s in 0..C {
                 for d in 0..C {
                     let t = _mm256_loadu_ps(e.tabs.as_ptr().add((s * C + d) * w + col));
                     let p = _mm256_mul_ps(_mm256_mul_ps(qv[s], t), qu[d]);
-                    joint[s * C + d] = p;
+                    joint[s][d] = p;
                     rows[s] = _mm256_add_ps(rows[s], p);
                     cols[d] = _mm256_add_ps(cols[d], p);
                 }
@@ -608,7 +608,8 @@ mod avx {
                     let at = k0.min(cc - 8);
                     let mut r = [_mm256_setzero_ps(); 8];
                     for (i, v) in r.iter_mut().enumerate() {
-                        *v = _mm256_mul_ps(joint[at + i], sc);
+                        let k = at + i;
+                        *v = _mm256_mul_ps(joint[k / C][k % C], sc);
                     }
                     for (j, v) in t8(r).into_iter().enumerate() {
                         _mm256_storeu_ps(o.pairs.as_mut_ptr().add((col + j) * cc + at), v);
