@@ -464,6 +464,39 @@ fn node_blocks<T: Send>(
         .for_each(|(i, (o, m))| f(o, m, i * BLOCK_NODES));
 }
 
+crate::simd_dispatch! {
+    /// Node gradient rows from node marginals `m` (rows of `c`) and gold labels `y`:
+    /// `(p − [k = y]) · w` in the output's precision, `w` absent: no product. (AVX2 where
+    /// the CPU has it: the pool's tasks that call it are compiled for the baseline.)
+    fn gold_rows_as<T: Real>(out: &mut [T], m: &[f64], y: &[i64], c: usize, w: Option<f64>)
+        -> () => gold_rows_as_body
+}
+
+#[inline(always)]
+fn gold_rows_as_body<T: Real>(out: &mut [T], m: &[f64], y: &[i64], c: usize, w: Option<f64>) {
+    // Every entry as a marginal first (a loop the compiler vectorises), then each row's
+    // gold entry redone: the values the entry-by-entry rule gives.
+    match w {
+        Some(w) => {
+            for (o, &p) in out.iter_mut().zip(m) {
+                *o = T::from_f64(p * w);
+            }
+        }
+        None => {
+            for (o, &p) in out.iter_mut().zip(m) {
+                *o = T::from_f64(p);
+            }
+        }
+    }
+    for ((row, p), &y) in out.chunks_exact_mut(c).zip(m.chunks_exact(c)).zip(y) {
+        // (A label outside the classes, such as a padded node's, has no gold entry.)
+        if let (Some(o), Some(&p)) = (row.get_mut(y as usize), p.get(y as usize)) {
+            let g = p - 1.0;
+            *o = T::from_f64(w.map_or(g, |w| g * w));
+        }
+    }
+}
+
 fn item_error(e: Error, b: usize, batch: usize) -> Error {
     match e {
         Error::Infeasible(m) if batch > 1 => Error::Infeasible(format!("batch item {b}: {m}")),
@@ -726,13 +759,7 @@ pub fn loss_and_grad<T: Real, M: Inference<T>>(
                         Some(row) => {
                             let out = &mut row[v * c..v * c + m.len()];
                             node_blocks(out, m, c, |out, m, first| {
-                                let rows = out.chunks_exact_mut(c).zip(m.chunks_exact(c));
-                                for ((out, p), &y) in rows.zip(&yb[v + first..]) {
-                                    for (k, (o, &p)) in out.iter_mut().zip(p).enumerate() {
-                                        let g = if k == y as usize { p - 1.0 } else { p };
-                                        *o = T::from_f64(wb.map_or(g, |w| g * w));
-                                    }
-                                }
+                                gold_rows_as(out, m, &yb[v + first..], c, wb)
                             })
                         }
                         None => {
