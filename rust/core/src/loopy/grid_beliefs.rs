@@ -600,6 +600,29 @@ pub(super) fn pow2_scale(m: f64) -> (f64, f64) {
     }
 }
 
+/// Edge row `r`'s shape: edge `col` joins node `(r, col)` to node `(ru, col + off)`, for
+/// `col < len`; the message into the first from the second comes from side `skip_v`, the
+/// one into the second from side `skip_u`. `(ru, off, len, skip_v, skip_u)`.
+#[inline(always)]
+fn edge_row_shape(r: usize, vertical: bool, w: usize) -> (usize, usize, usize, usize, usize) {
+    match vertical {
+        true => (r + 1, 0, w, FROM_DOWN, FROM_UP),
+        false => (r, 1, w - 1, FROM_RIGHT, FROM_LEFT),
+    }
+}
+
+/// The three directions whose messages, with the potential, make a node's cavity leaving
+/// out `skip`, in the order the cavity multiplies them.
+#[inline(always)]
+fn cavity_dirs(skip: usize) -> [usize; 3] {
+    match skip {
+        FROM_LEFT => [FROM_RIGHT, FROM_UP, FROM_DOWN],
+        FROM_RIGHT => [FROM_LEFT, FROM_UP, FROM_DOWN],
+        FROM_UP => [FROM_LEFT, FROM_RIGHT, FROM_DOWN],
+        _ => [FROM_LEFT, FROM_RIGHT, FROM_UP],
+    }
+}
+
 /// What the edge pass reads.
 struct View<'a, M> {
     p: &'a GridPotentials,
@@ -641,13 +664,8 @@ impl<M: Real> View<'_, M> {
         let row = r * c * w..(r + 1) * c * w;
         // φ times the three messages in one pass (a copy of φ first, then a pass per
         // message, had moved the row through memory four times).
-        let [m1, m2, m3] = match skip {
-            FROM_LEFT => [FROM_RIGHT, FROM_UP, FROM_DOWN],
-            FROM_RIGHT => [FROM_LEFT, FROM_UP, FROM_DOWN],
-            FROM_UP => [FROM_LEFT, FROM_RIGHT, FROM_DOWN],
-            _ => [FROM_LEFT, FROM_RIGHT, FROM_UP],
-        }
-        .map(|dir| &self.msgs[dir * self.n + row.start..dir * self.n + row.end]);
+        let [m1, m2, m3] = cavity_dirs(skip)
+            .map(|dir| &self.msgs[dir * self.n + row.start..dir * self.n + row.end]);
         for ((o, &f), ((&a, &b), &d)) in out
             .iter_mut()
             .zip(&self.p.phi[row.clone()])
@@ -688,16 +706,7 @@ impl<M: Real> View<'_, M> {
         let (c, w) = (p.c, p.w);
         let cc = c * c;
         // Edge `col` joins node (r, col) (labels s) to node (ru, col + off) (labels d).
-        let (ru, off, len) = if vertical {
-            (r + 1, 0, w)
-        } else {
-            (r, 1, w - 1)
-        };
-        let (skip_v, skip_u) = if vertical {
-            (FROM_DOWN, FROM_UP)
-        } else {
-            (FROM_RIGHT, FROM_LEFT)
-        };
+        let (ru, off, len, skip_v, skip_u) = edge_row_shape(r, vertical, w);
         // (A grid one column wide has no horizontal edges.)
         if len == 0 {
             return;
@@ -1244,23 +1253,7 @@ impl<M: Real> View<'_, M> {
         let p = self.p;
         let (c, w, n) = (p.c, p.w, self.n);
         let cc = c * c;
-        let (ru, off, len) = if vertical {
-            (r + 1, 0, w)
-        } else {
-            (r, 1, w - 1)
-        };
-        let (skip_v, skip_u) = if vertical {
-            (FROM_DOWN, FROM_UP)
-        } else {
-            (FROM_RIGHT, FROM_LEFT)
-        };
-        // The three messages of each cavity, in `prob_cavity`'s order.
-        let others = |skip: usize| match skip {
-            FROM_LEFT => [FROM_RIGHT, FROM_UP, FROM_DOWN],
-            FROM_RIGHT => [FROM_LEFT, FROM_UP, FROM_DOWN],
-            FROM_UP => [FROM_LEFT, FROM_RIGHT, FROM_DOWN],
-            _ => [FROM_LEFT, FROM_RIGHT, FROM_UP],
-        };
+        let (ru, off, len, skip_v, skip_u) = edge_row_shape(r, vertical, w);
         let at = |dir: usize, row: usize| &msgs[dir * n + row * c * w..dir * n + (row + 1) * c * w];
         let shifts = if vertical { &p.vshift } else { &p.hshift };
         let t = &tabs[r * cc * w..];
@@ -1286,8 +1279,8 @@ impl<M: Real> View<'_, M> {
                 off,
                 phi_v: &p.phi[r * c * w..(r + 1) * c * w],
                 phi_u: &p.phi[ru * c * w..(ru + 1) * c * w],
-                cav_v: others(skip_v).map(|d| at(d, r)),
-                cav_u: others(skip_u).map(|d| at(d, ru)),
+                cav_v: cavity_dirs(skip_v).map(|d| at(d, r)),
+                cav_u: cavity_dirs(skip_u).map(|d| at(d, ru)),
                 msg_v: at(skip_v, r),
                 msg_u: at(skip_u, ru),
                 tabs: t,
