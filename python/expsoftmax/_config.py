@@ -13,8 +13,8 @@ import numpy as np
 from . import _core
 
 #: Values ``EXPSOFTMAX_SIMD`` may take: ``auto`` (or unset) picks the best path the CPU has;
-#: ``baseline`` forces the portable kernels.
-SIMD_CHOICES = ("auto", "baseline")
+#: ``avx2`` stops at AVX2 (no AVX-512 kernels); ``baseline`` forces the portable kernels.
+SIMD_CHOICES = ("auto", "avx2", "baseline")
 
 
 def check_simd_env() -> None:
@@ -34,8 +34,8 @@ def _version(dist: str) -> Optional[str]:
 
 def config() -> dict[str, Any]:
     """The installation as a dict: ``version``, ``build_profile``, ``target``, ``simd``
-    (the kernels' path chosen at run time: ``"avx2"`` or ``"baseline"``), ``cpu_avx2``,
-    ``simd_env`` (``EXPSOFTMAX_SIMD``), ``threads`` and ``thread_source``
+    (the kernels' path chosen at run time: ``"avx512"``, ``"avx2"`` or ``"baseline"``),
+    ``cpu_avx2``, ``simd_env`` (``EXPSOFTMAX_SIMD``), ``threads`` and ``thread_source``
     (``"set_num_threads"``, ``"RAYON_NUM_THREADS"`` or ``"available cores"``, which follows
     the process's CPU affinity and cgroup quota), ``available_cores``, ``python``,
     ``numpy`` and ``torch`` (None when not installed; torch is not imported)."""

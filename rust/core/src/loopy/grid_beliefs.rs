@@ -776,7 +776,7 @@ impl<M: Real> View<'_, M> {
         };
         let psi = |k: usize, col: usize| -> f64 {
             match (&wrow, potts) {
-                (_, Some((a, b))) => a[col] + if k % (c + 1) == 0 { b[col] } else { 0.0 },
+                (_, Some((a, b))) => a[col] + if k.is_multiple_of(c + 1) { b[col] } else { 0.0 },
                 (Some((pots, _)), _) => pots[k * w + col],
                 _ if p.shared => tabs.get(k),
                 _ => tabs.get((r * cc + k) * w + col),

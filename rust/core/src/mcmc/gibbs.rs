@@ -299,7 +299,7 @@ fn run_chain<T: Real>(
     for s in 0..total {
         pb.stop.check()?;
         let key = [b as u64, chain as u64, s as u64];
-        let keep = s >= opts.burn_in && (s - opts.burn_in + 1) % opts.thin == 0;
+        let keep = s >= opts.burn_in && (s - opts.burn_in + 1).is_multiple_of(opts.thin);
         let batch = (kept / per_batch).min(BATCHES - 1);
         match fast {
             // The fast sweep counts the labelling it leaves as it draws it.

@@ -110,7 +110,7 @@ impl Graph {
                 Some(_) => return None,
                 None => n, // a single row
             };
-            if w == 0 || n % w != 0 {
+            if w == 0 || !n.is_multiple_of(w) {
                 return None;
             }
             let h = n / w;
