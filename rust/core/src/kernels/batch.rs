@@ -95,7 +95,12 @@ pub fn has_avx512() -> bool {
     *USE.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            has_fma() && std::is_x86_feature_detected!("avx512f") && !simd_env_is("avx2")
+            has_fma()
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512dq")
+                && std::is_x86_feature_detected!("avx512vl")
+                && !simd_env_is("avx2")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -136,10 +141,13 @@ pub fn simd_path() -> &'static str {
 }
 
 /// Defines `fn $name` (with the visibility given) that runs the `#[inline(always)]`
-/// function `$body` compiled for AVX2 when the CPU has it, and for baseline x86-64
-/// otherwise. Wheels target baseline x86-64, whose SSE2 vectors are half as wide; runtime
-/// dispatch keeps one wheel fast.
-/// Every kernel `$body` reaches must be `#[inline(always)]` to land in the AVX2 copy.
+/// function `$body` compiled for AVX-512 (F, BW, DQ, VL, with AVX2 and FMA) when the CPU
+/// has it ([`has_avx512`]), for AVX2 when it has that, and for baseline x86-64 otherwise.
+/// Wheels target baseline x86-64, whose SSE2 vectors are half as wide; runtime dispatch
+/// keeps one wheel fast. The copies compute the same values bit for bit: the compiler
+/// vectorises loops wider but never reorders or fuses floating-point operations, and the
+/// intrinsic helpers the bodies call are the same in each copy.
+/// Every kernel `$body` reaches must be `#[inline(always)]` to land in the wider copies.
 #[macro_export]
 macro_rules! simd_dispatch {
     (
@@ -152,10 +160,20 @@ macro_rules! simd_dispatch {
         $vis fn $name<$($g: $bound),*>($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512<$($g: $bound),*>($($arg: $ty),*) -> $ret {
+                    $body::<$($g),*>($($arg),*)
+                }
                 #[target_feature(enable = "avx2")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2<$($g: $bound),*>($($arg: $ty),*) -> $ret {
                     $body::<$($g),*>($($arg),*)
+                }
+                if $crate::kernels::batch::has_avx512() {
+                    // SAFETY: the CPU supports AVX-512F/BW/DQ/VL, AVX2 and FMA, checked
+                    // just above.
+                    return unsafe { avx512::<$($g),*>($($arg),*) };
                 }
                 if $crate::kernels::batch::has_avx2() {
                     // SAFETY: the CPU supports AVX2, checked just above.
@@ -176,11 +194,22 @@ macro_rules! simd_dispatch {
         $vis unsafe fn $name<$($g: $bound),*>($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512<$($g: $bound),*>($($arg: $ty),*) -> $ret {
+                    // SAFETY: the body's contract, forwarded from the caller.
+                    unsafe { $body::<$($g),*>($($arg),*) }
+                }
                 #[target_feature(enable = "avx2")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2<$($g: $bound),*>($($arg: $ty),*) -> $ret {
                     // SAFETY: the body's contract, forwarded from the caller.
                     unsafe { $body::<$($g),*>($($arg),*) }
+                }
+                if $crate::kernels::batch::has_avx512() {
+                    // SAFETY: the CPU supports AVX-512F/BW/DQ/VL, AVX2 and FMA, checked
+                    // just above; the body's contract is the caller's.
+                    return unsafe { avx512::<$($g),*>($($arg),*) };
                 }
                 if $crate::kernels::batch::has_avx2() {
                     // SAFETY: the CPU supports AVX2, checked just above; the body's

@@ -370,7 +370,15 @@ unsafe fn avx_span<const C: usize, const ROWS: bool, const TR: bool>(
     let even = _mm256_castsi256_ps(_mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0));
     let odd = _mm256_castsi256_ps(_mm256_setr_epi32(0, -1, 0, -1, 0, -1, 0, -1));
     // One colour: the lanes of the block from `i0` whose messages are written.
-    let colour = |i0: usize| t.parity.map(|p| if (i0 + p).is_multiple_of(2) { even } else { odd });
+    let colour = |i0: usize| {
+        t.parity.map(|p| {
+            if (i0 + p).is_multiple_of(2) {
+                even
+            } else {
+                odd
+            }
+        })
+    };
     let mut change = [_mm256_setzero_pd(); 2];
     // Messages `i0..i0 + 8`; where `keep` is given, only its lanes are written (the others
     // are rewritten with what `dst` holds, which is `prev` there).
