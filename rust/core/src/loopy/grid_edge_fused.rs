@@ -22,6 +22,8 @@
 use crate::loopy::grid_beliefs::{ln0_f32, pow2_scale};
 #[cfg(target_arch = "x86_64")]
 use avx::span as avx_span;
+#[cfg(target_arch = "x86_64")]
+use avx512::span as avx512_span;
 
 /// Largest C the one-pass edge row is built for (each C is compiled twice). Beyond it a
 /// block's `C²` joint products and `4C` label rows no longer fit in registers, and the
@@ -101,6 +103,13 @@ macro_rules! for_c {
 /// `2 <= C <= MAX_C`.
 pub(crate) fn edge_row(e: &EdgeRow<'_>, o: &mut EdgeTerms<'_>) {
     check(e, o);
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::batch::has_avx512() {
+        // SAFETY: the CPU has AVX-512F/DQ and AVX2 (checked just above); `check` asserted
+        // the bounds.
+        unsafe { for_c!(e.c, avx512_span, e, o) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::batch::has_avx2() {
         // SAFETY: the CPU has AVX2 (checked just above); `check` asserted the bounds.
@@ -624,17 +633,357 @@ mod avx {
     }
 }
 
+/// The AVX2 block on sixteen edges (for CPUs with AVX-512F/DQ): sixteen f32 lanes in a
+/// `__m512`, sixteen f64 lanes in two `__m512d`, every operation the eight-lane block's
+/// (the same bits; a test compares them). Rows shorter than sixteen take the AVX2 span.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{EdgeRow, EdgeTerms, TINY};
+    use crate::kernels::layout::avx::t8;
+
+    /// Sixteen f64 lanes (edges 0–7, 8–15).
+    #[derive(Clone, Copy)]
+    struct D16(__m512d, __m512d);
+
+    /// The lane-wise operations of [`D16`], each the eight-lane block's `D8` operation.
+    /// Every function needs AVX-512F/DQ (inlined into [`span`]'s code).
+    impl D16 {
+        #[inline(always)]
+        unsafe fn splat(x: f64) -> D16 {
+            D16(_mm512_set1_pd(x), _mm512_set1_pd(x))
+        }
+
+        /// # Safety
+        /// Sixteen f64 readable at `p`.
+        #[inline(always)]
+        unsafe fn load(p: *const f64) -> D16 {
+            // SAFETY: the caller's contract.
+            unsafe { D16(_mm512_loadu_pd(p), _mm512_loadu_pd(p.add(8))) }
+        }
+
+        /// # Safety
+        /// Sixteen f64 writable at `p`.
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f64) {
+            // SAFETY: the caller's contract.
+            unsafe {
+                _mm512_storeu_pd(p, self.0);
+                _mm512_storeu_pd(p.add(8), self.1);
+            }
+        }
+
+        /// Widened from sixteen f32 lanes.
+        #[inline(always)]
+        unsafe fn of(x: __m512) -> D16 {
+            D16(
+                _mm512_cvtps_pd(_mm512_castps512_ps256(x)),
+                _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(x)),
+            )
+        }
+
+        /// Rounded to sixteen f32 lanes.
+        #[inline(always)]
+        unsafe fn to_f32(self) -> __m512 {
+            _mm512_insertf32x8::<1>(
+                _mm512_castps256_ps512(_mm512_cvtpd_ps(self.0)),
+                _mm512_cvtpd_ps(self.1),
+            )
+        }
+
+        #[inline(always)]
+        unsafe fn mul(self, b: D16) -> D16 {
+            D16(_mm512_mul_pd(self.0, b.0), _mm512_mul_pd(self.1, b.1))
+        }
+
+        #[inline(always)]
+        unsafe fn add(self, b: D16) -> D16 {
+            D16(_mm512_add_pd(self.0, b.0), _mm512_add_pd(self.1, b.1))
+        }
+
+        #[inline(always)]
+        unsafe fn sub(self, b: D16) -> D16 {
+            D16(_mm512_sub_pd(self.0, b.0), _mm512_sub_pd(self.1, b.1))
+        }
+
+        #[inline(always)]
+        unsafe fn div(self, b: D16) -> D16 {
+            D16(_mm512_div_pd(self.0, b.0), _mm512_div_pd(self.1, b.1))
+        }
+
+        /// `if self > b { self } else { b }`, lane-wise.
+        #[inline(always)]
+        unsafe fn max(self, b: D16) -> D16 {
+            D16(_mm512_max_pd(self.0, b.0), _mm512_max_pd(self.1, b.1))
+        }
+
+        /// `if self > 0 { x } else { 0 }`, lane-wise.
+        #[inline(always)]
+        unsafe fn pos_then(self, x: D16) -> D16 {
+            let z = _mm512_setzero_pd();
+            D16(
+                _mm512_maskz_mov_pd(_mm512_cmp_pd_mask::<_CMP_GT_OQ>(self.0, z), x.0),
+                _mm512_maskz_mov_pd(_mm512_cmp_pd_mask::<_CMP_GT_OQ>(self.1, z), x.1),
+            )
+        }
+
+        #[inline(always)]
+        unsafe fn pow2_scale(self) -> (D16, D16) {
+            let ((s0, l0), (s1, l1)) = (pow2_scale8(self.0), pow2_scale8(self.1));
+            (D16(s0, s1), D16(l0, l1))
+        }
+
+        /// `1/self` where `TINY <= self < inf`, else 0.
+        #[inline(always)]
+        unsafe fn recip_in_range(self) -> D16 {
+            let r = D16::splat(1.0).div(self);
+            D16(
+                _mm512_maskz_mov_pd(in_range8(self.0), r.0),
+                _mm512_maskz_mov_pd(in_range8(self.1), r.1),
+            )
+        }
+    }
+
+    /// The eight-lane block's `pow2_scale4` for eight lanes: `(2^-e, e ln 2)` for `m` in
+    /// `[2^e, 2^(e+1))`, `(0, −inf)` for `m <= 0`.
+    #[inline(always)]
+    unsafe fn pow2_scale8(m: __m512d) -> (__m512d, __m512d) {
+        let e = _mm512_and_si512(
+            _mm512_srli_epi64::<52>(_mm512_castpd_si512(m)),
+            _mm512_set1_epi64(0x7ff),
+        );
+        let e = _mm512_min_epi64(
+            _mm512_max_epi64(e, _mm512_set1_epi64(1)),
+            _mm512_set1_epi64(2045),
+        );
+        let inv = _mm512_castsi512_pd(_mm512_slli_epi64::<52>(_mm512_sub_epi64(
+            _mm512_set1_epi64(2046),
+            e,
+        )));
+        let two52 = _mm512_set1_pd(4_503_599_627_370_496.0);
+        let ef = _mm512_sub_pd(
+            _mm512_castsi512_pd(_mm512_or_si512(_mm512_castpd_si512(two52), e)),
+            two52,
+        );
+        let l = _mm512_mul_pd(
+            _mm512_sub_pd(ef, _mm512_set1_pd(1023.0)),
+            _mm512_set1_pd(std::f64::consts::LN_2),
+        );
+        let pos = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(m, _mm512_setzero_pd());
+        (
+            _mm512_maskz_mov_pd(pos, inv),
+            _mm512_mask_blend_pd(pos, _mm512_set1_pd(f64::NEG_INFINITY), l),
+        )
+    }
+
+    /// Set where `TINY <= a < inf`.
+    #[inline(always)]
+    unsafe fn in_range8(a: __m512d) -> __mmask8 {
+        _mm512_cmp_pd_mask::<_CMP_GE_OQ>(a, _mm512_set1_pd(TINY))
+            & _mm512_cmp_pd_mask::<_CMP_LT_OQ>(a, _mm512_set1_pd(f64::INFINITY))
+    }
+
+    /// `logspace::ln_pos_f32`, lane-wise, the same operations in the same order.
+    #[inline(always)]
+    unsafe fn ln_pos(x: __m512) -> __m512 {
+        let bits = _mm512_castps_si512(x);
+        let k = _mm512_srai_epi32::<23>(_mm512_sub_epi32(bits, _mm512_set1_epi32(0x3f35_04f3)));
+        let m = _mm512_castsi512_ps(_mm512_sub_epi32(bits, _mm512_slli_epi32::<23>(k)));
+        let f = _mm512_sub_ps(m, _mm512_set1_ps(1.0));
+        let s = _mm512_div_ps(f, _mm512_add_ps(_mm512_set1_ps(2.0), f));
+        let z = _mm512_mul_ps(s, s);
+        let mut p = _mm512_set1_ps(1.0 / 9.0);
+        for c in [1.0 / 7.0, 1.0 / 5.0, 1.0 / 3.0, 1.0] {
+            p = _mm512_add_ps(_mm512_mul_ps(p, z), _mm512_set1_ps(c));
+        }
+        _mm512_add_ps(
+            _mm512_mul_ps(
+                _mm512_cvtepi32_ps(k),
+                _mm512_set1_ps(std::f32::consts::LN_2),
+            ),
+            _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(2.0), s), p),
+        )
+    }
+
+    /// `grid_beliefs::ln0_f32`, lane-wise (−inf at 0).
+    #[inline(always)]
+    unsafe fn ln0(m: __m512) -> __m512 {
+        let l = ln_pos(_mm512_max_ps(m, _mm512_set1_ps(f32::MIN_POSITIVE)));
+        let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, _mm512_setzero_ps());
+        _mm512_mask_blend_ps(pos, _mm512_set1_ps(f32::NEG_INFINITY), l)
+    }
+
+    /// See [`super::span`]: sixteen edges a block, the last moved back to end at the last
+    /// edge; a row shorter than sixteen takes the AVX2 span.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/DQ and AVX2; the bounds of [`super::check`] hold.
+    #[target_feature(enable = "avx512f,avx512dq,avx2")]
+    pub(super) unsafe fn span<const C: usize>(e: &EdgeRow<'_>, o: &mut EdgeTerms<'_>) {
+        let len = e.len;
+        if len < 16 {
+            // SAFETY: the CPU has AVX2; the caller's bounds.
+            unsafe { super::avx::span::<C>(e, o) };
+            return;
+        }
+        let mut col = 0;
+        loop {
+            let at = col.min(len - 16);
+            // SAFETY: the caller's contract; `at + 16 <= len`.
+            unsafe { block16::<C>(e, o, at) };
+            if at == len - 16 {
+                break;
+            }
+            col += 16;
+        }
+    }
+
+    /// `super::cavity` for sixteen columns.
+    ///
+    /// # Safety
+    /// AVX-512F/DQ; `C` label rows of stride `w` readable from `col` to `col + 16` in each.
+    #[inline(always)]
+    unsafe fn cavity<const C: usize>(
+        phi: &[f64],
+        m: [&[f32]; 3],
+        w: usize,
+        col: usize,
+    ) -> ([D16; C], D16) {
+        let mut q = [D16::splat(0.0); C];
+        for (x, qx) in q.iter_mut().enumerate() {
+            let at = x * w + col;
+            // SAFETY: the caller's bounds.
+            unsafe {
+                let f = D16::load(phi.as_ptr().add(at));
+                let a = D16::of(_mm512_loadu_ps(m[0].as_ptr().add(at)));
+                let b = D16::of(_mm512_loadu_ps(m[1].as_ptr().add(at)));
+                let d = D16::of(_mm512_loadu_ps(m[2].as_ptr().add(at)));
+                *qx = f.mul(a).mul(b).mul(d);
+            }
+        }
+        let mut mx = q[0];
+        for qx in &q[1..] {
+            mx = qx.max(mx);
+        }
+        let (s, l) = mx.pow2_scale();
+        for qx in q.iter_mut() {
+            *qx = qx.mul(s);
+        }
+        (q, l)
+    }
+
+    /// The eight-lane `block8` for sixteen edges `col..col + 16`.
+    ///
+    /// # Safety
+    /// AVX-512F/DQ; the bounds of [`super::check`] hold and `col + 16 <= len`.
+    #[inline(always)]
+    unsafe fn block16<const C: usize>(e: &EdgeRow<'_>, o: &mut EdgeTerms<'_>, col: usize) {
+        let (w, off) = (e.w, e.off);
+        // SAFETY: as in `block8`, with 16 for 8: every row `x·w + col..+16` (`+ off` for
+        // u's) lies within `C·w` entries since `col + off + 16 <= len + off <= w`; table
+        // rows end by `(C² − 1)·w + len`; per-edge rows by `len`; pair rows by `len·C²`.
+        unsafe {
+            let (cv, lsv) = cavity::<C>(e.phi_v, e.cav_v, w, col);
+            let (cu, lsu) = cavity::<C>(e.phi_u, e.cav_u, w, col + off);
+            let mut qv = [_mm512_setzero_ps(); C];
+            let mut qu = [_mm512_setzero_ps(); C];
+            for x in 0..C {
+                qv[x] = cv[x].to_f32();
+                qu[x] = cu[x].to_f32();
+                _mm512_storeu_ps(o.qv.as_mut_ptr().add(x * w + col), qv[x]);
+                _mm512_storeu_ps(o.qu.as_mut_ptr().add(x * w + col), qu[x]);
+            }
+            let mut rows = [_mm512_setzero_ps(); C];
+            let mut cols = [_mm512_setzero_ps(); C];
+            let mut joint = [[_mm512_setzero_ps(); C]; C];
+            for s in 0..C {
+                for d in 0..C {
+                    let t = _mm512_loadu_ps(e.tabs.as_ptr().add((s * C + d) * w + col));
+                    let p = _mm512_mul_ps(_mm512_mul_ps(qv[s], t), qu[d]);
+                    joint[s][d] = p;
+                    rows[s] = _mm512_add_ps(rows[s], p);
+                    cols[d] = _mm512_add_ps(cols[d], p);
+                }
+            }
+            let mut z = D16::splat(0.0);
+            for &rs in &rows {
+                z = z.add(D16::of(rs));
+            }
+            let zero = D16::splat(0.0);
+            let (mut acc, mut bs_v, mut bs_u, mut bl_v, mut bl_u) = (zero, zero, zero, zero, zero);
+            for x in 0..C {
+                let m1 = _mm512_loadu_ps(e.msg_v.as_ptr().add(x * w + col));
+                let m2 = _mm512_loadu_ps(e.msg_u.as_ptr().add(x * w + col + off));
+                let (l1, l2) = (D16::of(ln0(m1)), D16::of(ln0(m2)));
+                let (rs, cs) = (D16::of(rows[x]), D16::of(cols[x]));
+                acc = acc.add(rs.pos_then(rs.mul(l1)));
+                acc = acc.add(cs.pos_then(cs.mul(l2)));
+                let (b1, b2) = (cv[x].mul(D16::of(m1)), cu[x].mul(D16::of(m2)));
+                bs_v = bs_v.add(b1);
+                bs_u = bs_u.add(b2);
+                bl_v = bl_v.add(b1.pos_then(b1.mul(l1)));
+                bl_u = bl_u.add(b2.pos_then(b2.mul(l2)));
+            }
+            let lz_v = D16::load(e.lz_v.as_ptr().add(col));
+            let lz_u = D16::load(e.lz_u.as_ptr().add(col + off));
+            let shift = D16::load(e.shift.as_ptr().add(col));
+            let lnz = D16::of(ln_pos(z.max(D16::splat(TINY)).to_f32()));
+            let inv = z.recip_in_range();
+            let share = bl_v.div(bs_v).add(bl_u.div(bs_u));
+            let terms = shift
+                .add(lsv)
+                .add(lsu)
+                .add(lnz)
+                .sub(lz_v)
+                .sub(lz_u)
+                .add(acc.mul(inv))
+                .sub(share);
+            terms.store(o.terms.as_mut_ptr().add(col));
+            inv.store(o.inv.as_mut_ptr().add(col));
+            if !o.pairs.is_empty() {
+                // As in `block8`: eight entries of the sixteen edges at a time, each half
+                // of edges transposed 8 × 8 into its edge-major rows.
+                let cc = C * C;
+                let sc = inv.mul(D16::splat(o.scale)).to_f32();
+                let mut k0 = 0;
+                loop {
+                    let at = k0.min(cc - 8);
+                    let mut lo = [_mm256_setzero_ps(); 8];
+                    let mut hi = [_mm256_setzero_ps(); 8];
+                    for i in 0..8 {
+                        let k = at + i;
+                        let v = _mm512_mul_ps(joint[k / C][k % C], sc);
+                        lo[i] = _mm512_castps512_ps256(v);
+                        hi[i] = _mm512_extractf32x8_ps::<1>(v);
+                    }
+                    for (half, r) in [lo, hi].into_iter().enumerate() {
+                        for (j, v) in t8(r).into_iter().enumerate() {
+                            let edge = col + 8 * half + j;
+                            _mm256_storeu_ps(o.pairs.as_mut_ptr().add(edge * cc + at), v);
+                        }
+                    }
+                    if at == cc - 8 {
+                        break;
+                    }
+                    k0 += 8;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::rng::Rng;
 
-    /// The AVX2 block and the portable one give the same bits on every output (the pair
-    /// rows at C > 2), including
+    /// The AVX2 block, the AVX-512 one (where the CPU has it) and the portable one give the
+    /// same bits on every output (the pair rows at C > 2), including
     /// zero messages and potentials (forbidden labels) and wide-ranging cavities, at every
     /// C and for both edge orientations. (Against the row passes: `grid_beliefs`' test.)
     #[test]
-    fn avx2_and_portable_blocks_agree_bit_for_bit() {
+    fn avx512_avx2_and_portable_blocks_agree_bit_for_bit() {
         if !crate::kernels::batch::has_avx2() {
             return;
         }
@@ -657,7 +1006,7 @@ mod tests {
             tabs[w + 5] = 0.0;
             let lz: Vec<f64> = (0..2 * w).map(|i| (i as f64).sin() * 40.0).collect();
             let shift: Vec<f64> = (0..w).map(|i| (i as f64).cos() * 9.0).collect();
-            for (len, off) in [(w - 1, 1), (w, 0), (16, 0)] {
+            for (len, off) in [(w - 1, 1), (w, 0), (16, 0), (20, 7), (12, 3)] {
                 let e = EdgeRow {
                     c,
                     w,
@@ -674,7 +1023,8 @@ mod tests {
                     lz_u: &lz[w..],
                     shift: &shift,
                 };
-                let run = |avx: bool| {
+                // 0: portable, 1: AVX2, 2: AVX-512.
+                let run = |path: u8| {
                     let (mut qv, mut qu) = (vec![f32::NAN; c * w], vec![f32::NAN; c * w]);
                     let (mut terms, mut inv) = (vec![f64::NAN; len], vec![f64::NAN; len]);
                     let mut pairs = vec![f32::NAN; if c > 2 { len * c * c } else { 0 }];
@@ -687,26 +1037,33 @@ mod tests {
                         scale: 0.75,
                     };
                     check(&e, &o);
-                    match avx {
+                    match path {
                         // SAFETY: the CPU has AVX2 (checked above); `check` passed.
-                        true => unsafe { for_c!(c, avx_span, &e, &mut o) },
-                        false => for_c!(c, span, &e, &mut o),
+                        1 => unsafe { for_c!(c, avx_span, &e, &mut o) },
+                        // SAFETY: the CPU has AVX-512 (checked by the caller); `check`
+                        // passed.
+                        2 => unsafe { for_c!(c, avx512_span, &e, &mut o) },
+                        _ => for_c!(c, span, &e, &mut o),
                     }
                     (qv, qu, terms, inv, pairs)
                 };
-                let (a, b) = (run(true), run(false));
-                let at = format!("C {c}, len {len}, off {off}");
-                let b32 = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                let b64 = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(b32(&a.0), b32(&b.0), "{at}");
-                assert_eq!(b32(&a.1), b32(&b.1), "{at}");
-                assert_eq!(b64(&a.2), b64(&b.2), "{at}");
-                assert_eq!(b64(&a.3), b64(&b.3), "{at}");
-                assert_eq!(b32(&a.4), b32(&b.4), "{at}");
-                assert!(a.4.iter().all(|p| p.is_finite()), "{at}");
-                // Every edge was written, with a finite term.
-                assert!(a.2.iter().all(|t| t.is_finite()), "{at}");
-                assert!(a.3.iter().all(|&v| v > 0.0 && v.is_finite()), "{at}");
+                let b = run(0);
+                let wide = crate::kernels::batch::has_avx512();
+                for path in [1u8, 2].into_iter().filter(|&p| p == 1 || wide) {
+                    let a = run(path);
+                    let at = format!("path {path}, C {c}, len {len}, off {off}");
+                    let b32 = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    let b64 = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(b32(&a.0), b32(&b.0), "{at}");
+                    assert_eq!(b32(&a.1), b32(&b.1), "{at}");
+                    assert_eq!(b64(&a.2), b64(&b.2), "{at}");
+                    assert_eq!(b64(&a.3), b64(&b.3), "{at}");
+                    assert_eq!(b32(&a.4), b32(&b.4), "{at}");
+                    assert!(a.4.iter().all(|p| p.is_finite()), "{at}");
+                    // Every edge was written, with a finite term.
+                    assert!(a.2.iter().all(|t| t.is_finite()), "{at}");
+                    assert!(a.3.iter().all(|&v| v > 0.0 && v.is_finite()), "{at}");
+                }
             }
         }
     }
