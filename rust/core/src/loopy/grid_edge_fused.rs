@@ -294,36 +294,298 @@ fn block<const C: usize, const N: usize>(e: &EdgeRow<'_>, o: &mut EdgeTerms<'_>,
     }
 }
 
-/// The block in AVX2 intrinsics.
+/// The block in vector intrinsics, once for any width: [`lanes::F32s`] is a width's f32
+/// lanes and their operations, [`lanes::F64s`] its f64 lanes. `avx` (eight edges) and
+/// `avx512` (sixteen) implement them with their instructions, each operation the same
+/// rounding in every lane, so both widths give the portable block's bits.
+#[cfg(target_arch = "x86_64")]
+mod lanes {
+    use super::{EdgeRow, EdgeTerms, TINY};
+
+    /// `N` f32 lanes. Every function needs the implementing width's CPU features (each is
+    /// inlined into that width's `span`, which is compiled with them).
+    pub(super) trait F32s: Copy {
+        /// The f64 lanes of the same width.
+        type D: F64s<F = Self>;
+        unsafe fn zero() -> Self;
+        /// # Safety
+        /// `N` f32 readable at `p`.
+        unsafe fn load(p: *const f32) -> Self;
+        /// # Safety
+        /// `N` f32 writable at `p`.
+        unsafe fn store(self, p: *mut f32);
+        unsafe fn mul(self, b: Self) -> Self;
+        unsafe fn add(self, b: Self) -> Self;
+        /// `logspace::ln_pos_f32`, lane-wise, the same operations in the same order.
+        unsafe fn ln_pos(self) -> Self;
+        /// `grid_beliefs::ln0_f32`, lane-wise (−inf at 0).
+        unsafe fn ln0(self) -> Self;
+        /// Entries `at..at + 8` of the pair rows of the `N` edges from `col` (`r[i]` holds
+        /// entry `at + i` of each edge), transposed into the edge-major rows of `cc`.
+        ///
+        /// # Safety
+        /// Rows `col..col + N` of `cc` entries writable at `pairs`; `at + 8 <= cc`.
+        unsafe fn store_pairs(r: [Self; 8], pairs: *mut f32, col: usize, cc: usize, at: usize);
+    }
+
+    /// `N` f64 lanes (see [`F32s`]).
+    pub(super) trait F64s: Copy {
+        type F;
+        unsafe fn splat(x: f64) -> Self;
+        /// # Safety
+        /// `N` f64 readable at `p`.
+        unsafe fn load(p: *const f64) -> Self;
+        /// # Safety
+        /// `N` f64 writable at `p`.
+        unsafe fn store(self, p: *mut f64);
+        /// Widened from the f32 lanes.
+        unsafe fn of(x: Self::F) -> Self;
+        /// Rounded to the f32 lanes.
+        unsafe fn to_f32(self) -> Self::F;
+        unsafe fn mul(self, b: Self) -> Self;
+        unsafe fn add(self, b: Self) -> Self;
+        unsafe fn sub(self, b: Self) -> Self;
+        unsafe fn div(self, b: Self) -> Self;
+        /// `if self > b { self } else { b }`, lane-wise.
+        unsafe fn max(self, b: Self) -> Self;
+        /// `if self > 0 { x } else { 0 }`, lane-wise.
+        unsafe fn pos_then(self, x: Self) -> Self;
+        /// `grid_beliefs::pow2_scale`, lane-wise: `(2^-e, e ln 2)` for `m` in
+        /// `[2^e, 2^(e+1))`, `(0, −inf)` for `m <= 0`.
+        unsafe fn pow2_scale(self) -> (Self, Self);
+        /// `1/self` where `TINY <= self < inf`, else 0.
+        unsafe fn recip_in_range(self) -> Self;
+    }
+
+    /// `super::cavity` for `N` columns (`V`'s lanes).
+    ///
+    /// # Safety
+    /// `V`'s CPU features; `C` label rows of stride `w` readable from `col` to
+    /// `col + N` in each.
+    #[inline(always)]
+    unsafe fn cavity<V: F32s, const C: usize>(
+        phi: &[f64],
+        m: [&[f32]; 3],
+        w: usize,
+        col: usize,
+    ) -> ([V::D; C], V::D) {
+        // SAFETY: the caller's bounds and features.
+        unsafe {
+            let mut q = [V::D::splat(0.0); C];
+            for (x, qx) in q.iter_mut().enumerate() {
+                let at = x * w + col;
+                let f = V::D::load(phi.as_ptr().add(at));
+                let a = V::D::of(V::load(m[0].as_ptr().add(at)));
+                let b = V::D::of(V::load(m[1].as_ptr().add(at)));
+                let d = V::D::of(V::load(m[2].as_ptr().add(at)));
+                *qx = f.mul(a).mul(b).mul(d);
+            }
+            let mut mx = q[0];
+            for qx in &q[1..] {
+                mx = qx.max(mx);
+            }
+            let (s, l) = mx.pow2_scale();
+            for qx in q.iter_mut() {
+                *qx = qx.mul(s);
+            }
+            (q, l)
+        }
+    }
+
+    /// `super::block` for `N` edges `col..col + N` (`V`'s lanes).
+    ///
+    /// # Safety
+    /// `V`'s CPU features; the bounds of [`super::check`] hold and `col + N <= len`.
+    #[inline(always)]
+    pub(super) unsafe fn block<V: F32s, const C: usize>(
+        e: &EdgeRow<'_>,
+        o: &mut EdgeTerms<'_>,
+        col: usize,
+    ) {
+        let (w, off) = (e.w, e.off);
+        // SAFETY: every load and store below stays in bounds: label rows
+        // `x·w + col..+N` (and `+ off` for u's) lie within `C·w` entries since
+        // `col + off + N <= len + off <= w`; table rows `k·w + col + N <= (C² − 1)·w +
+        // len`; per-edge rows end by `len`; pair rows `(col + N − 1)·C² + C² <= len·C²`.
+        unsafe {
+            let (cv, lsv) = cavity::<V, C>(e.phi_v, e.cav_v, w, col);
+            let (cu, lsu) = cavity::<V, C>(e.phi_u, e.cav_u, w, col + off);
+            let mut qv = [V::zero(); C];
+            let mut qu = [V::zero(); C];
+            for x in 0..C {
+                qv[x] = cv[x].to_f32();
+                qu[x] = cu[x].to_f32();
+                qv[x].store(o.qv.as_mut_ptr().add(x * w + col));
+                qu[x].store(o.qu.as_mut_ptr().add(x * w + col));
+            }
+            let mut rows = [V::zero(); C];
+            let mut cols = [V::zero(); C];
+            // The joint's entries, kept for the pair rows.
+            let mut joint = [[V::zero(); C]; C];
+            for s in 0..C {
+                for d in 0..C {
+                    let t = V::load(e.tabs.as_ptr().add((s * C + d) * w + col));
+                    let p = qv[s].mul(t).mul(qu[d]);
+                    joint[s][d] = p;
+                    rows[s] = rows[s].add(p);
+                    cols[d] = cols[d].add(p);
+                }
+            }
+            let mut z = V::D::splat(0.0);
+            for &rs in &rows {
+                z = z.add(V::D::of(rs));
+            }
+            let zero = V::D::splat(0.0);
+            let (mut acc, mut bs_v, mut bs_u, mut bl_v, mut bl_u) = (zero, zero, zero, zero, zero);
+            for x in 0..C {
+                let m1 = V::load(e.msg_v.as_ptr().add(x * w + col));
+                let m2 = V::load(e.msg_u.as_ptr().add(x * w + col + off));
+                let (l1, l2) = (V::D::of(m1.ln0()), V::D::of(m2.ln0()));
+                let (rs, cs) = (V::D::of(rows[x]), V::D::of(cols[x]));
+                acc = acc.add(rs.pos_then(rs.mul(l1)));
+                acc = acc.add(cs.pos_then(cs.mul(l2)));
+                let (b1, b2) = (cv[x].mul(V::D::of(m1)), cu[x].mul(V::D::of(m2)));
+                bs_v = bs_v.add(b1);
+                bs_u = bs_u.add(b2);
+                bl_v = bl_v.add(b1.pos_then(b1.mul(l1)));
+                bl_u = bl_u.add(b2.pos_then(b2.mul(l2)));
+            }
+            let lz_v = V::D::load(e.lz_v.as_ptr().add(col));
+            let lz_u = V::D::load(e.lz_u.as_ptr().add(col + off));
+            let shift = V::D::load(e.shift.as_ptr().add(col));
+            let lnz = V::D::of(z.max(V::D::splat(TINY)).to_f32().ln_pos());
+            let inv = z.recip_in_range();
+            let share = bl_v.div(bs_v).add(bl_u.div(bs_u));
+            let terms = shift
+                .add(lsv)
+                .add(lsu)
+                .add(lnz)
+                .sub(lz_v)
+                .sub(lz_u)
+                .add(acc.mul(inv))
+                .sub(share);
+            terms.store(o.terms.as_mut_ptr().add(col));
+            inv.store(o.inv.as_mut_ptr().add(col));
+            if !o.pairs.is_empty() {
+                // Scaled, then eight entries of the edges at a time transposed into the
+                // edge-major rows (the last eight of a row moved back to end at its last
+                // entry, as `layout::pair_rows_f32` does: the same values, written twice).
+                let cc = C * C;
+                let sc = inv.mul(V::D::splat(o.scale)).to_f32();
+                let mut k0 = 0;
+                loop {
+                    let at = k0.min(cc - 8);
+                    let mut r = [V::zero(); 8];
+                    for (i, v) in r.iter_mut().enumerate() {
+                        let k = at + i;
+                        *v = joint[k / C][k % C].mul(sc);
+                    }
+                    V::store_pairs(r, o.pairs.as_mut_ptr(), col, cc, at);
+                    if at == cc - 8 {
+                        break;
+                    }
+                    k0 += 8;
+                }
+            }
+        }
+    }
+}
+
+/// The block on eight edges in AVX2 intrinsics (a `__m256` and two `__m256d`).
 #[cfg(target_arch = "x86_64")]
 mod avx {
     use std::arch::x86_64::*;
 
-    use super::{block, EdgeRow, EdgeTerms, TINY};
+    use super::lanes::{block, F32s, F64s};
+    use super::{EdgeRow, EdgeTerms, TINY};
     use crate::kernels::layout::avx::t8;
 
     /// Eight f64 lanes (columns 0–3, 4–7).
     #[derive(Clone, Copy)]
-    struct D8(__m256d, __m256d);
+    pub(super) struct D8(__m256d, __m256d);
 
-    /// The lane-wise operations of [`D8`]. Every function needs AVX2 (inlined into
-    /// [`span`]'s AVX2 code).
-    impl D8 {
+    impl F32s for __m256 {
+        type D = D8;
+
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            _mm256_setzero_ps()
+        }
+
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            // SAFETY: the caller's contract.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the caller's contract.
+            unsafe { _mm256_storeu_ps(p, self) }
+        }
+
+        #[inline(always)]
+        unsafe fn mul(self, b: __m256) -> __m256 {
+            _mm256_mul_ps(self, b)
+        }
+
+        #[inline(always)]
+        unsafe fn add(self, b: __m256) -> __m256 {
+            _mm256_add_ps(self, b)
+        }
+
+        #[inline(always)]
+        unsafe fn ln_pos(self) -> __m256 {
+            let bits = _mm256_castps_si256(self);
+            let k = _mm256_srai_epi32::<23>(_mm256_sub_epi32(bits, _mm256_set1_epi32(0x3f35_04f3)));
+            let m = _mm256_castsi256_ps(_mm256_sub_epi32(bits, _mm256_slli_epi32::<23>(k)));
+            let f = _mm256_sub_ps(m, _mm256_set1_ps(1.0));
+            let s = _mm256_div_ps(f, _mm256_add_ps(_mm256_set1_ps(2.0), f));
+            let z = _mm256_mul_ps(s, s);
+            let mut p = _mm256_set1_ps(1.0 / 9.0);
+            for c in [1.0 / 7.0, 1.0 / 5.0, 1.0 / 3.0, 1.0] {
+                p = _mm256_add_ps(_mm256_mul_ps(p, z), _mm256_set1_ps(c));
+            }
+            _mm256_add_ps(
+                _mm256_mul_ps(
+                    _mm256_cvtepi32_ps(k),
+                    _mm256_set1_ps(std::f32::consts::LN_2),
+                ),
+                _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(2.0), s), p),
+            )
+        }
+
+        #[inline(always)]
+        unsafe fn ln0(self) -> __m256 {
+            // SAFETY: the caller's features.
+            let l = unsafe { _mm256_max_ps(self, _mm256_set1_ps(f32::MIN_POSITIVE)).ln_pos() };
+            let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(self, _mm256_setzero_ps());
+            _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), l, pos)
+        }
+
+        #[inline(always)]
+        unsafe fn store_pairs(r: [__m256; 8], pairs: *mut f32, col: usize, cc: usize, at: usize) {
+            for (j, v) in t8(r).into_iter().enumerate() {
+                // SAFETY: the caller's contract.
+                unsafe { _mm256_storeu_ps(pairs.add((col + j) * cc + at), v) };
+            }
+        }
+    }
+
+    impl F64s for D8 {
+        type F = __m256;
+
         #[inline(always)]
         unsafe fn splat(x: f64) -> D8 {
             D8(_mm256_set1_pd(x), _mm256_set1_pd(x))
         }
 
-        /// # Safety
-        /// Eight f64 readable at `p`.
         #[inline(always)]
         unsafe fn load(p: *const f64) -> D8 {
             // SAFETY: the caller's contract.
             unsafe { D8(_mm256_loadu_pd(p), _mm256_loadu_pd(p.add(4))) }
         }
 
-        /// # Safety
-        /// Eight f64 writable at `p`.
         #[inline(always)]
         unsafe fn store(self, p: *mut f64) {
             // SAFETY: the caller's contract.
@@ -333,7 +595,6 @@ mod avx {
             }
         }
 
-        /// Widened from eight f32 lanes.
         #[inline(always)]
         unsafe fn of(x: __m256) -> D8 {
             D8(
@@ -342,7 +603,6 @@ mod avx {
             )
         }
 
-        /// Rounded to eight f32 lanes.
         #[inline(always)]
         unsafe fn to_f32(self) -> __m256 {
             _mm256_set_m128(_mm256_cvtpd_ps(self.1), _mm256_cvtpd_ps(self.0))
@@ -368,13 +628,11 @@ mod avx {
             D8(_mm256_div_pd(self.0, b.0), _mm256_div_pd(self.1, b.1))
         }
 
-        /// `if self > b { self } else { b }`, lane-wise.
         #[inline(always)]
         unsafe fn max(self, b: D8) -> D8 {
             D8(_mm256_max_pd(self.0, b.0), _mm256_max_pd(self.1, b.1))
         }
 
-        /// `if self > 0 { x } else { 0 }`, lane-wise.
         #[inline(always)]
         unsafe fn pos_then(self, x: D8) -> D8 {
             let z = _mm256_setzero_pd();
@@ -384,26 +642,27 @@ mod avx {
             )
         }
 
-        /// `grid_beliefs::pow2_scale`, lane-wise: `(2^-e, e ln 2)` for `m` in
-        /// `[2^e, 2^(e+1))`, `(0, −inf)` for `m <= 0`.
         #[inline(always)]
         unsafe fn pow2_scale(self) -> (D8, D8) {
-            let ((s0, l0), (s1, l1)) = (pow2_scale4(self.0), pow2_scale4(self.1));
+            // SAFETY: the caller's features.
+            let ((s0, l0), (s1, l1)) = unsafe { (pow2_scale4(self.0), pow2_scale4(self.1)) };
             (D8(s0, s1), D8(l0, l1))
         }
 
-        /// `1/self` where `TINY <= self < inf`, else 0.
         #[inline(always)]
         unsafe fn recip_in_range(self) -> D8 {
-            let r = D8::splat(1.0).div(self);
-            D8(
-                _mm256_and_pd(in_range4(self.0), r.0),
-                _mm256_and_pd(in_range4(self.1), r.1),
-            )
+            // SAFETY: the caller's features.
+            unsafe {
+                let r = D8::splat(1.0).div(self);
+                D8(
+                    _mm256_and_pd(in_range4(self.0), r.0),
+                    _mm256_and_pd(in_range4(self.1), r.1),
+                )
+            }
         }
     }
 
-    /// [`D8::pow2_scale`] for four lanes. (Functions, not closures, here: a closure is
+    /// [`F64s::pow2_scale`] for four lanes. (Functions, not closures, here: a closure is
     /// compiled without its caller's AVX2 and would call each intrinsic out of line.)
     #[inline(always)]
     unsafe fn pow2_scale4(m: __m256d) -> (__m256d, __m256d) {
@@ -447,36 +706,6 @@ mod avx {
         )
     }
 
-    /// `logspace::ln_pos_f32`, lane-wise, the same operations in the same order.
-    #[inline(always)]
-    unsafe fn ln_pos(x: __m256) -> __m256 {
-        let bits = _mm256_castps_si256(x);
-        let k = _mm256_srai_epi32::<23>(_mm256_sub_epi32(bits, _mm256_set1_epi32(0x3f35_04f3)));
-        let m = _mm256_castsi256_ps(_mm256_sub_epi32(bits, _mm256_slli_epi32::<23>(k)));
-        let f = _mm256_sub_ps(m, _mm256_set1_ps(1.0));
-        let s = _mm256_div_ps(f, _mm256_add_ps(_mm256_set1_ps(2.0), f));
-        let z = _mm256_mul_ps(s, s);
-        let mut p = _mm256_set1_ps(1.0 / 9.0);
-        for c in [1.0 / 7.0, 1.0 / 5.0, 1.0 / 3.0, 1.0] {
-            p = _mm256_add_ps(_mm256_mul_ps(p, z), _mm256_set1_ps(c));
-        }
-        _mm256_add_ps(
-            _mm256_mul_ps(
-                _mm256_cvtepi32_ps(k),
-                _mm256_set1_ps(std::f32::consts::LN_2),
-            ),
-            _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(2.0), s), p),
-        )
-    }
-
-    /// `grid_beliefs::ln0_f32`, lane-wise (−inf at 0).
-    #[inline(always)]
-    unsafe fn ln0(m: __m256) -> __m256 {
-        let l = ln_pos(_mm256_max_ps(m, _mm256_set1_ps(f32::MIN_POSITIVE)));
-        let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps());
-        _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), l, pos)
-    }
-
     /// See [`super::span`].
     ///
     /// # Safety
@@ -486,7 +715,7 @@ mod avx {
         let len = e.len;
         if len < 8 {
             for col in 0..len {
-                block::<C, 1>(e, o, col);
+                super::block::<C, 1>(e, o, col);
             }
             return;
         }
@@ -494,177 +723,121 @@ mod avx {
         loop {
             let at = col.min(len - 8);
             // SAFETY: the caller's contract; `at + 8 <= len`.
-            unsafe { block8::<C>(e, o, at) };
+            unsafe { block::<__m256, C>(e, o, at) };
             if at == len - 8 {
                 break;
             }
             col += 8;
         }
     }
-
-    /// `super::cavity` for eight columns.
-    ///
-    /// # Safety
-    /// AVX2; `C` label rows of stride `w` readable from `col` to `col + 8` in each.
-    #[inline(always)]
-    unsafe fn cavity<const C: usize>(
-        phi: &[f64],
-        m: [&[f32]; 3],
-        w: usize,
-        col: usize,
-    ) -> ([D8; C], D8) {
-        let mut q = [D8::splat(0.0); C];
-        for (x, qx) in q.iter_mut().enumerate() {
-            let at = x * w + col;
-            // SAFETY: the caller's bounds.
-            unsafe {
-                let f = D8::load(phi.as_ptr().add(at));
-                let a = D8::of(_mm256_loadu_ps(m[0].as_ptr().add(at)));
-                let b = D8::of(_mm256_loadu_ps(m[1].as_ptr().add(at)));
-                let d = D8::of(_mm256_loadu_ps(m[2].as_ptr().add(at)));
-                *qx = f.mul(a).mul(b).mul(d);
-            }
-        }
-        let mut mx = q[0];
-        for qx in &q[1..] {
-            mx = qx.max(mx);
-        }
-        let (s, l) = mx.pow2_scale();
-        for qx in q.iter_mut() {
-            *qx = qx.mul(s);
-        }
-        (q, l)
-    }
-
-    /// `super::block` for eight edges `col..col + 8`.
-    ///
-    /// # Safety
-    /// AVX2; the bounds of [`super::check`] hold and `col + 8 <= len`.
-    #[inline(always)]
-    unsafe fn block8<const C: usize>(e: &EdgeRow<'_>, o: &mut EdgeTerms<'_>, col: usize) {
-        let (w, off) = (e.w, e.off);
-        // SAFETY: every load and store below stays in bounds: label rows `x·w + col..+8` (and `+ off`
-        // for u's) lie within `C·w` entries since `col + off + 8 <= len + off <= w`;
-        // table rows `k·w + col + 8 <= (C² − 1)·w + len`; per-edge rows end by `len`;
-        // pair rows `(col + 7)·C² + C² <= len·C²`.
-        unsafe {
-            let (cv, lsv) = cavity::<C>(e.phi_v, e.cav_v, w, col);
-            let (cu, lsu) = cavity::<C>(e.phi_u, e.cav_u, w, col + off);
-            let mut qv = [_mm256_setzero_ps(); C];
-            let mut qu = [_mm256_setzero_ps(); C];
-            for x in 0..C {
-                qv[x] = cv[x].to_f32();
-                qu[x] = cu[x].to_f32();
-                _mm256_storeu_ps(o.qv.as_mut_ptr().add(x * w + col), qv[x]);
-                _mm256_storeu_ps(o.qu.as_mut_ptr().add(x * w + col), qu[x]);
-            }
-            let mut rows = [_mm256_setzero_ps(); C];
-            let mut cols = [_mm256_setzero_ps(); C];
-            // The joint's entries, kept for the pair rows (the first C² of them).
-            let mut joint = [[_mm256_setzero_ps(); C]; C];
-            for s in 0..C {
-                for d in 0..C {
-                    let t = _mm256_loadu_ps(e.tabs.as_ptr().add((s * C + d) * w + col));
-                    let p = _mm256_mul_ps(_mm256_mul_ps(qv[s], t), qu[d]);
-                    joint[s][d] = p;
-                    rows[s] = _mm256_add_ps(rows[s], p);
-                    cols[d] = _mm256_add_ps(cols[d], p);
-                }
-            }
-            let mut z = D8::splat(0.0);
-            for &rs in &rows {
-                z = z.add(D8::of(rs));
-            }
-            let zero = D8::splat(0.0);
-            let (mut acc, mut bs_v, mut bs_u, mut bl_v, mut bl_u) = (zero, zero, zero, zero, zero);
-            for x in 0..C {
-                let m1 = _mm256_loadu_ps(e.msg_v.as_ptr().add(x * w + col));
-                let m2 = _mm256_loadu_ps(e.msg_u.as_ptr().add(x * w + col + off));
-                let (l1, l2) = (D8::of(ln0(m1)), D8::of(ln0(m2)));
-                let (rs, cs) = (D8::of(rows[x]), D8::of(cols[x]));
-                acc = acc.add(rs.pos_then(rs.mul(l1)));
-                acc = acc.add(cs.pos_then(cs.mul(l2)));
-                let (b1, b2) = (cv[x].mul(D8::of(m1)), cu[x].mul(D8::of(m2)));
-                bs_v = bs_v.add(b1);
-                bs_u = bs_u.add(b2);
-                bl_v = bl_v.add(b1.pos_then(b1.mul(l1)));
-                bl_u = bl_u.add(b2.pos_then(b2.mul(l2)));
-            }
-            let lz_v = D8::load(e.lz_v.as_ptr().add(col));
-            let lz_u = D8::load(e.lz_u.as_ptr().add(col + off));
-            let shift = D8::load(e.shift.as_ptr().add(col));
-            let lnz = D8::of(ln_pos(z.max(D8::splat(TINY)).to_f32()));
-            let inv = z.recip_in_range();
-            let share = bl_v.div(bs_v).add(bl_u.div(bs_u));
-            let terms = shift
-                .add(lsv)
-                .add(lsu)
-                .add(lnz)
-                .sub(lz_v)
-                .sub(lz_u)
-                .add(acc.mul(inv))
-                .sub(share);
-            terms.store(o.terms.as_mut_ptr().add(col));
-            inv.store(o.inv.as_mut_ptr().add(col));
-            if !o.pairs.is_empty() {
-                // Scaled, then eight entries of eight edges at a time transposed into the
-                // edge-major rows (the last block of a row moved back to end at its last
-                // entry, as `layout::pair_rows_f32` does: the same values, written twice).
-                let cc = C * C;
-                let sc = inv.mul(D8::splat(o.scale)).to_f32();
-                let mut k0 = 0;
-                loop {
-                    let at = k0.min(cc - 8);
-                    let mut r = [_mm256_setzero_ps(); 8];
-                    for (i, v) in r.iter_mut().enumerate() {
-                        let k = at + i;
-                        *v = _mm256_mul_ps(joint[k / C][k % C], sc);
-                    }
-                    for (j, v) in t8(r).into_iter().enumerate() {
-                        _mm256_storeu_ps(o.pairs.as_mut_ptr().add((col + j) * cc + at), v);
-                    }
-                    if at == cc - 8 {
-                        break;
-                    }
-                    k0 += 8;
-                }
-            }
-        }
-    }
 }
 
-/// The AVX2 block on sixteen edges (for CPUs with AVX-512F/DQ): sixteen f32 lanes in a
-/// `__m512`, sixteen f64 lanes in two `__m512d`, every operation the eight-lane block's
-/// (the same bits; a test compares them). Rows shorter than sixteen take the AVX2 span.
+/// The block on sixteen edges for CPUs with AVX-512F/DQ (a `__m512` and two `__m512d`):
+/// every operation the eight-lane block's, masks in place of the and-with-compare steps.
+/// Rows shorter than sixteen take the AVX2 span.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::lanes::{block, F32s, F64s};
     use super::{EdgeRow, EdgeTerms, TINY};
     use crate::kernels::layout::avx::t8;
 
     /// Sixteen f64 lanes (edges 0–7, 8–15).
     #[derive(Clone, Copy)]
-    struct D16(__m512d, __m512d);
+    pub(super) struct D16(__m512d, __m512d);
 
-    /// The lane-wise operations of [`D16`], each the eight-lane block's `D8` operation.
-    /// Every function needs AVX-512F/DQ (inlined into [`span`]'s code).
-    impl D16 {
+    impl F32s for __m512 {
+        type D = D16;
+
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            _mm512_setzero_ps()
+        }
+
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            // SAFETY: the caller's contract.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the caller's contract.
+            unsafe { _mm512_storeu_ps(p, self) }
+        }
+
+        #[inline(always)]
+        unsafe fn mul(self, b: __m512) -> __m512 {
+            _mm512_mul_ps(self, b)
+        }
+
+        #[inline(always)]
+        unsafe fn add(self, b: __m512) -> __m512 {
+            _mm512_add_ps(self, b)
+        }
+
+        #[inline(always)]
+        unsafe fn ln_pos(self) -> __m512 {
+            let bits = _mm512_castps_si512(self);
+            let k = _mm512_srai_epi32::<23>(_mm512_sub_epi32(bits, _mm512_set1_epi32(0x3f35_04f3)));
+            let m = _mm512_castsi512_ps(_mm512_sub_epi32(bits, _mm512_slli_epi32::<23>(k)));
+            let f = _mm512_sub_ps(m, _mm512_set1_ps(1.0));
+            let s = _mm512_div_ps(f, _mm512_add_ps(_mm512_set1_ps(2.0), f));
+            let z = _mm512_mul_ps(s, s);
+            let mut p = _mm512_set1_ps(1.0 / 9.0);
+            for c in [1.0 / 7.0, 1.0 / 5.0, 1.0 / 3.0, 1.0] {
+                p = _mm512_add_ps(_mm512_mul_ps(p, z), _mm512_set1_ps(c));
+            }
+            _mm512_add_ps(
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(k),
+                    _mm512_set1_ps(std::f32::consts::LN_2),
+                ),
+                _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(2.0), s), p),
+            )
+        }
+
+        #[inline(always)]
+        unsafe fn ln0(self) -> __m512 {
+            // SAFETY: the caller's features.
+            let l = unsafe { _mm512_max_ps(self, _mm512_set1_ps(f32::MIN_POSITIVE)).ln_pos() };
+            let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(self, _mm512_setzero_ps());
+            _mm512_mask_blend_ps(pos, _mm512_set1_ps(f32::NEG_INFINITY), l)
+        }
+
+        #[inline(always)]
+        unsafe fn store_pairs(r: [__m512; 8], pairs: *mut f32, col: usize, cc: usize, at: usize) {
+            // Each half of the edges transposed 8 × 8 into its rows. (Loops, not closures:
+            // a closure is compiled without the caller's AVX-512.)
+            let (mut lo, mut hi) = ([_mm256_setzero_ps(); 8], [_mm256_setzero_ps(); 8]);
+            for i in 0..8 {
+                lo[i] = _mm512_castps512_ps256(r[i]);
+                hi[i] = _mm512_extractf32x8_ps::<1>(r[i]);
+            }
+            for (half, r) in [lo, hi].into_iter().enumerate() {
+                for (j, v) in t8(r).into_iter().enumerate() {
+                    // SAFETY: the caller's contract.
+                    unsafe { _mm256_storeu_ps(pairs.add((col + 8 * half + j) * cc + at), v) };
+                }
+            }
+        }
+    }
+
+    impl F64s for D16 {
+        type F = __m512;
+
         #[inline(always)]
         unsafe fn splat(x: f64) -> D16 {
             D16(_mm512_set1_pd(x), _mm512_set1_pd(x))
         }
 
-        /// # Safety
-        /// Sixteen f64 readable at `p`.
         #[inline(always)]
         unsafe fn load(p: *const f64) -> D16 {
             // SAFETY: the caller's contract.
             unsafe { D16(_mm512_loadu_pd(p), _mm512_loadu_pd(p.add(8))) }
         }
 
-        /// # Safety
-        /// Sixteen f64 writable at `p`.
         #[inline(always)]
         unsafe fn store(self, p: *mut f64) {
             // SAFETY: the caller's contract.
@@ -674,7 +847,6 @@ mod avx512 {
             }
         }
 
-        /// Widened from sixteen f32 lanes.
         #[inline(always)]
         unsafe fn of(x: __m512) -> D16 {
             D16(
@@ -683,7 +855,6 @@ mod avx512 {
             )
         }
 
-        /// Rounded to sixteen f32 lanes.
         #[inline(always)]
         unsafe fn to_f32(self) -> __m512 {
             _mm512_insertf32x8::<1>(
@@ -712,13 +883,11 @@ mod avx512 {
             D16(_mm512_div_pd(self.0, b.0), _mm512_div_pd(self.1, b.1))
         }
 
-        /// `if self > b { self } else { b }`, lane-wise.
         #[inline(always)]
         unsafe fn max(self, b: D16) -> D16 {
             D16(_mm512_max_pd(self.0, b.0), _mm512_max_pd(self.1, b.1))
         }
 
-        /// `if self > 0 { x } else { 0 }`, lane-wise.
         #[inline(always)]
         unsafe fn pos_then(self, x: D16) -> D16 {
             let z = _mm512_setzero_pd();
@@ -730,23 +899,25 @@ mod avx512 {
 
         #[inline(always)]
         unsafe fn pow2_scale(self) -> (D16, D16) {
-            let ((s0, l0), (s1, l1)) = (pow2_scale8(self.0), pow2_scale8(self.1));
+            // SAFETY: the caller's features.
+            let ((s0, l0), (s1, l1)) = unsafe { (pow2_scale8(self.0), pow2_scale8(self.1)) };
             (D16(s0, s1), D16(l0, l1))
         }
 
-        /// `1/self` where `TINY <= self < inf`, else 0.
         #[inline(always)]
         unsafe fn recip_in_range(self) -> D16 {
-            let r = D16::splat(1.0).div(self);
-            D16(
-                _mm512_maskz_mov_pd(in_range8(self.0), r.0),
-                _mm512_maskz_mov_pd(in_range8(self.1), r.1),
-            )
+            // SAFETY: the caller's features.
+            unsafe {
+                let r = D16::splat(1.0).div(self);
+                D16(
+                    _mm512_maskz_mov_pd(in_range8(self.0), r.0),
+                    _mm512_maskz_mov_pd(in_range8(self.1), r.1),
+                )
+            }
         }
     }
 
-    /// The eight-lane block's `pow2_scale4` for eight lanes: `(2^-e, e ln 2)` for `m` in
-    /// `[2^e, 2^(e+1))`, `(0, −inf)` for `m <= 0`.
+    /// The eight-lane block's `pow2_scale4` on eight f64 lanes (64-bit clamps).
     #[inline(always)]
     unsafe fn pow2_scale8(m: __m512d) -> (__m512d, __m512d) {
         let e = _mm512_and_si512(
@@ -784,36 +955,6 @@ mod avx512 {
             & _mm512_cmp_pd_mask::<_CMP_LT_OQ>(a, _mm512_set1_pd(f64::INFINITY))
     }
 
-    /// `logspace::ln_pos_f32`, lane-wise, the same operations in the same order.
-    #[inline(always)]
-    unsafe fn ln_pos(x: __m512) -> __m512 {
-        let bits = _mm512_castps_si512(x);
-        let k = _mm512_srai_epi32::<23>(_mm512_sub_epi32(bits, _mm512_set1_epi32(0x3f35_04f3)));
-        let m = _mm512_castsi512_ps(_mm512_sub_epi32(bits, _mm512_slli_epi32::<23>(k)));
-        let f = _mm512_sub_ps(m, _mm512_set1_ps(1.0));
-        let s = _mm512_div_ps(f, _mm512_add_ps(_mm512_set1_ps(2.0), f));
-        let z = _mm512_mul_ps(s, s);
-        let mut p = _mm512_set1_ps(1.0 / 9.0);
-        for c in [1.0 / 7.0, 1.0 / 5.0, 1.0 / 3.0, 1.0] {
-            p = _mm512_add_ps(_mm512_mul_ps(p, z), _mm512_set1_ps(c));
-        }
-        _mm512_add_ps(
-            _mm512_mul_ps(
-                _mm512_cvtepi32_ps(k),
-                _mm512_set1_ps(std::f32::consts::LN_2),
-            ),
-            _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(2.0), s), p),
-        )
-    }
-
-    /// `grid_beliefs::ln0_f32`, lane-wise (−inf at 0).
-    #[inline(always)]
-    unsafe fn ln0(m: __m512) -> __m512 {
-        let l = ln_pos(_mm512_max_ps(m, _mm512_set1_ps(f32::MIN_POSITIVE)));
-        let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, _mm512_setzero_ps());
-        _mm512_mask_blend_ps(pos, _mm512_set1_ps(f32::NEG_INFINITY), l)
-    }
-
     /// See [`super::span`]: sixteen edges a block, the last moved back to end at the last
     /// edge; a row shorter than sixteen takes the AVX2 span.
     ///
@@ -831,144 +972,11 @@ mod avx512 {
         loop {
             let at = col.min(len - 16);
             // SAFETY: the caller's contract; `at + 16 <= len`.
-            unsafe { block16::<C>(e, o, at) };
+            unsafe { block::<__m512, C>(e, o, at) };
             if at == len - 16 {
                 break;
             }
             col += 16;
-        }
-    }
-
-    /// `super::cavity` for sixteen columns.
-    ///
-    /// # Safety
-    /// AVX-512F/DQ; `C` label rows of stride `w` readable from `col` to `col + 16` in each.
-    #[inline(always)]
-    unsafe fn cavity<const C: usize>(
-        phi: &[f64],
-        m: [&[f32]; 3],
-        w: usize,
-        col: usize,
-    ) -> ([D16; C], D16) {
-        let mut q = [D16::splat(0.0); C];
-        for (x, qx) in q.iter_mut().enumerate() {
-            let at = x * w + col;
-            // SAFETY: the caller's bounds.
-            unsafe {
-                let f = D16::load(phi.as_ptr().add(at));
-                let a = D16::of(_mm512_loadu_ps(m[0].as_ptr().add(at)));
-                let b = D16::of(_mm512_loadu_ps(m[1].as_ptr().add(at)));
-                let d = D16::of(_mm512_loadu_ps(m[2].as_ptr().add(at)));
-                *qx = f.mul(a).mul(b).mul(d);
-            }
-        }
-        let mut mx = q[0];
-        for qx in &q[1..] {
-            mx = qx.max(mx);
-        }
-        let (s, l) = mx.pow2_scale();
-        for qx in q.iter_mut() {
-            *qx = qx.mul(s);
-        }
-        (q, l)
-    }
-
-    /// The eight-lane `block8` for sixteen edges `col..col + 16`.
-    ///
-    /// # Safety
-    /// AVX-512F/DQ; the bounds of [`super::check`] hold and `col + 16 <= len`.
-    #[inline(always)]
-    unsafe fn block16<const C: usize>(e: &EdgeRow<'_>, o: &mut EdgeTerms<'_>, col: usize) {
-        let (w, off) = (e.w, e.off);
-        // SAFETY: as in `block8`, with 16 for 8: every row `x·w + col..+16` (`+ off` for
-        // u's) lies within `C·w` entries since `col + off + 16 <= len + off <= w`; table
-        // rows end by `(C² − 1)·w + len`; per-edge rows by `len`; pair rows by `len·C²`.
-        unsafe {
-            let (cv, lsv) = cavity::<C>(e.phi_v, e.cav_v, w, col);
-            let (cu, lsu) = cavity::<C>(e.phi_u, e.cav_u, w, col + off);
-            let mut qv = [_mm512_setzero_ps(); C];
-            let mut qu = [_mm512_setzero_ps(); C];
-            for x in 0..C {
-                qv[x] = cv[x].to_f32();
-                qu[x] = cu[x].to_f32();
-                _mm512_storeu_ps(o.qv.as_mut_ptr().add(x * w + col), qv[x]);
-                _mm512_storeu_ps(o.qu.as_mut_ptr().add(x * w + col), qu[x]);
-            }
-            let mut rows = [_mm512_setzero_ps(); C];
-            let mut cols = [_mm512_setzero_ps(); C];
-            let mut joint = [[_mm512_setzero_ps(); C]; C];
-            for s in 0..C {
-                for d in 0..C {
-                    let t = _mm512_loadu_ps(e.tabs.as_ptr().add((s * C + d) * w + col));
-                    let p = _mm512_mul_ps(_mm512_mul_ps(qv[s], t), qu[d]);
-                    joint[s][d] = p;
-                    rows[s] = _mm512_add_ps(rows[s], p);
-                    cols[d] = _mm512_add_ps(cols[d], p);
-                }
-            }
-            let mut z = D16::splat(0.0);
-            for &rs in &rows {
-                z = z.add(D16::of(rs));
-            }
-            let zero = D16::splat(0.0);
-            let (mut acc, mut bs_v, mut bs_u, mut bl_v, mut bl_u) = (zero, zero, zero, zero, zero);
-            for x in 0..C {
-                let m1 = _mm512_loadu_ps(e.msg_v.as_ptr().add(x * w + col));
-                let m2 = _mm512_loadu_ps(e.msg_u.as_ptr().add(x * w + col + off));
-                let (l1, l2) = (D16::of(ln0(m1)), D16::of(ln0(m2)));
-                let (rs, cs) = (D16::of(rows[x]), D16::of(cols[x]));
-                acc = acc.add(rs.pos_then(rs.mul(l1)));
-                acc = acc.add(cs.pos_then(cs.mul(l2)));
-                let (b1, b2) = (cv[x].mul(D16::of(m1)), cu[x].mul(D16::of(m2)));
-                bs_v = bs_v.add(b1);
-                bs_u = bs_u.add(b2);
-                bl_v = bl_v.add(b1.pos_then(b1.mul(l1)));
-                bl_u = bl_u.add(b2.pos_then(b2.mul(l2)));
-            }
-            let lz_v = D16::load(e.lz_v.as_ptr().add(col));
-            let lz_u = D16::load(e.lz_u.as_ptr().add(col + off));
-            let shift = D16::load(e.shift.as_ptr().add(col));
-            let lnz = D16::of(ln_pos(z.max(D16::splat(TINY)).to_f32()));
-            let inv = z.recip_in_range();
-            let share = bl_v.div(bs_v).add(bl_u.div(bs_u));
-            let terms = shift
-                .add(lsv)
-                .add(lsu)
-                .add(lnz)
-                .sub(lz_v)
-                .sub(lz_u)
-                .add(acc.mul(inv))
-                .sub(share);
-            terms.store(o.terms.as_mut_ptr().add(col));
-            inv.store(o.inv.as_mut_ptr().add(col));
-            if !o.pairs.is_empty() {
-                // As in `block8`: eight entries of the sixteen edges at a time, each half
-                // of edges transposed 8 × 8 into its edge-major rows.
-                let cc = C * C;
-                let sc = inv.mul(D16::splat(o.scale)).to_f32();
-                let mut k0 = 0;
-                loop {
-                    let at = k0.min(cc - 8);
-                    let mut lo = [_mm256_setzero_ps(); 8];
-                    let mut hi = [_mm256_setzero_ps(); 8];
-                    for i in 0..8 {
-                        let k = at + i;
-                        let v = _mm512_mul_ps(joint[k / C][k % C], sc);
-                        lo[i] = _mm512_castps512_ps256(v);
-                        hi[i] = _mm512_extractf32x8_ps::<1>(v);
-                    }
-                    for (half, r) in [lo, hi].into_iter().enumerate() {
-                        for (j, v) in t8(r).into_iter().enumerate() {
-                            let edge = col + 8 * half + j;
-                            _mm256_storeu_ps(o.pairs.as_mut_ptr().add(edge * cc + at), v);
-                        }
-                    }
-                    if at == cc - 8 {
-                        break;
-                    }
-                    k0 += 8;
-                }
-            }
         }
     }
 }
