@@ -86,9 +86,10 @@ pub fn has_fma() -> bool {
 }
 
 /// True when the AVX-512 kernels run: [`has_fma`], the CPU (and OS) has AVX-512 F, BW, DQ
-/// and VL (what [`simd_dispatch!`]'s AVX-512 copy is compiled for), and `EXPSOFTMAX_SIMD`
-/// asks for neither the baseline nor `avx2` (read once per process). They are the AVX2
-/// kernels' operations on sixteen lanes instead of eight: the same results, bit for bit.
+/// and VL (what [`crate::simd_dispatch!`]'s AVX-512 copy is compiled for), and
+/// `EXPSOFTMAX_SIMD` asks for neither the baseline nor `avx2` (read once per process). They
+/// are the AVX2 kernels' operations on sixteen lanes instead of eight: the same results,
+/// bit for bit.
 #[inline(always)]
 pub fn has_avx512() -> bool {
     static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
