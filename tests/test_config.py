@@ -66,6 +66,18 @@ def test_an_unknown_simd_choice_is_refused():
     assert r.returncode != 0 and "EXPSOFTMAX_SIMD" in r.stderr
 
 
+def test_the_spin_setting_is_reported_and_bad_values_are_refused():
+    assert es.config()["spin_us"] == int(os.environ.get("EXPSOFTMAX_SPIN_US", "1000"))
+    show = "import expsoftmax as es; print(es.config()['spin_us'])"
+    for value, want in (("0", 0), (" 250 ", 250), ("1000000", 1000000), ("", 1000)):
+        r = _run(show, EXPSOFTMAX_SPIN_US=value)
+        assert r.returncode == 0, r.stderr
+        assert int(r.stdout) == want
+    for bad in ("-1", "1e3", "abc", "1000001", "\u00b2"):
+        r = _run("import expsoftmax", EXPSOFTMAX_SPIN_US=bad)
+        assert r.returncode != 0 and "EXPSOFTMAX_SPIN_US" in r.stderr, bad
+
+
 # Every kernel with an AVX2 copy: the batch-major chain kernel (f32 exp), per-item forest
 # sum-product and max-product, grid BP (both schedules; flooding at small C takes the
 # one-pass kernel) and TRW in f32 and f64 storage, and the grid Gibbs sweep.

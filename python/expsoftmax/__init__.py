@@ -9,7 +9,7 @@ with cycles (pixel grids); see :func:`infer`, :func:`loss_and_grad`,
 
 from __future__ import annotations
 
-from ._config import check_simd_env, config, show_config
+from ._config import check_simd_env, check_spin_env, config, show_config
 from ._core import __version__, get_num_threads, set_num_threads
 from ._methods import METHODS, ConvergenceWarning
 from ._scores import WeightedEdges
@@ -19,6 +19,7 @@ from .graph import Graph, JunctionTree
 from .result import InferenceResult
 
 check_simd_env()
+check_spin_env()
 
 __all__ = [
     "METHODS",

@@ -18,6 +18,7 @@
 //!   `sample`) that dispatch to a family. Adding a method = one folder plus one arm there
 //!   (see CONTRIBUTING.md).
 //! - [`interrupt`]: cooperative cancellation, checked between iterations and sweeps.
+//! - [`spin`]: keeping the pool's threads awake through a call and between calls.
 
 // Numeric kernels index several arrays in lockstep; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
@@ -32,6 +33,7 @@ pub mod loopy;
 pub mod mcmc;
 pub mod method;
 pub mod model;
+pub mod spin;
 
 pub use error::{Error, Result};
 pub use kernels::real::Real;

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use expsoftmax_core::interrupt::Stop;
+use expsoftmax_core::spin;
 use expsoftmax_core::Error;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyMemoryError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -65,8 +66,13 @@ pub fn enter<R: Send>(
         pool.in_place_scope(|s| {
             let stop = &stop;
             s.spawn(move |_| {
+                // (Inside a linger job the thread is already marked: nothing to do.)
+                let _busy = spin::Busy::enter();
                 let _ = done.send(catch_unwind(AssertUnwindSafe(|| work(stop))));
             });
+            // The other threads stay awake through the work's serial stretches and for
+            // a while after it.
+            spin::keep_awake(&pool, pool::spin());
             loop {
                 match finished.recv_timeout(SIGNAL_POLL) {
                     Ok(r) => return Some(r),

@@ -344,6 +344,7 @@ fn build_info(py: Python<'_>) -> PyResult<Py<PyDict>> {
     d.set_item("simd_env", std::env::var(batch::SIMD_ENV).ok())?;
     d.set_item("threads", pool::threads())?;
     d.set_item("thread_source", pool::thread_source())?;
+    d.set_item("spin_us", pool::spin().as_micros() as u64)?;
     d.set_item(
         "available_cores",
         std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -4,9 +4,18 @@
 //! so that a process forked after using it (PyTorch DataLoader workers) gets a fresh pool:
 //! the parent's worker threads do not exist in the child, and waiting on them would hang.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
+
+/// The environment variable that sets how long the pool's threads stay awake looking for
+/// work after they last found some (microseconds; `0`: rayon's own brief spin only).
+pub const SPIN_ENV: &str = "EXPSOFTMAX_SPIN_US";
+
+/// [`SPIN_ENV`]'s default: a few small calls' length, so that back-to-back calls (a loop
+/// over images, a benchmark) find the threads awake ([`expsoftmax_core::spin`]).
+const DEFAULT_SPIN_US: u64 = 1000;
 
 struct State {
     pool: Arc<ThreadPool>,
@@ -85,4 +94,18 @@ pub fn thread_source() -> &'static str {
     } else {
         "available cores"
     }
+}
+
+/// How long a pool thread stays awake after it last ran work ([`SPIN_ENV`], read once per
+/// process; the Python package refuses a value that is not a non-negative integer at import,
+/// so an unreadable one here falls back to the default).
+pub fn spin() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var(SPIN_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(DEFAULT_SPIN_US);
+        Duration::from_micros(us)
+    })
 }
