@@ -96,9 +96,13 @@ pub fn thread_source() -> &'static str {
     }
 }
 
+/// The largest [`SPIN_ENV`] value (one second; the Python package's `SPIN_MAX_US`).
+const MAX_SPIN_US: u64 = 1_000_000;
+
 /// How long a pool thread stays awake after it last ran work ([`SPIN_ENV`], read once per
-/// process; the Python package refuses a value that is not a non-negative integer at import,
-/// so an unreadable one here falls back to the default).
+/// process, at the first call). The Python package refuses at import a value that is not
+/// an integer from 0 to [`MAX_SPIN_US`]; one set after that is clamped to the maximum, or
+/// (unreadable) left at the default.
 pub fn spin() -> Duration {
     static SPIN: OnceLock<Duration> = OnceLock::new();
     *SPIN.get_or_init(|| {
@@ -106,6 +110,6 @@ pub fn spin() -> Duration {
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(DEFAULT_SPIN_US);
-        Duration::from_micros(us)
+        Duration::from_micros(us.min(MAX_SPIN_US))
     })
 }
