@@ -129,4 +129,4 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int: ...
 def build_info() -> dict[str, Any]:
     """``version``, ``build_profile``, ``target``, ``simd``, ``cpu_avx2``, ``simd_env``,
-    ``threads``, ``thread_source``, ``available_cores``."""
+    ``threads``, ``thread_source``, ``spin_us``, ``available_cores``."""
