@@ -124,6 +124,29 @@ def test_auto_is_bp_on_wide_loopy_graphs_and_warns_when_not_converged():
     assert r.converged and r.max_change < 1e-6
 
 
+def test_a_loop_that_never_converges_warns_once_not_every_call():
+    # Python shows a warning once per distinct text and place: the text must not carry a
+    # call's own numbers, or a training loop prints (and keeps in the registry) one per step.
+    rng = np.random.default_rng(56)
+    g = es.Graph.grid(6, 6)
+    y = rng.integers(0, 3, 36)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("default")
+        for _ in range(4):
+            s_n, s_e = rng.normal(size=(36, 3)), rng.normal(0, 3, (g.num_edges, 3, 3))
+            r = es.infer(g, s_n, s_e, method="bp", max_iter=2, tol=0)
+            assert not r.converged and r.max_change > 0
+            es.loss_and_grad(g, s_n, s_e, y, method="bp", max_iter=2, tol=0)
+            es.infer(g, s_n, s_e, method="gibbs", num_samples=20, burn_in=0, ais_steps=0, seed=1)
+    shown = [w for w in rec if issubclass(w.category, es.ConvergenceWarning)]
+    # One per call site: infer's BP, loss_and_grad's BP, and Gibbs' (whose short chains
+    # disagree here) in the loop above.
+    texts = sorted(str(w.message) for w in shown)
+    assert len(shown) == 3, texts
+    assert sum("did not converge" in t for t in texts) == 2
+    assert sum("R-hat" in t for t in texts) == 1
+
+
 def test_max_product_decode():
     """On forests max-product BP finds the exact MAP; on small loopy grids we record how
     close its labelling's score is to the brute-force optimum."""

@@ -21,14 +21,16 @@ from .result import InferenceResult
 
 
 def _warn_unconverged(out: dict[str, Any], options: dict[str, Any]) -> None:
-    converged = out["converged"]
-    if converged.all():
+    # The text depends only on the method and its limits, never on this call's numbers:
+    # Python shows a warning once per distinct text and place, so a training loop that
+    # hits max_iter every step gets one line (not one per step, each kept in the
+    # warnings registry forever). `infer`'s result has the numbers, item by item.
+    if out["converged"].all():
         return
-    change = out["max_change"]
     if out["method"] == "gibbs":
         warnings.warn(
-            f"Gibbs chains disagree: R-hat up to {float(np.max(change)):.3g} > 1.1 "
-            "(between-chain diagnostic); raise burn_in or num_samples.",
+            "Gibbs chains disagree: R-hat > 1.1 on some item(s) (between-chain diagnostic; "
+            "`infer`'s result has each item's `rhat`); raise burn_in or num_samples.",
             ConvergenceWarning,
             stacklevel=3,
         )
@@ -37,12 +39,11 @@ def _warn_unconverged(out: dict[str, Any], options: dict[str, Any]) -> None:
     defaults = METHODS[out["method"]]
     max_iter = options.get("max_iter", defaults.get("max_iter"))
     tol = options.get("tol", defaults.get("tol"))
-    bad = int(np.size(converged) - np.count_nonzero(converged))
     warnings.warn(
-        f"method={out['method']!r} did not converge for {bad} of {np.size(converged)} item(s) "
-        f"within max_iter={max_iter} (largest final change {float(np.max(change)):.3g} > "
-        f"tol={tol}); results are from the last iteration. Raise max_iter, add damping, or "
-        "try another schedule.",
+        f"method={out['method']!r} did not converge for some item(s) within "
+        f"max_iter={max_iter} (final change > tol={tol}); results are from the last "
+        "iteration (`infer`'s result has each item's `converged` and `max_change`). Raise "
+        "max_iter, add damping, or try another schedule.",
         ConvergenceWarning,
         stacklevel=3,
     )
